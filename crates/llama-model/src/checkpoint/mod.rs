@@ -1,0 +1,213 @@
+//! Loading Llama weights from the formats users have:
+//!
+//! 1. the exercise's `stories42M.pt` (a `torch.save` dict with `model_args` and `model`);
+//! 2. llama2.c training checkpoints (`attention.wq…` names, `_orig_mod.` prefixes);
+//! 3. llama2.c `.bin` exports (legacy v0 header and the v1 `ak42` header);
+//! 4. safetensors, with the config beside it.
+//!
+//! The format is found from the file's first bytes, not its extension. Every reader produces
+//! a [`TensorMap`] under the exercise's parameter names, and one function
+//! ([`tensors::build_model`]) checks names and shapes and assembles the [`Llama`]: a missing,
+//! unexpected or wrong-shaped tensor is an error naming it (the exercise loads with
+//! `strict=False`; we do not).
+
+mod llama2c_bin;
+mod pytorch;
+mod safetensors_file;
+pub mod tensors;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+
+use crate::config::{ConfigError, LlamaConfig};
+use crate::llama::Llama;
+pub use tensors::{RawTensor, TensorMap};
+
+/// Why a checkpoint could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a Llama checkpoint: {detail}")]
+    UnknownFormat { path: PathBuf, detail: String },
+    #[error("{path} is truncated or corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path}: unsupported checkpoint: {detail}")]
+    Unsupported { path: PathBuf, detail: String },
+    #[error("{path}: bad model configuration: {source}")]
+    Config {
+        path: PathBuf,
+        #[source]
+        source: ConfigError,
+    },
+    #[error("{path}: no config found for this safetensors file (tried {tried}); pass one with --config")]
+    MissingConfig { path: PathBuf, tried: String },
+    #[error("{path}: tensor `{name}` is missing (expected shape {expected:?})")]
+    MissingTensor {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+    },
+    #[error("{path}: unexpected tensor `{name}` with shape {shape:?} (not a parameter of this model)")]
+    UnexpectedTensor {
+        path: PathBuf,
+        name: String,
+        shape: Vec<usize>,
+    },
+    #[error("{path}: tensor `{name}` has shape {found:?}, the config expects {expected:?}")]
+    ShapeMismatch {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+}
+
+impl CheckpointError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Io { path, .. }
+            | Self::UnknownFormat { path, .. }
+            | Self::Corrupt { path, .. }
+            | Self::Unsupported { path, .. }
+            | Self::Config { path, .. }
+            | Self::MissingConfig { path, .. }
+            | Self::MissingTensor { path, .. }
+            | Self::UnexpectedTensor { path, .. }
+            | Self::ShapeMismatch { path, .. } => path,
+        }
+    }
+}
+
+/// The container formats we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointFormat {
+    /// A `torch.save` zip archive (the exercise's and llama2.c's `.pt`).
+    Pytorch,
+    /// A llama2.c `.bin` export, legacy (v0) header.
+    Llama2cV0,
+    /// A llama2.c `.bin` export with the `ak42` magic, version 1 (f32).
+    Llama2cV1,
+    /// A safetensors file.
+    Safetensors,
+}
+
+impl std::fmt::Display for CheckpointFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pytorch => "PyTorch checkpoint",
+            Self::Llama2cV0 => "llama2.c .bin (v0)",
+            Self::Llama2cV1 => "llama2.c .bin (v1)",
+            Self::Safetensors => "safetensors",
+        })
+    }
+}
+
+/// Options of [`load_checkpoint`].
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A JSON config to use instead of the one found beside a safetensors file.
+    pub config: Option<PathBuf>,
+}
+
+/// A loaded model with what was learned about its file.
+#[derive(Debug)]
+pub struct LoadedCheckpoint<B: Backend> {
+    pub model: Llama<B>,
+    pub config: LlamaConfig,
+    pub format: CheckpointFormat,
+}
+
+/// Detect the container format from the first bytes of `path`.
+pub fn detect_format(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
+    let io = |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = [0u8; 16];
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let n = read_up_to(&mut file, &mut head).map_err(io)?;
+    let head = &head[..n];
+    if n == 0 {
+        return Err(CheckpointError::UnknownFormat {
+            path: path.to_path_buf(),
+            detail: "the file is empty".into(),
+        });
+    }
+    if head.starts_with(b"PK\x03\x04") {
+        return Ok(CheckpointFormat::Pytorch);
+    }
+    if head.first() == Some(&0x80) {
+        return Err(CheckpointError::Unsupported {
+            path: path.to_path_buf(),
+            detail: "a raw pickle (legacy torch.save format); re-save it with a current \
+                     PyTorch (torch.save writes a zip archive) or export safetensors"
+                .into(),
+        });
+    }
+    if n >= 8 && head.get(8) == Some(&b'{') {
+        let header_len = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+        if header_len.saturating_add(8) <= len {
+            return Ok(CheckpointFormat::Safetensors);
+        }
+    }
+    if n >= 8 && head[..4] == llama2c_bin::MAGIC.to_le_bytes() {
+        return Ok(CheckpointFormat::Llama2cV1);
+    }
+    if n >= 16 && llama2c_bin::plausible_v0_header(head) {
+        return Ok(CheckpointFormat::Llama2cV0);
+    }
+    Err(CheckpointError::UnknownFormat {
+        path: path.to_path_buf(),
+        detail: "not a PyTorch zip, safetensors or llama2.c .bin file".into(),
+    })
+}
+
+/// Read as many bytes as fit in `buf` (fewer at end of file).
+fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Read the config and every tensor of a checkpoint, without building a model.
+pub fn read_checkpoint(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<(LlamaConfig, TensorMap, CheckpointFormat), CheckpointError> {
+    let format = detect_format(path)?;
+    let (config, tensors) = match format {
+        CheckpointFormat::Pytorch => pytorch::read(path)?,
+        CheckpointFormat::Llama2cV0 | CheckpointFormat::Llama2cV1 => llama2c_bin::read(path)?,
+        CheckpointFormat::Safetensors => safetensors_file::read(path, options.config.as_deref())?,
+    };
+    Ok((config, tensors, format))
+}
+
+/// Load a Llama checkpoint of any supported format onto `device`.
+pub fn load_checkpoint<B: Backend>(
+    path: &Path,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<LoadedCheckpoint<B>, CheckpointError> {
+    let (config, tensors, format) = read_checkpoint(path, options)?;
+    let (model, config) = tensors::build_model(path, config, tensors, device)?;
+    Ok(LoadedCheckpoint {
+        model,
+        config,
+        format,
+    })
+}

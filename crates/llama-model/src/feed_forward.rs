@@ -1,0 +1,66 @@
+//! SwiGLU feed-forward block (Shazeer, 2020): `w2(silu(w1 x) * w3 x)`.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// Configuration of a [`FeedForward`] block.
+#[derive(Config, Debug)]
+pub struct FeedForwardConfig {
+    /// Model width.
+    pub dim: usize,
+    /// Inner width.
+    pub hidden_dim: usize,
+    /// Dropout on the block's output.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Standard deviation of the normal initialisation of w1/w3 (llama2.c: 0.02).
+    #[config(default = 0.02)]
+    pub init_std: f64,
+    /// Standard deviation for w3 (llama2.c scales it by `1/sqrt(2 n_layers)`).
+    #[config(default = 0.02)]
+    pub w3_init_std: f64,
+}
+
+/// The gated feed-forward block of a Llama layer.
+#[derive(Module, Debug)]
+pub struct FeedForward<B: Backend> {
+    /// Gate projection `dim -> hidden_dim`.
+    pub w1: Linear<B>,
+    /// Down projection `hidden_dim -> dim`.
+    pub w2: Linear<B>,
+    /// Up projection `dim -> hidden_dim`.
+    pub w3: Linear<B>,
+    pub dropout: Dropout,
+}
+
+/// A bias-free linear layer with N(0, std²) weights, as llama2.c initialises them.
+pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(false)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+impl FeedForwardConfig {
+    /// Randomly initialised block.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> FeedForward<B> {
+        FeedForward {
+            w1: linear(self.dim, self.hidden_dim, self.init_std, device),
+            w2: linear(self.hidden_dim, self.dim, self.init_std, device),
+            w3: linear(self.dim, self.hidden_dim, self.w3_init_std, device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+        }
+    }
+}
+
+impl<B: Backend> FeedForward<B> {
+    /// `[batch, seq, dim] -> [batch, seq, dim]`.
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let gate = silu(self.w1.forward(x.clone()));
+        self.dropout.forward(self.w2.forward(gate * self.w3.forward(x)))
+    }
+}

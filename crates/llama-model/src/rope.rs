@@ -1,0 +1,251 @@
+//! Rotary position embeddings (Su et al., 2021) in Llama's interleaved form.
+//!
+//! Each head vector is split into consecutive pairs `(x[2j], x[2j+1])`; the pair at position
+//! `pos` is rotated by the angle `pos * theta^(-2j / head_dim)`:
+//!
+//! ```text
+//! out[2j]   = x[2j] cos - x[2j+1] sin
+//! out[2j+1] = x[2j] sin + x[2j+1] cos
+//! ```
+//!
+//! The cosine and sine tables are computed once for `max_seq_len` positions. Longer inputs
+//! (the exercise does not truncate long sentences) get their angles computed for the call.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+
+/// Configuration of a [`RotaryEmbedding`].
+#[derive(Config, Debug)]
+pub struct RotaryEmbeddingConfig {
+    /// Width of one attention head (must be even).
+    pub head_dim: usize,
+    /// Number of positions whose angles are precomputed.
+    pub max_seq_len: usize,
+    /// Base of the geometric frequency progression.
+    #[config(default = 10000.0)]
+    pub theta: f64,
+}
+
+/// Precomputed cosine/sine tables; constants of the model, not parameters.
+#[derive(Module, Debug)]
+pub struct RotaryEmbedding<B: Backend> {
+    /// `cos(pos * freq_j)`, `[max_seq_len, head_dim / 2]`.
+    cos: Tensor<B, 2>,
+    /// `sin(pos * freq_j)`, `[max_seq_len, head_dim / 2]`.
+    sin: Tensor<B, 2>,
+    head_dim: usize,
+    theta: f64,
+}
+
+impl RotaryEmbeddingConfig {
+    /// Build the tables on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> RotaryEmbedding<B> {
+        let (cos, sin) = angle_tables::<B>(self.head_dim, self.theta, 0, self.max_seq_len, device);
+        RotaryEmbedding {
+            cos,
+            sin,
+            head_dim: self.head_dim,
+            theta: self.theta,
+        }
+    }
+}
+
+/// Cosine and sine of `pos * theta^(-2j/head_dim)` for `pos` in `start..start+len`,
+/// each `[len, head_dim / 2]`.
+///
+/// The angles are formed in f32 exactly as the PyTorch reference does (f32 frequencies,
+/// f32 product), then the cosine/sine of that f32 angle is rounded once, so tables agree
+/// with the reference bit for bit or within one ulp.
+fn angle_tables<B: Backend>(
+    head_dim: usize,
+    theta: f64,
+    start: usize,
+    len: usize,
+    device: &B::Device,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = head_dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|j| (theta as f32).powf(-((2 * j) as f32) / head_dim as f32))
+        .collect();
+    let mut cos = Vec::with_capacity(len * half);
+    let mut sin = Vec::with_capacity(len * half);
+    for pos in start..start + len {
+        for &f in &freqs {
+            let angle = (pos as f32 * f) as f64;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    (
+        Tensor::from_data(TensorData::new(cos, [len, half]), device),
+        Tensor::from_data(TensorData::new(sin, [len, half]), device),
+    )
+}
+
+/// The rotation angles of one forward pass, computed once and shared by every layer.
+#[derive(Debug, Clone)]
+pub struct RopeAngles<B: Backend> {
+    /// `[1 or batch, seq, 1, head_dim / 2, 1]`
+    cos: Tensor<B, 5>,
+    /// `[1 or batch, seq, 1, head_dim / 2, 1]`
+    sin: Tensor<B, 5>,
+}
+
+impl<B: Backend> RotaryEmbedding<B> {
+    /// Number of precomputed positions.
+    pub fn max_seq_len(&self) -> usize {
+        self.cos.dims()[0]
+    }
+
+    /// Tables for positions `start..start+len`, from the cache when they fit.
+    fn tables(&self, start: usize, len: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        if start + len <= self.max_seq_len() {
+            let range = start..start + len;
+            (
+                self.cos.clone().slice([range.clone()]),
+                self.sin.clone().slice([range]),
+            )
+        } else {
+            angle_tables(self.head_dim, self.theta, start, len, &self.cos.device())
+        }
+    }
+
+    /// Angles for positions `start..start+len`, the same for every batch row.
+    pub fn angles(&self, start: usize, len: usize) -> RopeAngles<B> {
+        let (cos, sin) = self.tables(start, len);
+        let shape = [1, len, 1, self.head_dim / 2, 1];
+        RopeAngles {
+            cos: cos.reshape(shape),
+            sin: sin.reshape(shape),
+        }
+    }
+
+    /// Angles for a position per row and step, `positions` `[batch, seq]` (batches whose
+    /// rows start at different offsets).
+    pub fn angles_at(&self, positions: Tensor<B, 2, Int>) -> RopeAngles<B> {
+        let [batch, seq] = positions.dims();
+        let needed = positions.clone().max().into_scalar().elem::<i64>().max(0) as usize + 1;
+        let (cos, sin) = self.tables(0, needed.max(self.max_seq_len()));
+        let flat = positions.reshape([batch * seq]);
+        let shape = [batch, seq, 1, self.head_dim / 2, 1];
+        RopeAngles {
+            cos: cos.select(0, flat.clone()).reshape(shape),
+            sin: sin.select(0, flat).reshape(shape),
+        }
+    }
+
+    /// Rotate `x` `[batch, seq, heads, head_dim]` whose rows sit at positions
+    /// `start..start+seq`.
+    pub fn apply(&self, x: Tensor<B, 4>, start: usize) -> Tensor<B, 4> {
+        let seq = x.dims()[1];
+        self.angles(start, seq).rotate(x)
+    }
+}
+
+impl<B: Backend> RopeAngles<B> {
+    /// Rotate the interleaved pairs of `x` `[batch, seq, heads, head_dim]`.
+    pub fn rotate(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [b, s, h, d] = x.dims();
+        let pairs = x.reshape([b, s, h, d / 2, 2]);
+        let even = pairs.clone().narrow(4, 0, 1);
+        let odd = pairs.narrow(4, 1, 1);
+        let out_even = even.clone() * self.cos.clone() - odd.clone() * self.sin.clone();
+        let out_odd = even * self.sin.clone() + odd * self.cos.clone();
+        Tensor::cat(vec![out_even, out_odd], 4).reshape([b, s, h, d])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compare::compare;
+    use crate::fixtures::fixture;
+    use burn::backend::NdArray;
+    use serde_json::Value;
+
+    type B = NdArray;
+
+    fn flat(v: &Value) -> Vec<f32> {
+        match v {
+            Value::Array(items) => items.iter().flat_map(flat).collect(),
+            Value::Number(n) => vec![n.as_f64().expect("number") as f32],
+            other => panic!("unexpected JSON value {other}"),
+        }
+    }
+
+    fn dims(v: &Value) -> Vec<usize> {
+        let mut dims = vec![];
+        let mut cur = v;
+        while let Value::Array(items) = cur {
+            dims.push(items.len());
+            cur = &items[0];
+        }
+        dims
+    }
+
+    fn tensor4(v: &Value) -> Tensor<B, 4> {
+        let d = dims(v);
+        Tensor::from_data(
+            TensorData::new(flat(v), [d[0], d[1], d[2], d[3]]),
+            &Default::default(),
+        )
+    }
+
+    fn check_case(case: &Value, atol: f64, rtol: f64) {
+        let head_dim = case["head_dim"].as_u64().unwrap() as usize;
+        let max_seq_len = case["max_seq_len"].as_u64().unwrap() as usize;
+        let theta = case["theta"].as_f64().unwrap();
+        let rope = RotaryEmbeddingConfig::new(head_dim, max_seq_len)
+            .with_theta(theta)
+            .init::<B>(&Default::default());
+        for (input, expected) in [("query", "expected_query_out"), ("key", "expected_key_out")] {
+            let out = rope.apply(tensor4(&case[input]), 0);
+            assert_eq!(out.dims().to_vec(), dims(&case[expected]));
+            let actual = out.into_data().to_vec::<f32>().unwrap();
+            let c = compare(&actual, &flat(&case[expected]), atol, rtol);
+            assert!(c.passed(), "{input}: {c:?}");
+        }
+    }
+
+    #[test]
+    fn matches_the_exercise_rope_test() {
+        let json: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture("reference/rope.json")).unwrap(),
+        )
+        .unwrap();
+        // rope_test.py uses torch.allclose defaults.
+        check_case(&json["assignment_test"], 1e-8, 1e-5);
+        check_case(&json["random_case"], 1e-6, 1e-5);
+    }
+
+    #[test]
+    fn offsets_and_per_row_positions_agree_with_a_full_pass() {
+        let device = Default::default();
+        let rope = RotaryEmbeddingConfig::new(8, 4).init::<B>(&device);
+        let x = Tensor::<B, 4>::random(
+            [2, 6, 3, 8],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        // Positions past the table (6 > 4) are computed on the fly.
+        let full = rope.apply(x.clone(), 0);
+        let tail = rope.apply(x.clone().narrow(1, 2, 4), 2);
+        let a = full.clone().narrow(1, 2, 4).into_data().to_vec::<f32>().unwrap();
+        let c = compare(&tail.into_data().to_vec::<f32>().unwrap(), &a, 1e-6, 1e-6);
+        assert!(c.passed(), "{c:?}");
+
+        let positions = Tensor::<B, 1, Int>::arange(0..6, &device)
+            .unsqueeze::<2>()
+            .repeat_dim(0, 2);
+        let at = rope.angles_at(positions).rotate(x);
+        let c = compare(
+            &at.into_data().to_vec::<f32>().unwrap(),
+            &full.into_data().to_vec::<f32>().unwrap(),
+            1e-6,
+            1e-6,
+        );
+        assert!(c.passed(), "{c:?}");
+    }
+}

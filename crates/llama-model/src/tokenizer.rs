@@ -1,0 +1,334 @@
+//! The Llama 2 tokenizer: sentencepiece BPE with byte fallback, run by the `tokenizers` crate.
+//!
+//! [`Tokenizer::from_file`] reads any of the three files the Llama 2 ecosystem ships —
+//! sentencepiece's `tokenizer.model`, llama2.c's `tokenizer.bin`, HuggingFace's
+//! `tokenizer.json` — recognising the format from the content, not the file name. The first two
+//! are converted to a `tokenizers` BPE model (see `builder.rs`) that produces the same ids as
+//! sentencepiece; the third is used as it is.
+//!
+//! The API follows the minllama assignment's `tokenizer.py`: [`Tokenizer::encode`] takes `bos`
+//! / `eos` flags, `pad_id` is the id of the piece `<0x00>`, and [`Tokenizer::decode`] follows
+//! sentencepiece (control pieces dropped, byte pieces joined into characters, the first
+//! piece's leading space removed).
+
+mod builder;
+mod decode;
+mod error;
+mod format;
+mod huggingface;
+mod llama2c;
+mod sentencepiece;
+mod stream;
+mod vocab;
+
+#[cfg(test)]
+mod reference;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use error::TokenizerError;
+pub use format::TokenizerFormat;
+pub use stream::StreamDecoder;
+pub use vocab::PieceKind;
+
+use decode::DecodeState;
+use vocab::{Piece, TextOptions, Vocabulary, SPACE_SYMBOL};
+
+/// The piece whose id pads batches (the assignment overrides sentencepiece's `pad_id = -1`).
+pub const PAD_PIECE: &str = "<0x00>";
+/// The beginning-of-sequence piece.
+pub const BOS_PIECE: &str = "<s>";
+/// The end-of-sequence piece.
+pub const EOS_PIECE: &str = "</s>";
+
+/// A loaded tokenizer: a `tokenizers` BPE tokenizer plus the piece table used for decoding.
+///
+/// Cheap to share (`&Tokenizer` is `Send + Sync`); cloning copies the vocabulary.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    vocab: Vocabulary,
+    bos_id: u32,
+    eos_id: u32,
+    pad_id: u32,
+    unk_id: Option<u32>,
+    max_len: Option<usize>,
+    format: TokenizerFormat,
+    source: PathBuf,
+}
+
+impl Tokenizer {
+    /// Loads a `tokenizer.model`, `tokenizer.bin` or `tokenizer.json`, whichever the file's
+    /// content is.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&bytes, path)
+    }
+
+    /// Loads a tokenizer from the bytes of one of the supported files (errors name `<memory>`).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenizerError> {
+        Self::parse(bytes, Path::new("<memory>"))
+    }
+
+    fn parse(bytes: &[u8], path: &Path) -> Result<Self, TokenizerError> {
+        if bytes.is_empty() {
+            return Err(TokenizerError::EmptyFile {
+                path: path.to_path_buf(),
+            });
+        }
+        let format = format::detect(bytes).map_err(|reason| TokenizerError::UnknownFormat {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let (inner, vocab) = match format {
+            TokenizerFormat::SentencePiece => {
+                let vocab = sentencepiece::parse(bytes, path)?;
+                (builder::build(&vocab, path)?, vocab)
+            }
+            TokenizerFormat::Llama2c => {
+                let vocab = llama2c::parse(bytes, path)?;
+                (builder::build(&vocab, path)?, vocab)
+            }
+            TokenizerFormat::HuggingFaceJson => huggingface::parse(bytes, path)?,
+        };
+
+        let required = |piece: &str, purpose: &'static str| {
+            vocab
+                .find(piece)
+                .ok_or_else(|| TokenizerError::MissingPiece {
+                    path: path.to_path_buf(),
+                    piece: piece.to_string(),
+                    purpose,
+                })
+        };
+        let bos_id = required(BOS_PIECE, "beginning-of-sequence id")?;
+        let eos_id = required(EOS_PIECE, "end-of-sequence id")?;
+        let pad_id = required(PAD_PIECE, "padding id")?;
+        let unk_id = vocab
+            .pieces
+            .iter()
+            .position(|p| p.kind == PieceKind::Unknown)
+            .map(|id| id as u32);
+
+        Ok(Self {
+            inner,
+            vocab,
+            bos_id,
+            eos_id,
+            pad_id,
+            unk_id,
+            max_len: None,
+            format,
+            source: path.to_path_buf(),
+        })
+    }
+
+    /// Sets the maximum number of text tokens [`encode`](Self::encode) keeps, like the
+    /// assignment's `Tokenizer(max_len=...)`; `None` (the default) keeps everything.
+    #[must_use]
+    pub fn with_max_len(mut self, max_len: Option<usize>) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// The maximum set by [`with_max_len`](Self::with_max_len).
+    pub fn max_len(&self) -> Option<usize> {
+        self.max_len
+    }
+
+    /// Encodes `text` like sentencepiece, optionally with BOS in front and EOS at the end.
+    ///
+    /// If a maximum length is set ([`with_max_len`](Self::with_max_len)) the text's ids are cut
+    /// to it first, as in [`encode_truncated`](Self::encode_truncated).
+    pub fn encode(&self, text: &str, bos: bool, eos: bool) -> Result<Vec<u32>, TokenizerError> {
+        match self.max_len {
+            Some(max_len) => self.encode_truncated(text, bos, eos, max_len),
+            None => self.encode_impl(text, bos, eos, usize::MAX),
+        }
+    }
+
+    /// Encodes `text`, keeping only its first `max_len` ids, then adds BOS/EOS.
+    ///
+    /// This is the order of the minllama assignment's `tokenizer.py`
+    /// (`t = sp.encode(s); t = t[:max_len]; [bos] + t + [eos]`), so the result can hold
+    /// `max_len + 2` ids and an EOS survives truncation.
+    pub fn encode_truncated(
+        &self,
+        text: &str,
+        bos: bool,
+        eos: bool,
+        max_len: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_impl(text, bos, eos, max_len)
+    }
+
+    fn encode_impl(
+        &self,
+        text: &str,
+        bos: bool,
+        eos: bool,
+        max_len: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let body = encoding.get_ids();
+        let body = &body[..body.len().min(max_len)];
+        let mut ids = Vec::with_capacity(body.len() + 2);
+        if bos {
+            ids.push(self.bos_id);
+        }
+        ids.extend_from_slice(body);
+        if eos {
+            ids.push(self.eos_id);
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text the way sentencepiece does: BOS/EOS and other control pieces are
+    /// dropped, `<0xNN>` pieces become bytes (U+FFFD for each byte that is not part of a valid
+    /// character), `<unk>` becomes `" ⁇ "`, and the first piece's leading space is removed.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        let mut state = DecodeState::default();
+        let mut text = String::new();
+        for &id in ids {
+            text.push_str(&state.push(self.piece(id)?, &self.vocab.options));
+        }
+        text.push_str(&state.finish());
+        Ok(text)
+    }
+
+    /// The bytes one token prints in llama2.c's streaming `decode(prev, id)`: the piece with
+    /// `▁` as a space, the raw byte for `<0xNN>`, nothing for control pieces; directly after
+    /// BOS the leading space is dropped.
+    ///
+    /// Bytes rather than text because a byte piece can be part of a multi-byte character;
+    /// [`stream_decoder`](Self::stream_decoder) assembles complete characters instead.
+    pub fn decode_piece(&self, prev_id: u32, id: u32) -> Result<Vec<u8>, TokenizerError> {
+        let piece = self.piece(id)?;
+        let text = match piece.kind {
+            PieceKind::Control => return Ok(Vec::new()),
+            PieceKind::Byte(byte) => return Ok(vec![byte]),
+            PieceKind::Unknown => self.vocab.options.unk_surface.clone(),
+            _ => piece.text.replace(SPACE_SYMBOL, " "),
+        };
+        let text = match text.strip_prefix(' ') {
+            Some(rest) if prev_id == self.bos_id && self.vocab.options.add_dummy_prefix => rest,
+            _ => &text,
+        };
+        Ok(text.as_bytes().to_vec())
+    }
+
+    /// A decoder that turns ids into text incrementally (for printing while generating).
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder::new(self)
+    }
+
+    /// The piece of `id` in sentencepiece spelling (`▁Hello`, `<0x0A>`, `<s>`), if it exists.
+    pub fn id_to_piece(&self, id: u32) -> Option<&str> {
+        self.vocab.pieces.get(id as usize).map(|p| p.text.as_str())
+    }
+
+    /// The id of a piece given in sentencepiece spelling, if it is in the vocabulary.
+    pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
+        self.inner.token_to_id(piece)
+    }
+
+    /// What kind of piece `id` is (normal, control, byte ...), if it exists.
+    pub fn piece_kind(&self, id: u32) -> Option<PieceKind> {
+        self.vocab.pieces.get(id as usize).map(|p| p.kind)
+    }
+
+    /// Number of pieces (32000 for Llama 2, 512 for tok512).
+    pub fn vocab_size(&self) -> usize {
+        self.vocab.pieces.len()
+    }
+
+    /// Id of `<s>` (1 for Llama 2).
+    pub fn bos_id(&self) -> u32 {
+        self.bos_id
+    }
+
+    /// Id of `</s>` (2 for Llama 2).
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// Id of the piece `<0x00>`, used to pad batches (3 for Llama 2 and tok512).
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    /// Id of `<unk>`, if the vocabulary has one (0 for Llama 2).
+    pub fn unk_id(&self) -> Option<u32> {
+        self.unk_id
+    }
+
+    /// The format the tokenizer was loaded from.
+    pub fn format(&self) -> TokenizerFormat {
+        self.format
+    }
+
+    /// The file it was loaded from (`<memory>` for [`from_bytes`](Self::from_bytes)).
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The underlying `tokenizers` tokenizer (normaliser, BPE model with merges, decoder).
+    ///
+    /// Encode through it with `add_special_tokens = false`; BOS/EOS are added by
+    /// [`encode`](Self::encode), not by a post-processor.
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Writes the tokenizer as a HuggingFace `tokenizer.json`, loadable again by
+    /// [`from_file`](Self::from_file) or by any `tokenizers` binding.
+    pub fn save_json(&self, path: impl AsRef<Path>, pretty: bool) -> Result<(), TokenizerError> {
+        let path = path.as_ref();
+        self.inner
+            .save(path, pretty)
+            .map_err(|e| TokenizerError::Save {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The piece of `id`, or [`TokenizerError::InvalidId`].
+    fn piece(&self, id: u32) -> Result<&Piece, TokenizerError> {
+        self.vocab
+            .pieces
+            .get(id as usize)
+            .ok_or(TokenizerError::InvalidId {
+                id,
+                vocab_size: self.vocab.pieces.len(),
+            })
+    }
+
+    fn text_options(&self) -> &TextOptions {
+        &self.vocab.options
+    }
+}
+
+impl fmt::Debug for Tokenizer {
+    // The vocabulary and merges are far too long to print.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("source", &self.source)
+            .field("format", &self.format)
+            .field("vocab_size", &self.vocab_size())
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("pad_id", &self.pad_id)
+            .field("max_len", &self.max_len)
+            .finish_non_exhaustive()
+    }
+}

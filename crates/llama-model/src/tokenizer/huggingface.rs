@@ -1,0 +1,138 @@
+//! Loading a HuggingFace `tokenizer.json`.
+//!
+//! The `tokenizers` crate reads the file itself; this module only derives the piece table
+//! (id -> piece text and kind) that decoding and the special ids need, and switches off the
+//! file's own truncation/padding so that [`Tokenizer::encode`](super::Tokenizer::encode) has one
+//! behaviour whatever the source format.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tokenizers::models::ModelWrapper;
+
+use super::vocab::{parse_byte_piece, Piece, PieceKind, TextOptions, Vocabulary};
+use super::TokenizerError;
+
+/// Parses a `tokenizer.json` and derives its vocabulary.
+pub fn parse(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(tokenizers::Tokenizer, Vocabulary), TokenizerError> {
+    let invalid = |reason: String| TokenizerError::InvalidJson {
+        path: path.to_path_buf(),
+        reason,
+    };
+
+    let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| invalid(e.to_string()))?;
+    inner
+        .with_truncation(None)
+        .map_err(|e| invalid(e.to_string()))?;
+    inner.with_padding(None);
+    // Text that spells "<s>" is text, as in sentencepiece; BOS is added by `encode(.., bos)`.
+    inner.set_encode_special_tokens(true);
+
+    let by_id = inner.get_vocab(true);
+    if by_id.is_empty() {
+        return Err(TokenizerError::EmptyVocab {
+            path: path.to_path_buf(),
+        });
+    }
+    let size = by_id.len();
+    let mut texts: Vec<Option<String>> = vec![None; size];
+    for (text, id) in by_id {
+        match texts.get_mut(id as usize) {
+            Some(slot) => *slot = Some(text),
+            None => {
+                return Err(invalid(format!(
+                    "token {text:?} has id {id}, outside 0..{size}: ids are not contiguous"
+                )))
+            }
+        }
+    }
+
+    let added = inner.get_added_tokens_decoder();
+    let unk = match inner.get_model() {
+        ModelWrapper::BPE(bpe) => bpe.unk_token.clone(),
+        _ => None,
+    };
+    let mut pieces = Vec::with_capacity(size);
+    for (id, text) in texts.into_iter().enumerate() {
+        // Each slot is filled: `size` distinct ids all below `size`.
+        let text = text.ok_or_else(|| invalid(format!("no token has id {id}")))?;
+        let kind = if unk.as_deref() == Some(text.as_str()) {
+            PieceKind::Unknown
+        } else if let Some(token) = added.get(&(id as u32)) {
+            if token.special {
+                PieceKind::Control
+            } else {
+                PieceKind::UserDefined
+            }
+        } else if let Some(byte) = parse_byte_piece(&text) {
+            PieceKind::Byte(byte)
+        } else {
+            PieceKind::Normal
+        };
+        pieces.push(Piece {
+            text,
+            score: 0.0,
+            kind,
+        });
+    }
+
+    let decoder = serde_json::to_value(inner.get_decoder()).unwrap_or(Value::Null);
+    let options = TextOptions {
+        add_dummy_prefix: strips_first_space(&decoder),
+        ..TextOptions::default()
+    };
+    let vocab = Vocabulary { pieces, options };
+    vocab.validate(path)?;
+    Ok((inner, vocab))
+}
+
+/// Whether the serialized decoder removes the dummy-prefix space (`Strip` with `start >= 1`,
+/// or a `Metaspace` that prepends), i.e. whether the file follows sentencepiece's convention.
+fn strips_first_space(decoder: &Value) -> bool {
+    match decoder {
+        Value::Object(map) => {
+            let kind = map.get("type").and_then(Value::as_str);
+            let this = match kind {
+                Some("Strip") => {
+                    map.get("content").and_then(Value::as_str) == Some(" ")
+                        && map.get("start").and_then(Value::as_u64).unwrap_or(0) >= 1
+                }
+                Some("Metaspace") => {
+                    map.get("prepend_scheme").and_then(Value::as_str) != Some("never")
+                }
+                _ => false,
+            };
+            this || map.values().any(strips_first_space)
+        }
+        Value::Array(items) => items.iter().any(strips_first_space),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_json_is_an_error() {
+        let err = parse(b"{\"not\": \"a tokenizer\"}", Path::new("t.json"));
+        assert!(matches!(err, Err(TokenizerError::InvalidJson { .. })));
+        let err = parse(b"{ truncated", Path::new("t.json"));
+        assert!(matches!(err, Err(TokenizerError::InvalidJson { .. })));
+    }
+
+    #[test]
+    fn recognises_the_llama_decoder() {
+        let llama: Value = serde_json::json!({"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]});
+        assert!(strips_first_space(&llama));
+        let none: Value = serde_json::json!({"type": "Sequence", "decoders": [{"type": "Fuse"}]});
+        assert!(!strips_first_space(&none));
+        assert!(!strips_first_space(&Value::Null));
+    }
+}
