@@ -1,1 +1,47 @@
-fn main(){}
+//! `llama-cli`: load Llama 2 checkpoints, check them, generate text, classify sentences.
+
+mod backend;
+mod sanity;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use backend::{run_on, BackendKind};
+
+/// Llama 2 on Burn: the minllama exercise as a tool.
+#[derive(Debug, Parser)]
+#[command(name = "llama-cli", version, about)]
+struct Cli {
+    /// Compute backend (those compiled into this binary; see `--help` of the build features).
+    #[arg(long, global = true, value_enum, default_value_t = BackendKind::default_kind())]
+    backend: BackendKind,
+    /// Device index for GPU backends.
+    #[arg(long, global = true, default_value_t = 0)]
+    device: usize,
+    /// CPU threads for ndarray/flex (0 = one per core).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compare the forward pass with reference outputs (the exercise's sanity check).
+    Sanity(sanity::SanityArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // usage errors exit with status 2
+    let result = backend::set_threads(cli.threads).and_then(|()| match cli.command {
+        Command::Sanity(args) => run_on(cli.backend, cli.device, args),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -162,20 +162,20 @@ impl LlamaConfig {
                 self.dim, self.n_layers, self.n_heads, self.vocab_size
             ));
         }
-        if self.dim % self.n_heads != 0 {
+        if !self.dim.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "dim {} is not divisible by n_heads {}",
                 self.dim, self.n_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad(format!(
                 "head dim {} must be even for rotary embeddings",
                 self.head_dim()
             ));
         }
         let kv = self.n_kv_heads();
-        if kv == 0 || self.n_heads % kv != 0 {
+        if kv == 0 || !self.n_heads.is_multiple_of(kv) {
             return bad(format!(
                 "n_heads {} is not a multiple of n_kv_heads {kv}",
                 self.n_heads

@@ -428,3 +428,16 @@ fn agrees_with_the_llama2c_algorithm_on_sst_sentences() {
     }
     assert_eq!(checked, 2 * 1101);
 }
+
+#[test]
+fn tokenizer_can_be_shared_between_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Tokenizer>();
+    let t = load(TOK512_BIN);
+    let ids = std::thread::scope(|s| {
+        s.spawn(|| t.encode("Lily and Tom", true, false).unwrap())
+            .join()
+            .unwrap()
+    });
+    assert_eq!(ids, [1, 317, 269, 274, 287]);
+}

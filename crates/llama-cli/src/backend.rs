@@ -1,0 +1,143 @@
+//! Choosing the compute backend at run time.
+//!
+//! The generic code is instantiated once per backend compiled into this binary (cargo
+//! features `ndarray`, `flex`, `wgpu`, `tch`); `--backend` picks one of them. Every job runs on
+//! the autodiff wrapper of the chosen backend, so training can differentiate; inference jobs
+//! use its inner backend and pay nothing for autodiff.
+
+#[allow(unused_imports)]
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::ValueEnum;
+
+/// The backends a user can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Pure-Rust CPU backend on ndarray (the test backend).
+    Ndarray,
+    /// Burn's fast pure-Rust CPU backend (gemm, SIMD, rayon).
+    Flex,
+    /// GPU through wgpu (Vulkan/Metal/DX12; lavapipe on machines without a GPU).
+    Wgpu,
+    /// libtorch on the CPU.
+    TchCpu,
+    /// libtorch on a CUDA GPU.
+    TchCuda,
+}
+
+impl BackendKind {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ndarray => "ndarray",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::TchCpu => "tch-cpu",
+            Self::TchCuda => "tch-cuda",
+        }
+    }
+
+    /// The CLI's default: flex (measured faster than ndarray for inference and training on
+    /// the CPU, see the README), else ndarray.
+    pub fn default_kind() -> Self {
+        if cfg!(feature = "flex") {
+            Self::Flex
+        } else {
+            Self::Ndarray
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Work that runs on any backend. `B` is an autodiff backend; use `B::InnerBackend` for
+/// inference.
+pub trait Job {
+    type Output;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<Self::Output>;
+}
+
+#[allow(dead_code)]
+fn not_compiled(kind: BackendKind, feature: &str) -> anyhow::Error {
+    let extra = if feature == "tch" {
+        " (needs libtorch: see the README's libtorch section)"
+    } else {
+        ""
+    };
+    anyhow::anyhow!(
+        "backend `{kind}` is not compiled into this binary: rebuild with \
+         `cargo build --release -p llama-cli --features {feature}`{extra}"
+    )
+}
+
+/// Defines `fn $name(job, device, kind)` running `$body` when `$feature` is compiled in, and
+/// explaining how to get it otherwise.
+macro_rules! backend_runner {
+    ($name:ident, $feature:literal, |$job:ident, $device:ident, $kind:ident| $body:expr) => {
+        #[cfg(feature = $feature)]
+        fn $name<J: Job>($job: J, $device: usize, $kind: BackendKind) -> Result<J::Output> {
+            $body
+        }
+        #[cfg(not(feature = $feature))]
+        fn $name<J: Job>(_: J, _: usize, kind: BackendKind) -> Result<J::Output> {
+            Err(not_compiled(kind, $feature))
+        }
+    };
+}
+
+backend_runner!(run_ndarray, "ndarray", |job, _device, kind| {
+    job.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default(), kind)
+});
+backend_runner!(run_flex, "flex", |job, _device, kind| {
+    job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), kind)
+});
+backend_runner!(run_wgpu, "wgpu", |job, device, kind| {
+    use burn::backend::wgpu::WgpuDevice;
+    let device = if device == 0 {
+        WgpuDevice::DefaultDevice
+    } else {
+        WgpuDevice::DiscreteGpu(device)
+    };
+    job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, kind)
+});
+backend_runner!(run_tch_cpu, "tch", |job, _device, kind| {
+    use burn::backend::libtorch::LibTorchDevice;
+    job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(LibTorchDevice::Cpu, kind)
+});
+backend_runner!(run_tch_cuda, "tch", |job, device, kind| {
+    use burn::backend::libtorch::LibTorchDevice;
+    if !burn::backend::libtorch::tch::Cuda::is_available() {
+        bail!(
+            "backend `tch-cuda`: libtorch sees no CUDA device (check `nvidia-smi`, and that \
+             the pip torch wheel is a CUDA build); use `--backend tch-cpu` otherwise"
+        );
+    }
+    job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(LibTorchDevice::Cuda(device), kind)
+});
+
+/// Run `job` on the backend `kind`, device index `device` (GPU backends).
+pub fn run_on<J: Job>(kind: BackendKind, device: usize, job: J) -> Result<J::Output> {
+    match kind {
+        BackendKind::Ndarray => run_ndarray(job, device, kind),
+        BackendKind::Flex => run_flex(job, device, kind),
+        BackendKind::Wgpu => run_wgpu(job, device, kind),
+        BackendKind::TchCpu => run_tch_cpu(job, device, kind),
+        BackendKind::TchCuda => run_tch_cuda(job, device, kind),
+    }
+}
+
+/// Size the CPU thread pool (rayon, used by ndarray and flex). Must run before any tensor
+/// work; `0` keeps the default (one thread per core).
+pub fn set_threads(threads: usize) -> Result<()> {
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("cannot size the thread pool to {threads}: {e}"))?;
+    }
+    Ok(())
+}
