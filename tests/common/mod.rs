@@ -77,3 +77,20 @@ pub fn stories260k_files() -> Vec<PathBuf> {
 pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().into_vec::<f32>().unwrap()
 }
+
+/// stories260K (from its llama2.c `.bin`) on the test backend, with its config.
+pub fn stories260k() -> (llama_model::Llama<B>, llama_model::LlamaConfig) {
+    let loaded = llama_model::load_checkpoint::<B>(
+        &fixture("models/stories260K/stories260K.bin"),
+        &llama_model::LoadOptions::default(),
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    (loaded.model, loaded.config)
+}
+
+/// The tok512 tokenizer that goes with stories260K.
+pub fn tok512() -> llama_model::Tokenizer {
+    llama_model::Tokenizer::from_file(fixture("models/stories260K/tok512.bin"))
+        .unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,6 +1,8 @@
 //! `llama-cli`: load Llama 2 checkpoints, check them, generate text, classify sentences.
 
 mod backend;
+mod generate;
+mod output;
 mod sanity;
 
 use std::process::ExitCode;
@@ -30,12 +32,15 @@ struct Cli {
 enum Command {
     /// Compare the forward pass with reference outputs (the exercise's sanity check).
     Sanity(sanity::SanityArgs),
+    /// Continue a prompt with a KV cache, streaming the text (greedy or sampled).
+    Generate(generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with status 2
     let result = backend::set_threads(cli.threads).and_then(|()| match cli.command {
         Command::Sanity(args) => run_on(cli.backend, cli.device, args),
+        Command::Generate(args) => run_on(cli.backend, cli.device, args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,11 +10,14 @@ pub mod compare;
 pub mod config;
 pub mod feed_forward;
 pub mod fixtures;
+pub mod generate;
 pub mod kv_cache;
 pub mod layer;
 pub mod llama;
 pub mod rms_norm;
 pub mod rope;
+pub mod sampling;
+pub mod text_stream;
 pub mod tokenizer;
 
 pub use adamw::{AdamW, AdamWConfig};

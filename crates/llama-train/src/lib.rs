@@ -1,1 +1,9 @@
-pub fn x(){}
+//! Sentence classification with Llama 2 on Burn: the exercise's SST-5 and CFIMDB tasks,
+//! by zero-shot prompting and by fine-tuning a classifier head with Burn's Learner.
+
+pub mod classifier;
+pub mod data;
+pub mod finetune;
+pub mod metrics;
+pub mod predictions;
+pub mod prompting;

@@ -1,0 +1,953 @@
+//! Fine-tuning the [`LlamaEmbeddingClassifier`] with Burn's `Learner` and the exercise's
+//! AdamW, evaluation on dev after every epoch, and prediction with the best-dev model.
+//!
+//! # Flow of [`finetune`]
+//!
+//! 1. Seed the backend (`B::seed`: head initialisation and dropout masks) and build the
+//!    classifier over the given Llama; with [`FinetuneOption::Pretrain`] the Llama is frozen.
+//! 2. Train for `epochs` epochs with Burn's [`SupervisedTraining`]: shuffled training
+//!    batches (`DataLoaderBuilder::shuffle(seed)`), AdamW at a constant learning rate, dev
+//!    evaluation after each epoch. Metrics: loss, accuracy, macro-F1 (train and dev),
+//!    learning rate and iteration speed (train), shown by [`ProgressRenderer`] and logged
+//!    by Burn under `artifact_dir/train` and `artifact_dir/valid`.
+//! 3. Burn's file checkpointer saves the model (with the optimizer state) whenever the dev
+//!    accuracy improves (strictly: a tie keeps the earlier epoch), under
+//!    `artifact_dir/checkpoint/`.
+//! 4. The best epoch's model is copied to `artifact_dir/classifier.mpk` (next to
+//!    `classifier.json`, its [`ClassifierConfig`], and `finetune.json`), **reloaded** from
+//!    there and used to predict dev (and test): the predictions returned are exactly what
+//!    [`load_classifier`] + [`evaluate`] give later.
+//!
+//! Records are saved in full precision (Burn's `DefaultRecorder`, named MessagePack):
+//! Burn's `CompactRecorder` stores half precision, whose rounding (about 5e-4 relative)
+//! exceeds what a fine-tuning step at lr 2e-5 changes.
+//!
+//! # Reproducibility
+//!
+//! The same seed on the same backend gives the same run (same batches, same dropout masks,
+//! same head, hence the same weights and predictions) provided `num_workers <= 1` (with more
+//! workers, batches arrive in thread order) and nothing else draws from the backend's random
+//! generator meanwhile (ndarray's generator is global to the process).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use burn::config::Config;
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::module::Module;
+use burn::record::{DefaultRecorder, FileRecorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use burn::train::checkpoint::{
+    CheckpointingAction, CheckpointingStrategy, MetricCheckpointingStrategy,
+};
+use burn::train::metric::store::{Aggregate, Direction, EventStoreClient, Split};
+use burn::train::metric::{
+    AccuracyMetric, Adaptor, IterationSpeedMetric, LearningRateMetric, LossMetric, Metric,
+    MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric,
+    NumericAttributes, NumericEntry, SerializedEntry,
+};
+use burn::train::renderer::{
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
+};
+use burn::train::{ClassificationOutput, Learner, SupervisedTraining};
+use llama_model::adamw::{validate_lr, AdamWError};
+use llama_model::{AdamWConfig, Llama, LlamaConfig};
+
+use crate::classifier::{
+    nll_per_example, ClassifierConfig, ClassifierError, FinetuneOption, LlamaEmbeddingClassifier,
+    SentencePosition,
+};
+use crate::data::{make_batch, DataError, DataOptions, SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
+use crate::metrics::{ConfusionMatrix, MetricsError};
+
+/// The recorder of classifier records and training checkpoints: named MessagePack, full
+/// precision (`.mpk`).
+pub type ClassifierRecorder = DefaultRecorder;
+
+/// File name of the saved [`ClassifierConfig`] in an artifact folder.
+pub const CLASSIFIER_CONFIG_FILE: &str = "classifier.json";
+/// File stem of the saved best classifier record in an artifact folder (the recorder adds
+/// `.mpk`).
+pub const CLASSIFIER_RECORD_STEM: &str = "classifier";
+/// File name of the saved [`FinetuneConfig`] in an artifact folder.
+pub const FINETUNE_CONFIG_FILE: &str = "finetune.json";
+
+/// Name of the loss metric (mean NLL per sentence) in epoch summaries.
+pub const LOSS: &str = "Loss";
+/// Name of the accuracy metric (percent) in epoch summaries.
+pub const ACCURACY: &str = "Accuracy";
+/// Name of the macro-F1 metric (percent) in epoch summaries.
+pub const MACRO_F1: &str = "Macro-F1";
+/// Name of the learning-rate metric in epoch summaries.
+pub const LEARNING_RATE: &str = "Learning Rate";
+/// Name of the iteration-speed metric (iterations per second) in epoch summaries.
+pub const ITERATION_SPEED: &str = "Iteration Speed";
+
+/// Why fine-tuning or evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    /// A [`FinetuneConfig`] value is out of range.
+    #[error("invalid fine-tuning config: {0}")]
+    InvalidConfig(String),
+    /// The classifier could not be built.
+    #[error(transparent)]
+    Classifier(#[from] ClassifierError),
+    /// The optimizer settings are invalid.
+    #[error(transparent)]
+    Optimizer(#[from] AdamWError),
+    /// A dataset's labels do not fit the classifier.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Scores could not be computed.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// A dataset without examples.
+    #[error("the {which} set is empty")]
+    EmptyDataset {
+        /// `"training"`, `"dev"`, ...
+        which: &'static str,
+    },
+    /// A file or folder could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A config file of an artifact folder is missing or unreadable.
+    #[error("cannot read {path}: {detail}")]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A model record could not be read (missing, corrupt, or of another model shape).
+    #[error("cannot load classifier record {path}: {detail}")]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// Burn's error.
+        detail: String,
+    },
+    /// Training ended without any dev evaluation, so there is no best model.
+    #[error("training stopped before the first dev evaluation: no model was saved in {0}")]
+    NoCheckpoint(PathBuf),
+    /// [`evaluate`] was given a model on an autodiff backend, where dropout is active.
+    #[error("evaluate the inference model (`model.valid()`): dropout is active on an autodiff backend")]
+    AutodiffModel,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FinetuneError + '_ {
+    move |source| FinetuneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Settings of [`finetune`] (the exercise's `run_llama.py` options for fine-tuning).
+#[derive(Config, Debug)]
+pub struct FinetuneConfig {
+    /// Folder for checkpoints, metric logs and the saved classifier (created if missing).
+    pub artifact_dir: PathBuf,
+    /// Number of passes over the training set.
+    #[config(default = 5)]
+    pub epochs: usize,
+    /// Constant learning rate of AdamW.
+    #[config(default = 2e-5)]
+    pub lr: f64,
+    /// Sentences per batch (training and evaluation).
+    #[config(default = 8)]
+    pub batch_size: usize,
+    /// Dropout on the sentence representation before the head.
+    #[config(default = 0.3)]
+    pub hidden_dropout_prob: f64,
+    /// Seed of shuffling, dropout and head initialisation.
+    #[config(default = 1337)]
+    pub seed: u64,
+    /// Token limit per sentence, BOS included; applied when the datasets are tokenized (build
+    /// them with [`Self::data_options`]) and saved so that evaluation tokenizes alike.
+    #[config(default = "None")]
+    pub max_sentence_len: Option<usize>,
+    /// Train the head only (`pretrain`) or everything (`finetune`).
+    #[config(default = "FinetuneOption::Finetune")]
+    pub option: FinetuneOption,
+    /// AdamW's decoupled weight decay.
+    #[config(default = 0.0)]
+    pub weight_decay: f64,
+    /// Data-loading threads for the training and dev sets (0 loads on the training thread;
+    /// more than 1 makes the batch order, hence the run, non-reproducible).
+    #[config(default = 1)]
+    pub num_workers: usize,
+    /// Which hidden state represents a sentence.
+    #[config(default = "SentencePosition::LastToken")]
+    pub position: SentencePosition,
+    /// When stdout is not a terminal, print a progress line every this many training
+    /// iterations (0: epoch summaries only). On a terminal one status line is redrawn.
+    #[config(default = 50)]
+    pub log_every: usize,
+}
+
+impl FinetuneConfig {
+    /// Check the values: at least one epoch and one sentence per batch, a finite
+    /// non-negative learning rate, dropout in `[0, 1)`.
+    pub fn check(&self) -> Result<(), FinetuneError> {
+        let bad = |msg: String| Err(FinetuneError::InvalidConfig(msg));
+        if self.epochs == 0 {
+            return bad("epochs must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be at least 1".into());
+        }
+        if self.max_sentence_len == Some(0) {
+            return bad("max_sentence_len must be at least 1 (it counts BOS)".into());
+        }
+        validate_lr(self.lr)?;
+        if !(0.0..1.0).contains(&self.hidden_dropout_prob) {
+            return Err(ClassifierError::InvalidDropout(self.hidden_dropout_prob).into());
+        }
+        AdamWConfig::new()
+            .with_weight_decay(self.weight_decay)
+            .validate()?;
+        Ok(())
+    }
+
+    /// How to tokenize the datasets for this run (`max_sentence_len`).
+    pub fn data_options(&self) -> DataOptions {
+        DataOptions::default().with_max_sentence_len(self.max_sentence_len)
+    }
+}
+
+/// The data of a fine-tuning run.
+#[derive(Debug, Clone)]
+pub struct FinetuneData {
+    /// Training set (shuffled every epoch).
+    pub train: SentenceDataset,
+    /// Dev set: evaluated after every epoch, selects the best model.
+    pub dev: SentenceDataset,
+    /// Optional test set, predicted with the best model at the end.
+    pub test: Option<SentenceDataset>,
+    /// Number of classes of the head (labels are class ids `0..num_labels`).
+    pub num_labels: usize,
+    /// Pad id of the tokenizer (3 for Llama 2 and tok512).
+    pub pad_id: u32,
+}
+
+impl FinetuneData {
+    /// The exercise's setup: the number of classes is the number of distinct training labels
+    /// (`num_labels = len(set(train labels))`).
+    pub fn new(
+        train: SentenceDataset,
+        dev: SentenceDataset,
+        test: Option<SentenceDataset>,
+        pad_id: u32,
+    ) -> Self {
+        let num_labels = train.num_labels();
+        Self {
+            train,
+            dev,
+            test,
+            num_labels,
+            pad_id,
+        }
+    }
+
+    /// Non-empty training and dev sets whose labels are all below `num_labels` (test labels
+    /// are never used: CFIMDB's are placeholders).
+    fn check(&self) -> Result<(), FinetuneError> {
+        if self.train.items().is_empty() {
+            return Err(FinetuneError::EmptyDataset { which: "training" });
+        }
+        if self.dev.items().is_empty() {
+            return Err(FinetuneError::EmptyDataset { which: "dev" });
+        }
+        if self.num_labels == 0 {
+            return Err(ClassifierError::NoLabels.into());
+        }
+        self.train.check_labels_below(self.num_labels)?;
+        self.dev.check_labels_below(self.num_labels)?;
+        Ok(())
+    }
+}
+
+/// Predictions and scores of a classifier on a dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// Predicted class of each example, in dataset order.
+    pub predictions: Vec<usize>,
+    /// Accuracy against the dataset's labels, in `[0, 1]`.
+    pub accuracy: f64,
+    /// Macro-F1 against the dataset's labels (scikit-learn's definition), in `[0, 1]`.
+    pub macro_f1: f64,
+    /// Mean NLL per example; `None` when some label is not a class of the head (placeholder
+    /// test labels).
+    pub loss: Option<f64>,
+}
+
+/// Metric values of one epoch (epoch means; percentages for accuracy and macro-F1), by
+/// metric name ([`LOSS`], [`ACCURACY`], [`MACRO_F1`], [`LEARNING_RATE`],
+/// [`ITERATION_SPEED`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EpochSummary {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Training metrics.
+    pub train: BTreeMap<String, f64>,
+    /// Dev metrics.
+    pub dev: BTreeMap<String, f64>,
+    /// Wall-clock seconds of the training pass (dev evaluation excluded).
+    pub train_seconds: f64,
+}
+
+impl EpochSummary {
+    /// Mean training loss of the epoch.
+    pub fn train_loss(&self) -> Option<f64> {
+        self.train.get(LOSS).copied()
+    }
+
+    /// Dev accuracy of the epoch, in percent.
+    pub fn dev_accuracy(&self) -> Option<f64> {
+        self.dev.get(ACCURACY).copied()
+    }
+}
+
+/// What [`finetune`] produced.
+#[derive(Debug)]
+pub struct FinetuneOutcome<B: Backend> {
+    /// The best-dev classifier, as reloaded from its saved record.
+    pub model: LlamaEmbeddingClassifier<B>,
+    /// Its configuration (saved as `classifier.json`).
+    pub classifier_config: ClassifierConfig,
+    /// The epoch (1-based) whose model had the best dev accuracy.
+    pub best_epoch: usize,
+    /// The saved record of the best model (`artifact_dir/classifier.mpk`).
+    pub record_path: PathBuf,
+    /// Dev predictions and scores of the best model.
+    pub dev: Evaluation,
+    /// Test predictions (and scores, meaningful only with real labels), if a test set was
+    /// given.
+    pub test: Option<Evaluation>,
+    /// Per-epoch metric means.
+    pub epochs: Vec<EpochSummary>,
+}
+
+/// A classifier loaded from an artifact folder.
+#[derive(Debug)]
+pub struct SavedClassifier<B: Backend> {
+    /// The model.
+    pub model: LlamaEmbeddingClassifier<B>,
+    /// Its configuration.
+    pub config: ClassifierConfig,
+    /// The settings it was trained with, when `finetune.json` is there (its
+    /// `max_sentence_len` says how to tokenize evaluation data alike).
+    pub finetune: Option<FinetuneConfig>,
+}
+
+/// Fine-tune a classifier over `llama` (with hyper-parameters `llama_config`) on `data`;
+/// see the [module docs](self) for the steps and the files written to
+/// `config.artifact_dir`.
+///
+/// Returns the best-dev model on the inference backend with its dev (and test) predictions.
+pub fn finetune<B: AutodiffBackend>(
+    config: &FinetuneConfig,
+    llama: Llama<B>,
+    llama_config: &LlamaConfig,
+    data: &FinetuneData,
+    device: &B::Device,
+) -> Result<FinetuneOutcome<B::InnerBackend>, FinetuneError> {
+    config.check()?;
+    data.check()?;
+    let dir = &config.artifact_dir;
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+
+    // Seed before building the head, whose initialisation draws from the backend generator.
+    B::seed(device, config.seed);
+    let classifier_config = ClassifierConfig::new(llama_config.clone(), data.num_labels)
+        .with_hidden_dropout_prob(config.hidden_dropout_prob)
+        .with_position(config.position);
+    let model = classifier_config
+        .init_with_llama(llama)?
+        .with_option(config.option);
+    let config_path = dir.join(CLASSIFIER_CONFIG_FILE);
+    classifier_config
+        .save(&config_path)
+        .map_err(io_err(&config_path))?;
+    let finetune_path = dir.join(FINETUNE_CONFIG_FILE);
+    config.save(&finetune_path).map_err(io_err(&finetune_path))?;
+
+    let optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay)
+        .init::<B, LlamaEmbeddingClassifier<B>>()?;
+
+    let batcher = SentenceBatcher::new(data.pad_id);
+    let train_loader = DataLoaderBuilder::<B, SentenceItem, SentenceBatch<B>>::new(batcher)
+        .batch_size(config.batch_size)
+        .shuffle(config.seed)
+        .num_workers(config.num_workers)
+        .set_device(device.clone())
+        .build(data.train.clone());
+    let valid_loader =
+        DataLoaderBuilder::<B::InnerBackend, SentenceItem, SentenceBatch<B::InnerBackend>>::new(
+            batcher,
+        )
+        .batch_size(config.batch_size)
+        .num_workers(config.num_workers)
+        .set_device(device.clone())
+        .build(data.dev.clone());
+
+    let best_epoch = Arc::new(Mutex::new(None));
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let renderer = ProgressRenderer::new(config.epochs, config.log_every, history.clone());
+    let training = SupervisedTraining::new(dir, train_loader, valid_loader)
+        .metrics((AccuracyMetric::new(), LossMetric::new(), MacroF1Metric::new()))
+        .metric_train_numeric(LearningRateMetric::new())
+        .metric_train_numeric(IterationSpeedMetric::new())
+        .with_file_checkpointer(ClassifierRecorder::new())
+        .with_checkpointing_strategy(BestDevAccuracy::new::<B>(best_epoch.clone()))
+        .num_epochs(config.epochs)
+        .renderer(renderer);
+    // The trained model returned by `launch` is the last epoch's; the best one is on disk.
+    let _ = training.launch(Learner::new(model, optim, config.lr));
+
+    let best_epoch = (*best_epoch.lock().unwrap_or_else(PoisonError::into_inner))
+        .ok_or_else(|| FinetuneError::NoCheckpoint(dir.clone()))?;
+    let extension = <ClassifierRecorder as FileRecorder<B>>::file_extension();
+    let checkpoint = dir
+        .join("checkpoint")
+        .join(format!("model-{best_epoch}.{extension}"));
+    let record_path = dir.join(format!("{CLASSIFIER_RECORD_STEM}.{extension}"));
+    std::fs::copy(&checkpoint, &record_path).map_err(io_err(&checkpoint))?;
+
+    // Predict with the model as reloaded from its file, so that these predictions are
+    // exactly what a later `eval` of the saved classifier gives.
+    let saved = load_classifier::<B::InnerBackend>(dir, device)?;
+    let dev = evaluate(&saved.model, &data.dev, config.batch_size, data.pad_id, device)?;
+    let test = data
+        .test
+        .as_ref()
+        .map(|test| evaluate(&saved.model, test, config.batch_size, data.pad_id, device))
+        .transpose()?;
+    let epochs = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
+    Ok(FinetuneOutcome {
+        model: saved.model,
+        classifier_config: saved.config,
+        best_epoch,
+        record_path,
+        dev,
+        test,
+        epochs,
+    })
+}
+
+/// Load the classifier saved in an artifact folder by [`finetune`] (`classifier.json` +
+/// `classifier.mpk`, and `finetune.json` if present) onto `device`.
+pub fn load_classifier<B: Backend>(
+    artifact_dir: &Path,
+    device: &B::Device,
+) -> Result<SavedClassifier<B>, FinetuneError> {
+    let config_path = artifact_dir.join(CLASSIFIER_CONFIG_FILE);
+    let config =
+        ClassifierConfig::load(&config_path).map_err(|e| FinetuneError::ConfigFile {
+            path: config_path.clone(),
+            detail: e.to_string(),
+        })?;
+    let record_stem = artifact_dir.join(CLASSIFIER_RECORD_STEM);
+    let record_path = record_stem.with_extension(<ClassifierRecorder as FileRecorder<B>>::file_extension());
+    // Parameters are created lazily, so building the model before loading costs no random
+    // initialisation of the Llama.
+    let model = config
+        .init::<B>(device)?
+        .load_file(record_stem, &ClassifierRecorder::new(), device)
+        .map_err(|e| FinetuneError::Record {
+            path: record_path,
+            detail: e.to_string(),
+        })?;
+    let finetune_path = artifact_dir.join(FINETUNE_CONFIG_FILE);
+    let finetune = if finetune_path.exists() {
+        Some(
+            FinetuneConfig::load(&finetune_path).map_err(|e| FinetuneError::ConfigFile {
+                path: finetune_path.clone(),
+                detail: e.to_string(),
+            })?,
+        )
+    } else {
+        None
+    };
+    Ok(SavedClassifier {
+        model,
+        config,
+        finetune,
+    })
+}
+
+/// Predict every example of `dataset` in order (batches of `batch_size`, right-padded with
+/// `pad_id`) and score the predictions against its labels.
+///
+/// The model must be on an inference backend (`model.valid()` of a trained one), where
+/// dropout is off.
+pub fn evaluate<B: Backend>(
+    model: &LlamaEmbeddingClassifier<B>,
+    dataset: &SentenceDataset,
+    batch_size: usize,
+    pad_id: u32,
+    device: &B::Device,
+) -> Result<Evaluation, FinetuneError> {
+    if B::ad_enabled(device) {
+        return Err(FinetuneError::AutodiffModel);
+    }
+    if batch_size == 0 {
+        return Err(FinetuneError::InvalidConfig("batch_size must be at least 1".into()));
+    }
+    let items = dataset.items();
+    if items.is_empty() {
+        return Err(FinetuneError::EmptyDataset { which: "evaluation" });
+    }
+    let num_labels = model.num_labels();
+    // Gathering the log-probability of a label the head does not have would index out of
+    // bounds, so the loss is only computed when every label is a class.
+    let with_loss = items.iter().all(|item| item.label < num_labels);
+    let mut predictions = Vec::with_capacity(items.len());
+    let mut loss_sum = 0.0;
+    for chunk in items.chunks(batch_size) {
+        let rows: Vec<&[u32]> = chunk.iter().map(|item| item.tokens.as_slice()).collect();
+        let labels: Vec<usize> = chunk.iter().map(|item| item.label).collect();
+        let batch = make_batch::<B, _>(&rows, &labels, pad_id, device);
+        let log_probs = model.forward(batch.tokens, batch.lengths);
+        if with_loss {
+            let nll: f64 = nll_per_example(log_probs.clone(), batch.labels)
+                .sum()
+                .into_scalar()
+                .elem();
+            loss_sum += nll;
+        }
+        predictions.extend(class_ids(log_probs.argmax(1).reshape([chunk.len()])));
+    }
+    let matrix = ConfusionMatrix::new(&dataset.labels(), &predictions)?;
+    Ok(Evaluation {
+        accuracy: matrix.accuracy(),
+        macro_f1: matrix.macro_f1(),
+        loss: with_loss.then(|| loss_sum / items.len() as f64),
+        predictions,
+    })
+}
+
+/// Class ids of an `Int` tensor `[n]` (argmax results are never negative).
+fn class_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<usize> {
+    ids.into_data()
+        .iter::<i64>()
+        .map(|id| usize::try_from(id).unwrap_or_default())
+        .collect()
+}
+
+/// Keeps the model of the epoch with the best dev accuracy (Burn's metric strategy) and
+/// records which epoch that is.
+struct BestDevAccuracy {
+    inner: MetricCheckpointingStrategy,
+    best: Arc<Mutex<Option<usize>>>,
+}
+
+impl BestDevAccuracy {
+    fn new<B: Backend>(best: Arc<Mutex<Option<usize>>>) -> Self {
+        let inner = MetricCheckpointingStrategy::new(
+            &AccuracyMetric::<B>::new(),
+            Aggregate::Mean,
+            Direction::Highest,
+            Split::Valid,
+        );
+        Self { inner, best }
+    }
+}
+
+impl CheckpointingStrategy for BestDevAccuracy {
+    fn checkpointing(&mut self, epoch: usize, store: &EventStoreClient) -> Vec<CheckpointingAction> {
+        let actions = self.inner.checkpointing(epoch, store);
+        // The metric strategy saves exactly when this epoch is the best so far.
+        if actions.contains(&CheckpointingAction::Save) {
+            *self.best.lock().unwrap_or_else(PoisonError::into_inner) = Some(epoch);
+        }
+        actions
+    }
+}
+
+/// Predicted and true classes of a batch, the input of [`MacroF1Metric`].
+#[derive(Debug, Clone, Default)]
+pub struct ClassPredictions {
+    /// Predicted class of each row.
+    pub predictions: Vec<usize>,
+    /// True class of each row.
+    pub targets: Vec<usize>,
+}
+
+impl<B: Backend> Adaptor<ClassPredictions> for ClassificationOutput<B> {
+    fn adapt(&self) -> ClassPredictions {
+        let batch = self.output.dims()[0];
+        ClassPredictions {
+            predictions: class_ids(self.output.clone().argmax(1).reshape([batch])),
+            targets: class_ids(self.targets.clone()),
+        }
+    }
+}
+
+/// Macro-F1 (percent) over everything seen in the epoch, scikit-learn's definition.
+///
+/// Burn's `FBetaScoreMetric` averages per-batch scores, which for macro-F1 on small batches
+/// is far from the epoch's score. This metric keeps the epoch's predictions instead, and
+/// reports each batch as the increment `(F1_k N_k - F1_{k-1} N_{k-1}) / n_k` with weight
+/// `n_k` (`F1_k` the score after `k` batches, `N_k` the sentences so far, `n_k` the batch
+/// size): Burn's count-weighted epoch mean of those entries telescopes to exactly the epoch's
+/// macro-F1, so logs, summaries and the checkpoint store all see the true value.
+#[derive(Clone, Default)]
+pub struct MacroF1Metric {
+    predictions: Vec<usize>,
+    targets: Vec<usize>,
+    /// `F1_{k-1} N_{k-1}`.
+    weighted: f64,
+    /// Latest increment and batch size.
+    last: (f64, usize),
+}
+
+impl MacroF1Metric {
+    /// An empty metric.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Macro-F1 (percent) of everything seen so far.
+    pub fn epoch_value(&self) -> f64 {
+        ConfusionMatrix::new(&self.targets, &self.predictions)
+            .map(|m| 100.0 * m.macro_f1())
+            .unwrap_or(f64::NAN)
+    }
+}
+
+impl Metric for MacroF1Metric {
+    type Input = ClassPredictions;
+
+    fn name(&self) -> MetricName {
+        Arc::new(MACRO_F1.to_string())
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: Some("%".to_string()),
+            higher_is_better: true,
+        }
+        .into()
+    }
+
+    fn update(&mut self, item: &ClassPredictions, _metadata: &MetricMetadata) -> SerializedEntry {
+        self.predictions.extend(&item.predictions);
+        self.targets.extend(&item.targets);
+        let n = item.predictions.len();
+        let f1 = self.epoch_value();
+        let weighted = f1 * self.predictions.len() as f64;
+        let increment = if n == 0 {
+            0.0
+        } else {
+            (weighted - self.weighted) / n as f64
+        };
+        self.weighted = weighted;
+        self.last = (increment, n);
+        SerializedEntry::new(
+            format!("epoch {f1:.2} %"),
+            NumericEntry::Aggregated {
+                aggregated_value: increment,
+                count: n,
+            }
+            .serialize(),
+        )
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+impl Numeric for MacroF1Metric {
+    fn value(&self) -> NumericEntry {
+        NumericEntry::Aggregated {
+            aggregated_value: self.last.0,
+            count: self.last.1,
+        }
+    }
+
+    fn running_value(&self) -> NumericEntry {
+        NumericEntry::Aggregated {
+            aggregated_value: self.epoch_value(),
+            count: self.predictions.len(),
+        }
+    }
+}
+
+/// Count-weighted running means of one split's metrics over the current epoch.
+#[derive(Default)]
+struct Running {
+    /// name -> (sum of value * count, sum of count, latest value)
+    values: HashMap<String, (f64, usize, f64)>,
+    iterations: usize,
+    items: (usize, usize),
+}
+
+impl Running {
+    fn add(&mut self, name: &str, entry: &NumericEntry) {
+        let (value, count) = match entry {
+            NumericEntry::Value(v) => (*v, 1),
+            NumericEntry::Aggregated {
+                aggregated_value,
+                count,
+            } => (*aggregated_value, *count),
+        };
+        let slot = self.values.entry(name.to_string()).or_insert((0.0, 0, f64::NAN));
+        if value.is_finite() {
+            slot.0 += value * count as f64;
+            slot.1 += count;
+        }
+        slot.2 = value;
+    }
+
+    /// Epoch means, except for the learning rate and speed, whose latest value is the one
+    /// that matters (the speed metric is already an epoch average).
+    fn summary(&self) -> BTreeMap<String, f64> {
+        self.values
+            .iter()
+            .map(|(name, &(sum, count, latest))| {
+                let value = if name == LEARNING_RATE || name == ITERATION_SPEED || count == 0 {
+                    latest
+                } else {
+                    sum / count as f64
+                };
+                (name.clone(), value)
+            })
+            .collect()
+    }
+}
+
+/// The order metrics are shown in.
+fn metric_rank(name: &str) -> usize {
+    [LOSS, ACCURACY, MACRO_F1, LEARNING_RATE, ITERATION_SPEED]
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(usize::MAX)
+}
+
+fn format_metrics(values: &BTreeMap<String, f64>) -> String {
+    let mut names: Vec<&String> = values.keys().collect();
+    names.sort_by_key(|name| (metric_rank(name), name.as_str()));
+    names
+        .into_iter()
+        .map(|name| {
+            let v = values[name];
+            match name.as_str() {
+                ACCURACY | MACRO_F1 => format!("{} {v:.2}%", name.to_lowercase()),
+                LEARNING_RATE => format!("lr {v:.1e}"),
+                ITERATION_SPEED => format!("{v:.2} it/s"),
+                LOSS => format!("loss {v:.4}"),
+                other => format!("{} {v:.4}", other.to_lowercase()),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// A plain-text [`MetricsRenderer`] (Burn's own prints a Debug line per batch without the
+/// `tui` feature): on a terminal it redraws one status line; otherwise it prints a line
+/// every `log_every` training iterations. After each split of each epoch it prints a summary
+/// line of the epoch means and appends it to a shared history.
+pub struct ProgressRenderer {
+    num_epochs: usize,
+    log_every: usize,
+    terminal: bool,
+    names: HashMap<MetricId, String>,
+    train: Running,
+    valid: Running,
+    /// Epoch being trained / validated, and whether its summary was already printed.
+    train_epoch: Option<usize>,
+    valid_epoch: Option<usize>,
+    train_started: Option<Instant>,
+    train_seconds: f64,
+    last_draw: Option<Instant>,
+    history: Arc<Mutex<Vec<EpochSummary>>>,
+}
+
+impl ProgressRenderer {
+    /// A renderer for `num_epochs` epochs appending epoch summaries to `history`.
+    pub fn new(num_epochs: usize, log_every: usize, history: Arc<Mutex<Vec<EpochSummary>>>) -> Self {
+        Self {
+            num_epochs,
+            log_every,
+            terminal: std::io::stdout().is_terminal(),
+            names: HashMap::new(),
+            train: Running::default(),
+            valid: Running::default(),
+            train_epoch: None,
+            valid_epoch: None,
+            train_started: None,
+            train_seconds: 0.0,
+            last_draw: None,
+            history,
+        }
+    }
+
+    fn name(&self, id: &MetricId) -> String {
+        self.names.get(id).cloned().unwrap_or_else(|| format!("{id:?}"))
+    }
+
+    fn print_line(&mut self, line: &str) {
+        let mut out = std::io::stdout().lock();
+        // Errors writing progress (a closed pipe) must not stop training.
+        if self.terminal {
+            let _ = write!(out, "\r\x1b[2K{line}\n");
+        } else {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
+    }
+
+    fn draw_status(&mut self, line: &str) {
+        let now = Instant::now();
+        // Redraw at most ten times a second.
+        if self
+            .last_draw
+            .is_some_and(|t| now.duration_since(t).as_millis() < 100)
+        {
+            return;
+        }
+        self.last_draw = Some(now);
+        let mut out = std::io::stdout().lock();
+        let _ = write!(out, "\r\x1b[2K{line}");
+        let _ = out.flush();
+    }
+
+    /// Close the training pass of the current epoch: print and record its summary.
+    fn finish_train(&mut self) {
+        let Some(epoch) = self.train_epoch.take() else {
+            return;
+        };
+        self.train_seconds = self.train_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let summary = self.train.summary();
+        let line = format!(
+            "epoch {epoch}/{} train: {} ({:.1} s)",
+            self.num_epochs,
+            format_metrics(&summary),
+            self.train_seconds
+        );
+        self.print_line(&line);
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        history.push(EpochSummary {
+            epoch,
+            train: summary,
+            dev: BTreeMap::new(),
+            train_seconds: self.train_seconds,
+        });
+        self.train = Running::default();
+    }
+
+    /// Close the dev evaluation of the current epoch: print and record its summary.
+    fn finish_valid(&mut self) {
+        let Some(epoch) = self.valid_epoch.take() else {
+            return;
+        };
+        let summary = self.valid.summary();
+        let line = format!("epoch {epoch}/{} dev:   {}", self.num_epochs, format_metrics(&summary));
+        self.print_line(&line);
+        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+        match history.iter_mut().find(|s| s.epoch == epoch) {
+            Some(entry) => entry.dev = summary,
+            None => history.push(EpochSummary {
+                epoch,
+                dev: summary,
+                ..EpochSummary::default()
+            }),
+        }
+        self.valid = Running::default();
+    }
+}
+
+impl MetricsRendererTraining for ProgressRenderer {
+    fn update_train(&mut self, state: MetricState) {
+        if let MetricState::Numeric(entry, value) = state {
+            let name = self.name(&entry.metric_id);
+            self.train.add(&name, &value);
+        }
+    }
+
+    fn update_valid(&mut self, state: MetricState) {
+        if let MetricState::Numeric(entry, value) = state {
+            let name = self.name(&entry.metric_id);
+            self.valid.add(&name, &value);
+        }
+    }
+
+    fn render_train(&mut self, item: TrainingProgress, _indicators: Vec<ProgressType>) {
+        let epoch = item.global_progress.items_processed;
+        if self.train_epoch != Some(epoch) {
+            // A new epoch: the previous one's dev evaluation is complete.
+            self.finish_valid();
+            self.train_epoch = Some(epoch);
+            self.train_started = Some(Instant::now());
+        }
+        self.train.iterations = item.iteration.unwrap_or(self.train.iterations + 1);
+        if let Some(p) = &item.progress {
+            self.train.items = (p.items_processed, p.items_total);
+        }
+        let iteration = self.train.iterations;
+        let (done, total) = self.train.items;
+        let line = format!(
+            "epoch {epoch}/{} iter {iteration} ({done}/{total}) {}",
+            self.num_epochs,
+            format_metrics(&self.train.summary())
+        );
+        if self.terminal {
+            self.draw_status(&line);
+        } else if self.log_every > 0 && iteration.is_multiple_of(self.log_every) {
+            self.print_line(&line);
+        }
+    }
+
+    fn render_valid(&mut self, item: TrainingProgress, _indicators: Vec<ProgressType>) {
+        let epoch = item.global_progress.items_processed;
+        if self.valid_epoch != Some(epoch) {
+            // Dev evaluation starts after the epoch's training pass.
+            self.finish_train();
+            self.valid_epoch = Some(epoch);
+        }
+        if self.terminal {
+            let (done, total) = item
+                .progress
+                .as_ref()
+                .map_or((0, 0), |p| (p.items_processed, p.items_total));
+            let line = format!("epoch {epoch}/{} dev ({done}/{total})", self.num_epochs);
+            self.draw_status(&line);
+        }
+    }
+
+    fn on_train_end(
+        &mut self,
+        _summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        self.finish_train();
+        self.finish_valid();
+        Ok(())
+    }
+}
+
+impl MetricsRendererEvaluation for ProgressRenderer {
+    fn update_test(&mut self, _name: EvaluationName, _state: MetricState) {}
+
+    fn render_test(&mut self, _item: EvaluationProgress, _indicators: Vec<ProgressType>) {}
+}
+
+impl MetricsRenderer for ProgressRenderer {
+    fn manual_close(&mut self) {}
+
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.names.insert(definition.metric_id, definition.name);
+    }
+}

@@ -1,0 +1,162 @@
+//! A short fine-tune of stories260K on a slice of SST: the loss goes down, the best-dev model
+//! is saved and reproduces its dev predictions when reloaded, and a seed fixes the run.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::AutodiffBackend;
+use llama_model::fixtures::fixture;
+use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
+use llama_train::classifier::FinetuneOption;
+use llama_train::data::{read_labelled_file, SentenceDataset};
+use llama_train::finetune::{
+    evaluate, finetune, load_classifier, FinetuneConfig, FinetuneData, FinetuneOutcome,
+    CLASSIFIER_CONFIG_FILE, FINETUNE_CONFIG_FILE,
+};
+
+type TB = Autodiff<NdArray>;
+type Inner = <TB as AutodiffBackend>::InnerBackend;
+
+/// NdArray's random generator is global to the process: runs must not overlap for a seed to
+/// fix their dropout masks and head initialisation.
+static RUN: Mutex<()> = Mutex::new(());
+
+fn slice(file: &str, n: usize, tokenizer: &Tokenizer, config: &FinetuneConfig) -> SentenceDataset {
+    let path = fixture(&format!("data/{file}"));
+    let mut records = read_labelled_file(&path).expect("read data");
+    records.truncate(n);
+    SentenceDataset::from_records(records, &path, tokenizer, &config.data_options())
+        .expect("tokenize")
+}
+
+fn data(config: &FinetuneConfig, train: usize, dev: usize, test: usize) -> FinetuneData {
+    let tokenizer =
+        Tokenizer::from_file(fixture("models/stories260K/tok512.bin")).expect("tok512");
+    FinetuneData::new(
+        slice("sst-train.txt", train, &tokenizer, config),
+        slice("sst-dev.txt", dev, &tokenizer, config),
+        (test > 0).then(|| slice("sst-test.txt", test, &tokenizer, config)),
+        tokenizer.pad_id(),
+    )
+}
+
+fn run(config: &FinetuneConfig, data: &FinetuneData) -> FinetuneOutcome<Inner> {
+    let _guard = RUN.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let base = load_checkpoint::<TB>(
+        &fixture("models/stories260K/stories260K.bin"),
+        &LoadOptions::default(),
+        &device,
+    )
+    .expect("load stories260K");
+    let start = std::time::Instant::now();
+    let outcome = finetune(config, base.model, &base.config, data, &device).expect("finetune");
+    println!("fine-tune took {:.1} s", start.elapsed().as_secs_f64());
+    outcome
+}
+
+fn config(dir: &Path) -> FinetuneConfig {
+    FinetuneConfig::new(dir.to_path_buf())
+        .with_epochs(3)
+        .with_lr(1e-3)
+        .with_batch_size(8)
+        .with_seed(7)
+        .with_max_sentence_len(Some(48))
+        .with_log_every(0)
+}
+
+#[test]
+fn finetune_learns_saves_the_best_model_and_is_reproducible() {
+    let first = tempfile::tempdir().expect("tempdir");
+    let second = tempfile::tempdir().expect("tempdir");
+    let cfg = config(first.path());
+    let data = data(&cfg, 240, 64, 24);
+    assert_eq!(data.num_labels, 5);
+
+    let a = run(&cfg, &data);
+    for epoch in &a.epochs {
+        println!("{epoch:?}");
+    }
+
+    // The training loss goes down.
+    assert_eq!(a.epochs.len(), 3);
+    let losses: Vec<f64> = a.epochs.iter().map(|e| e.train_loss().expect("loss")).collect();
+    assert!(losses[2] < losses[0], "training loss did not decrease: {losses:?}");
+
+    // The best epoch is the one with the highest dev accuracy (the first of equals).
+    let accuracies: Vec<f64> = a.epochs.iter().map(|e| e.dev_accuracy().expect("acc")).collect();
+    let best = accuracies
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &acc)| if acc > accuracies[best] { i } else { best });
+    assert_eq!(a.best_epoch, best + 1, "dev accuracies {accuracies:?}");
+    // The dev accuracy the Learner measured for that epoch is the returned model's.
+    assert!(
+        (a.dev.accuracy * 100.0 - accuracies[best]).abs() < 1e-9,
+        "{} vs {accuracies:?}",
+        a.dev.accuracy
+    );
+
+    // Predictions for every dev and test sentence.
+    assert_eq!(a.dev.predictions.len(), 64);
+    assert!(a.dev.predictions.iter().all(|&p| p < 5));
+    let test = a.test.as_ref().expect("test predictions");
+    assert_eq!(test.predictions.len(), 24);
+
+    // The saved classifier reproduces the dev predictions (and loss) exactly.
+    assert!(a.record_path.exists());
+    assert!(first.path().join(CLASSIFIER_CONFIG_FILE).exists());
+    assert!(first.path().join(FINETUNE_CONFIG_FILE).exists());
+    let device = Default::default();
+    let saved = load_classifier::<Inner>(first.path(), &device).expect("load classifier");
+    assert_eq!(saved.config, a.classifier_config);
+    assert_eq!(saved.finetune.as_ref().map(|f| f.seed), Some(7));
+    let again = evaluate(&saved.model, &data.dev, 5, data.pad_id, &device).expect("evaluate");
+    assert_eq!(again.predictions, a.dev.predictions);
+    assert_eq!(again.accuracy, a.dev.accuracy);
+    // Another batch size pads differently: the same predictions, losses equal to rounding.
+    let (l1, l2) = (again.loss.expect("loss"), a.dev.loss.expect("loss"));
+    assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
+
+    // Same seed, same backend: the same run.
+    let b = run(&config(second.path()), &data);
+    assert_eq!(b.epochs.len(), a.epochs.len());
+    for (x, y) in a.epochs.iter().zip(&b.epochs) {
+        assert_eq!(x.train.get("Loss"), y.train.get("Loss"));
+        assert_eq!(x.dev, y.dev);
+    }
+    assert_eq!(b.best_epoch, a.best_epoch);
+    assert_eq!(b.dev, a.dev);
+    assert_eq!(b.test, a.test);
+}
+
+#[test]
+fn pretrain_option_leaves_the_llama_untouched() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path())
+        .with_epochs(1)
+        .with_option(FinetuneOption::Pretrain);
+    let data = data(&cfg, 64, 16, 0);
+    let outcome = run(&cfg, &data);
+
+    let device = Default::default();
+    let base = load_checkpoint::<Inner>(
+        &fixture("models/stories260K/stories260K.bin"),
+        &LoadOptions::default(),
+        &device,
+    )
+    .expect("load stories260K");
+    let values = |t: burn::tensor::Tensor<Inner, 2>| t.into_data().to_vec::<f32>().expect("f32");
+    let trained = &outcome.model.llama;
+    assert_eq!(
+        values(trained.tok_embeddings.weight.val()),
+        values(base.model.tok_embeddings.weight.val())
+    );
+    assert_eq!(
+        values(trained.layers[4].feed_forward.w2.weight.val()),
+        values(base.model.layers[4].feed_forward.w2.weight.val())
+    );
+    assert!(outcome.test.is_none());
+    assert_eq!(outcome.dev.predictions.len(), 16);
+}
