@@ -119,8 +119,7 @@ fn the_cache_matches_full_recomputation() {
     let mut context = prompt.clone();
     let mut worst = 0.0f64;
     // Not a `for` loop: the generator is borrowed again for its logits inside.
-    loop {
-        let Some(token) = generator.next() else { break };
+    while let Some(token) = generator.next() {
         let token = token.unwrap();
         let full = full_last_logits(&model, &context);
         let c = compare(generator.logits(), &full, 1e-4, 0.0);

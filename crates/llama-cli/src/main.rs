@@ -1,6 +1,7 @@
 //! `llama-cli`: load Llama 2 checkpoints, check them, generate text, classify sentences.
 
 mod backend;
+mod bench;
 mod generate;
 mod output;
 mod sanity;
@@ -34,6 +35,8 @@ enum Command {
     Sanity(sanity::SanityArgs),
     /// Continue a prompt with a KV cache, streaming the text (greedy or sampled).
     Generate(generate::GenerateArgs),
+    /// Measure generation, prompting and fine-tuning speed and memory.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let result = backend::set_threads(cli.threads).and_then(|()| match cli.command {
         Command::Sanity(args) => run_on(cli.backend, cli.device, args),
         Command::Generate(args) => run_on(cli.backend, cli.device, args),
+        Command::Bench(args) => run_on(cli.backend, cli.device, args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
