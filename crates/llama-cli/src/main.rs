@@ -2,6 +2,7 @@
 
 mod backend;
 mod bench;
+mod classify;
 mod generate;
 mod output;
 mod sanity;
@@ -37,6 +38,13 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure generation, prompting and fine-tuning speed and memory.
     Bench(bench::BenchArgs),
+    /// Zero-shot classification by prompting (label-name log-probabilities).
+    Prompt(classify::PromptArgs),
+    /// Fine-tune a classifier head (and the model) with Burn's Learner and our AdamW.
+    #[command(alias = "train")]
+    Finetune(classify::FinetuneArgs),
+    /// Re-run a saved classifier on a data file.
+    Eval(classify::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,9 @@ fn main() -> ExitCode {
         Command::Sanity(args) => run_on(cli.backend, cli.device, args),
         Command::Generate(args) => run_on(cli.backend, cli.device, args),
         Command::Bench(args) => run_on(cli.backend, cli.device, args),
+        Command::Prompt(args) => run_on(cli.backend, cli.device, args),
+        Command::Finetune(args) => run_on(cli.backend, cli.device, args),
+        Command::Eval(args) => run_on(cli.backend, cli.device, args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -29,12 +29,19 @@ pub struct RotaryEmbeddingConfig {
 }
 
 /// Precomputed cosine/sine tables; constants of the model, not parameters.
+///
+/// The tables are stored at full head width so that a rotation is two elementwise products
+/// and a pair swap (see [`RopeAngles::rotate`]): `cos` holds `[c0, c0, c1, c1, …]` and `sin`
+/// holds `[-s0, s0, -s1, s1, …]` per position.
 #[derive(Module, Debug)]
 pub struct RotaryEmbedding<B: Backend> {
-    /// `cos(pos * freq_j)`, `[max_seq_len, head_dim / 2]`.
+    /// `[max_seq_len, head_dim]`
     cos: Tensor<B, 2>,
-    /// `sin(pos * freq_j)`, `[max_seq_len, head_dim / 2]`.
+    /// `[max_seq_len, head_dim]`
     sin: Tensor<B, 2>,
+    /// Pair-swap permutation `[head_dim, head_dim]`: `(x · P)[2j] = x[2j+1]`,
+    /// `(x · P)[2j+1] = x[2j]`.
+    swap: Tensor<B, 2>,
     head_dim: usize,
     theta: f64,
 }
@@ -43,17 +50,24 @@ impl RotaryEmbeddingConfig {
     /// Build the tables on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> RotaryEmbedding<B> {
         let (cos, sin) = angle_tables::<B>(self.head_dim, self.theta, 0, self.max_seq_len, device);
+        let d = self.head_dim;
+        let mut swap = vec![0.0f32; d * d];
+        for j in 0..d / 2 {
+            swap[(2 * j + 1) * d + 2 * j] = 1.0;
+            swap[2 * j * d + 2 * j + 1] = 1.0;
+        }
         RotaryEmbedding {
             cos,
             sin,
+            swap: Tensor::from_data(TensorData::new(swap, [d, d]), device),
             head_dim: self.head_dim,
             theta: self.theta,
         }
     }
 }
 
-/// Cosine and sine of `pos * theta^(-2j/head_dim)` for `pos` in `start..start+len`,
-/// each `[len, head_dim / 2]`.
+/// Cosine and signed sine of `pos * theta^(-2j/head_dim)` for `pos` in `start..start+len`,
+/// each `[len, head_dim]` in the interleaved layout of [`RotaryEmbedding`].
 ///
 /// The angles are formed in f32 exactly as the PyTorch reference does (f32 frequencies,
 /// f32 product), then the cosine/sine of that f32 angle is rounded once, so tables agree
@@ -65,32 +79,34 @@ fn angle_tables<B: Backend>(
     len: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let half = head_dim / 2;
-    let freqs: Vec<f32> = (0..half)
+    let freqs: Vec<f32> = (0..head_dim / 2)
         .map(|j| (theta as f32).powf(-((2 * j) as f32) / head_dim as f32))
         .collect();
-    let mut cos = Vec::with_capacity(len * half);
-    let mut sin = Vec::with_capacity(len * half);
+    let mut cos = Vec::with_capacity(len * head_dim);
+    let mut sin = Vec::with_capacity(len * head_dim);
     for pos in start..start + len {
         for &f in &freqs {
             let angle = (pos as f32 * f) as f64;
-            cos.push(angle.cos() as f32);
-            sin.push(angle.sin() as f32);
+            let (c, s) = (angle.cos() as f32, angle.sin() as f32);
+            cos.extend([c, c]);
+            sin.extend([-s, s]);
         }
     }
     (
-        Tensor::from_data(TensorData::new(cos, [len, half]), device),
-        Tensor::from_data(TensorData::new(sin, [len, half]), device),
+        Tensor::from_data(TensorData::new(cos, [len, head_dim]), device),
+        Tensor::from_data(TensorData::new(sin, [len, head_dim]), device),
     )
 }
 
 /// The rotation angles of one forward pass, computed once and shared by every layer.
 #[derive(Debug, Clone)]
 pub struct RopeAngles<B: Backend> {
-    /// `[1 or batch, seq, 1, head_dim / 2, 1]`
-    cos: Tensor<B, 5>,
-    /// `[1 or batch, seq, 1, head_dim / 2, 1]`
-    sin: Tensor<B, 5>,
+    /// `[1 or batch, seq, 1, head_dim]`
+    cos: Tensor<B, 4>,
+    /// `[1 or batch, seq, 1, head_dim]`
+    sin: Tensor<B, 4>,
+    /// `[head_dim, head_dim]`
+    swap: Tensor<B, 2>,
 }
 
 impl<B: Backend> RotaryEmbedding<B> {
@@ -115,10 +131,11 @@ impl<B: Backend> RotaryEmbedding<B> {
     /// Angles for positions `start..start+len`, the same for every batch row.
     pub fn angles(&self, start: usize, len: usize) -> RopeAngles<B> {
         let (cos, sin) = self.tables(start, len);
-        let shape = [1, len, 1, self.head_dim / 2, 1];
+        let shape = [1, len, 1, self.head_dim];
         RopeAngles {
             cos: cos.reshape(shape),
             sin: sin.reshape(shape),
+            swap: self.swap.clone(),
         }
     }
 
@@ -129,10 +146,11 @@ impl<B: Backend> RotaryEmbedding<B> {
         let needed = positions.clone().max().into_scalar().elem::<i64>().max(0) as usize + 1;
         let (cos, sin) = self.tables(0, needed.max(self.max_seq_len()));
         let flat = positions.reshape([batch * seq]);
-        let shape = [batch, seq, 1, self.head_dim / 2, 1];
+        let shape = [batch, seq, 1, self.head_dim];
         RopeAngles {
             cos: cos.select(0, flat.clone()).reshape(shape),
             sin: sin.select(0, flat).reshape(shape),
+            swap: self.swap.clone(),
         }
     }
 
@@ -145,15 +163,21 @@ impl<B: Backend> RotaryEmbedding<B> {
 }
 
 impl<B: Backend> RopeAngles<B> {
-    /// Rotate the interleaved pairs of `x` `[batch, seq, heads, head_dim]`.
+    /// Rotate the interleaved pairs of `x` `[batch, seq, heads, head_dim]`:
+    /// `out = x ⊙ [c0, c0, c1, c1, …] + swap(x) ⊙ [-s0, s0, -s1, s1, …]`, i.e.
+    /// `out[2j] = x[2j] c - x[2j+1] s` and `out[2j+1] = x[2j+1] c + x[2j] s`.
+    ///
+    /// The pair swap is a product with a permutation matrix (exact: one term per output),
+    /// which keeps every operation rank-4 and contiguous; slicing even/odd lanes and
+    /// concatenating them back was the slowest part of attention on the CPU backends.
     pub fn rotate(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, s, h, d] = x.dims();
-        let pairs = x.reshape([b, s, h, d / 2, 2]);
-        let even = pairs.clone().narrow(4, 0, 1);
-        let odd = pairs.narrow(4, 1, 1);
-        let out_even = even.clone() * self.cos.clone() - odd.clone() * self.sin.clone();
-        let out_odd = even * self.sin.clone() + odd * self.cos.clone();
-        Tensor::cat(vec![out_even, out_odd], 4).reshape([b, s, h, d])
+        let swapped = x
+            .clone()
+            .reshape([b * s * h, d])
+            .matmul(self.swap.clone())
+            .reshape([b, s, h, d]);
+        x * self.cos.clone() + swapped * self.sin.clone()
     }
 }
 

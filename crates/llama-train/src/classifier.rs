@@ -233,8 +233,9 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
         }
         let device = self.classifier_head.weight.device();
         // PyTorch [out, in] -> Burn [in, out].
-        let weight = Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [labels, dim]), &device)
-            .transpose();
+        let weight =
+            Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [labels, dim]), &device)
+                .transpose();
         let bias = Tensor::<B, 1>::from_data(TensorData::new(bias.to_vec(), [labels]), &device);
         Ok(Self {
             classifier_head: Linear {
@@ -291,7 +292,9 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
     /// Class log-probabilities `[batch, num_labels]` of `tokens` `[batch, seq]` with real
     /// lengths `lengths` `[batch]` (see [`Self::sentence_embedding`]).
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, lengths: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        let embedding = self.dropout.forward(self.sentence_embedding(tokens, lengths));
+        let embedding = self
+            .dropout
+            .forward(self.sentence_embedding(tokens, lengths));
         log_softmax(self.classifier_head.forward(embedding), 1)
     }
 
@@ -307,7 +310,11 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
     }
 
     /// Predicted class of each row, `[batch]`.
-    pub fn predict(&self, tokens: Tensor<B, 2, Int>, lengths: Tensor<B, 1, Int>) -> Tensor<B, 1, Int> {
+    pub fn predict(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        lengths: Tensor<B, 1, Int>,
+    ) -> Tensor<B, 1, Int> {
         let log_probs = self.forward(tokens, lengths);
         let batch = log_probs.dims()[0];
         log_probs.argmax(1).reshape([batch])
@@ -348,11 +355,8 @@ impl<B: AutodiffBackend> TrainStep for LlamaEmbeddingClassifier<B> {
         let output = self.forward_classification(batch);
         let grads = mean_loss(output.loss.clone()).backward();
         // The metrics only read values: detached, the item keeps no autodiff graph alive.
-        let item = ClassificationOutput::new(
-            output.loss.detach(),
-            output.output.detach(),
-            output.targets,
-        );
+        let item =
+            ClassificationOutput::new(output.loss.detach(), output.output.detach(), output.targets);
         TrainOutput::new(self, grads, item)
     }
 }
@@ -412,7 +416,10 @@ mod tests {
         let llama = LlamaConfig::new(32, 1, 2, 32).init::<TB>(&device);
         assert!(matches!(
             tiny().init_with_llama(llama),
-            Err(ClassifierError::WidthMismatch { expected: 16, found: 32 })
+            Err(ClassifierError::WidthMismatch {
+                expected: 16,
+                found: 32
+            })
         ));
     }
 
@@ -430,7 +437,13 @@ mod tests {
             b.tokens.clone().narrow(0, 0, 1).narrow(1, 0, 3),
             Tensor::from_data(TensorData::new(vec![3i64], [1]), &device),
         );
-        let padded: Vec<f32> = out.output.clone().narrow(0, 0, 1).into_data().to_vec().unwrap();
+        let padded: Vec<f32> = out
+            .output
+            .clone()
+            .narrow(0, 0, 1)
+            .into_data()
+            .to_vec()
+            .unwrap();
         let alone: Vec<f32> = alone.into_data().to_vec().unwrap();
         for (a, p) in alone.iter().zip(&padded) {
             assert!((a - p).abs() < 1e-5, "{alone:?} vs {padded:?}");

@@ -313,7 +313,10 @@ pub fn read_label_names(path: impl AsRef<Path>) -> Result<Vec<String>, DataError
 /// exercise's `assert len(label_names) == num_labels`, where `num_labels` comes from the
 /// training file: pass [`SentenceDataset::num_labels`] of the training set, not of a test
 /// set whose labels are placeholders).
-pub fn load_label_names(path: impl AsRef<Path>, num_classes: usize) -> Result<Vec<String>, DataError> {
+pub fn load_label_names(
+    path: impl AsRef<Path>,
+    num_classes: usize,
+) -> Result<Vec<String>, DataError> {
     let path = path.as_ref();
     let names = read_label_names(path)?;
     if names.len() != num_classes {
@@ -411,7 +414,10 @@ impl SentenceDataset {
 
     /// The stripped original sentences, in order (what prediction files show).
     pub fn sentences(&self) -> Vec<&str> {
-        self.items.iter().map(|item| item.sentence.as_str()).collect()
+        self.items
+            .iter()
+            .map(|item| item.sentence.as_str())
+            .collect()
     }
 
     /// The distinct labels, ascending.
@@ -569,9 +575,18 @@ mod tests {
 
     #[test]
     fn reports_the_line_of_a_malformed_record() {
-        assert_eq!(line_error("1 ||| ok\n2 | bad\n"), (2, LineError::MissingSeparator));
-        assert_eq!(line_error("1 ||| ok\n\n1 ||| ok\n"), (2, LineError::MissingSeparator));
-        assert_eq!(line_error("1 ||| a ||| b\n"), (1, LineError::ExtraSeparator));
+        assert_eq!(
+            line_error("1 ||| ok\n2 | bad\n"),
+            (2, LineError::MissingSeparator)
+        );
+        assert_eq!(
+            line_error("1 ||| ok\n\n1 ||| ok\n"),
+            (2, LineError::MissingSeparator)
+        );
+        assert_eq!(
+            line_error("1 ||| a ||| b\n"),
+            (1, LineError::ExtraSeparator)
+        );
         assert_eq!(
             line_error("1 ||| ok\nx ||| no\n"),
             (2, LineError::BadLabel { label: "x".into() })

@@ -16,7 +16,10 @@
 //! 4. The best epoch's model is copied to `artifact_dir/classifier.mpk` (next to
 //!    `classifier.json`, its [`ClassifierConfig`], and `finetune.json`), **reloaded** from
 //!    there and used to predict dev (and test): the predictions returned are exactly what
-//!    [`load_classifier`] + [`evaluate`] give later.
+//!    [`load_classifier`] + [`evaluate`] give later with the same batch size.
+//!
+//! A previous run's epoch logs and checkpoints in the same `artifact_dir` are removed first
+//! (Burn would read them back when looking for the best epoch).
 //!
 //! Records are saved in full precision (Burn's `DefaultRecorder`, named MessagePack):
 //! Burn's `CompactRecorder` stores half precision, whose rounding (about 5e-4 relative)
@@ -62,7 +65,10 @@ use crate::classifier::{
     nll_per_example, ClassifierConfig, ClassifierError, FinetuneOption, LlamaEmbeddingClassifier,
     SentencePosition,
 };
-use crate::data::{make_batch, DataError, DataOptions, SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
+use crate::data::{
+    make_batch, DataError, DataOptions, SentenceBatch, SentenceBatcher, SentenceDataset,
+    SentenceItem,
+};
 use crate::metrics::{ConfusionMatrix, MetricsError};
 
 /// The recorder of classifier records and training checkpoints: named MessagePack, full
@@ -141,7 +147,9 @@ pub enum FinetuneError {
     #[error("training stopped before the first dev evaluation: no model was saved in {0}")]
     NoCheckpoint(PathBuf),
     /// [`evaluate`] was given a model on an autodiff backend, where dropout is active.
-    #[error("evaluate the inference model (`model.valid()`): dropout is active on an autodiff backend")]
+    #[error(
+        "evaluate the inference model (`model.valid()`): dropout is active on an autodiff backend"
+    )]
     AutodiffModel,
 }
 
@@ -355,6 +363,12 @@ pub struct SavedClassifier<B: Backend> {
 /// `config.artifact_dir`.
 ///
 /// Returns the best-dev model on the inference backend with its dev (and test) predictions.
+///
+/// # Panics
+///
+/// Burn's `Learner` panics (instead of returning an error) when it cannot write its metric
+/// logs or checkpoints under `artifact_dir` during training; everything checkable up front
+/// (config, data, a writable folder) is checked before training starts.
 pub fn finetune<B: AutodiffBackend>(
     config: &FinetuneConfig,
     llama: Llama<B>,
@@ -366,6 +380,7 @@ pub fn finetune<B: AutodiffBackend>(
     data.check()?;
     let dir = &config.artifact_dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    clear_previous_run(dir)?;
 
     // Seed before building the head, whose initialisation draws from the backend generator.
     B::seed(device, config.seed);
@@ -380,7 +395,9 @@ pub fn finetune<B: AutodiffBackend>(
         .save(&config_path)
         .map_err(io_err(&config_path))?;
     let finetune_path = dir.join(FINETUNE_CONFIG_FILE);
-    config.save(&finetune_path).map_err(io_err(&finetune_path))?;
+    config
+        .save(&finetune_path)
+        .map_err(io_err(&finetune_path))?;
 
     let optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
@@ -406,13 +423,20 @@ pub fn finetune<B: AutodiffBackend>(
     let history = Arc::new(Mutex::new(Vec::new()));
     let renderer = ProgressRenderer::new(config.epochs, config.log_every, history.clone());
     let training = SupervisedTraining::new(dir, train_loader, valid_loader)
-        .metrics((AccuracyMetric::new(), LossMetric::new(), MacroF1Metric::new()))
+        .metrics((
+            AccuracyMetric::new(),
+            LossMetric::new(),
+            MacroF1Metric::new(),
+        ))
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(IterationSpeedMetric::new())
         .with_file_checkpointer(ClassifierRecorder::new())
         .with_checkpointing_strategy(BestDevAccuracy::new::<B>(best_epoch.clone()))
         .num_epochs(config.epochs)
-        .renderer(renderer);
+        .renderer(renderer)
+        // Burn's default installs a process-wide tracing subscriber and panic hook (logging
+        // to `experiment.log`); a library must leave those to the application.
+        .with_application_logger(None);
     // The trained model returned by `launch` is the last epoch's; the best one is on disk.
     let _ = training.launch(Learner::new(model, optim, config.lr));
 
@@ -428,7 +452,13 @@ pub fn finetune<B: AutodiffBackend>(
     // Predict with the model as reloaded from its file, so that these predictions are
     // exactly what a later `eval` of the saved classifier gives.
     let saved = load_classifier::<B::InnerBackend>(dir, device)?;
-    let dev = evaluate(&saved.model, &data.dev, config.batch_size, data.pad_id, device)?;
+    let dev = evaluate(
+        &saved.model,
+        &data.dev,
+        config.batch_size,
+        data.pad_id,
+        device,
+    )?;
     let test = data
         .test
         .as_ref()
@@ -446,6 +476,48 @@ pub fn finetune<B: AutodiffBackend>(
     })
 }
 
+/// Remove what an earlier run left in `dir` that this one would read back: Burn's metric logs
+/// of epochs this run may not reach would enter the best-epoch search, and an old checkpoint
+/// could be taken for this run's. Only Burn's own names (`train/epoch-*`, `valid/epoch-*`,
+/// `checkpoint/{model,optim,scheduler}-*.mpk`) and our `classifier.mpk` are touched.
+fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
+    let entries = |sub: &str| -> Vec<(PathBuf, String)> {
+        std::fs::read_dir(dir.join(sub))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for split in ["train", "valid"] {
+        for (path, name) in entries(split) {
+            if name.starts_with("epoch-") && path.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            }
+        }
+    }
+    let checkpoint = |name: &str| {
+        ["model-", "optim-", "scheduler-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            && name.ends_with(".mpk")
+    };
+    let mut stale: Vec<PathBuf> = entries("checkpoint")
+        .into_iter()
+        .filter(|(path, name)| checkpoint(name) && path.is_file())
+        .map(|(path, _)| path)
+        .collect();
+    stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk")));
+    for path in stale {
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
 /// Load the classifier saved in an artifact folder by [`finetune`] (`classifier.json` +
 /// `classifier.mpk`, and `finetune.json` if present) onto `device`.
 pub fn load_classifier<B: Backend>(
@@ -453,13 +525,13 @@ pub fn load_classifier<B: Backend>(
     device: &B::Device,
 ) -> Result<SavedClassifier<B>, FinetuneError> {
     let config_path = artifact_dir.join(CLASSIFIER_CONFIG_FILE);
-    let config =
-        ClassifierConfig::load(&config_path).map_err(|e| FinetuneError::ConfigFile {
-            path: config_path.clone(),
-            detail: e.to_string(),
-        })?;
+    let config = ClassifierConfig::load(&config_path).map_err(|e| FinetuneError::ConfigFile {
+        path: config_path.clone(),
+        detail: e.to_string(),
+    })?;
     let record_stem = artifact_dir.join(CLASSIFIER_RECORD_STEM);
-    let record_path = record_stem.with_extension(<ClassifierRecorder as FileRecorder<B>>::file_extension());
+    let record_path =
+        record_stem.with_extension(<ClassifierRecorder as FileRecorder<B>>::file_extension());
     // Parameters are created lazily, so building the model before loading costs no random
     // initialisation of the Llama.
     let model = config
@@ -503,11 +575,15 @@ pub fn evaluate<B: Backend>(
         return Err(FinetuneError::AutodiffModel);
     }
     if batch_size == 0 {
-        return Err(FinetuneError::InvalidConfig("batch_size must be at least 1".into()));
+        return Err(FinetuneError::InvalidConfig(
+            "batch_size must be at least 1".into(),
+        ));
     }
     let items = dataset.items();
     if items.is_empty() {
-        return Err(FinetuneError::EmptyDataset { which: "evaluation" });
+        return Err(FinetuneError::EmptyDataset {
+            which: "evaluation",
+        });
     }
     let num_labels = model.num_labels();
     // Gathering the log-probability of a label the head does not have would index out of
@@ -566,7 +642,11 @@ impl BestDevAccuracy {
 }
 
 impl CheckpointingStrategy for BestDevAccuracy {
-    fn checkpointing(&mut self, epoch: usize, store: &EventStoreClient) -> Vec<CheckpointingAction> {
+    fn checkpointing(
+        &mut self,
+        epoch: usize,
+        store: &EventStoreClient,
+    ) -> Vec<CheckpointingAction> {
         let actions = self.inner.checkpointing(epoch, store);
         // The metric strategy saves exactly when this epoch is the best so far.
         if actions.contains(&CheckpointingAction::Save) {
@@ -704,7 +784,10 @@ impl Running {
                 count,
             } => (*aggregated_value, *count),
         };
-        let slot = self.values.entry(name.to_string()).or_insert((0.0, 0, f64::NAN));
+        let slot = self
+            .values
+            .entry(name.to_string())
+            .or_insert((0.0, 0, f64::NAN));
         if value.is_finite() {
             slot.0 += value * count as f64;
             slot.1 += count;
@@ -778,7 +861,11 @@ pub struct ProgressRenderer {
 
 impl ProgressRenderer {
     /// A renderer for `num_epochs` epochs appending epoch summaries to `history`.
-    pub fn new(num_epochs: usize, log_every: usize, history: Arc<Mutex<Vec<EpochSummary>>>) -> Self {
+    pub fn new(
+        num_epochs: usize,
+        log_every: usize,
+        history: Arc<Mutex<Vec<EpochSummary>>>,
+    ) -> Self {
         Self {
             num_epochs,
             log_every,
@@ -796,7 +883,10 @@ impl ProgressRenderer {
     }
 
     fn name(&self, id: &MetricId) -> String {
-        self.names.get(id).cloned().unwrap_or_else(|| format!("{id:?}"))
+        self.names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| format!("{id:?}"))
     }
 
     fn print_line(&mut self, line: &str) {
@@ -830,7 +920,9 @@ impl ProgressRenderer {
         let Some(epoch) = self.train_epoch.take() else {
             return;
         };
-        self.train_seconds = self.train_started.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.train_seconds = self
+            .train_started
+            .map_or(0.0, |t| t.elapsed().as_secs_f64());
         let summary = self.train.summary();
         let line = format!(
             "epoch {epoch}/{} train: {} ({:.1} s)",
@@ -855,7 +947,11 @@ impl ProgressRenderer {
             return;
         };
         let summary = self.valid.summary();
-        let line = format!("epoch {epoch}/{} dev:   {}", self.num_epochs, format_metrics(&summary));
+        let line = format!(
+            "epoch {epoch}/{} dev:   {}",
+            self.num_epochs,
+            format_metrics(&summary)
+        );
         self.print_line(&line);
         let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
         match history.iter_mut().find(|s| s.epoch == epoch) {
@@ -949,5 +1045,140 @@ impl MetricsRenderer for ProgressRenderer {
 
     fn register_metric(&mut self, definition: MetricDefinition) {
         self.names.insert(definition.metric_id, definition.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(serialized: &SerializedEntry) -> (f64, usize) {
+        match NumericEntry::deserialize(&serialized.serialized) {
+            Ok(NumericEntry::Aggregated {
+                aggregated_value,
+                count,
+            }) => (aggregated_value, count),
+            other => panic!("unexpected entry {other:?}"),
+        }
+    }
+
+    #[test]
+    fn macro_f1_entries_average_to_the_epoch_score() {
+        let batches = [
+            (vec![0, 1, 1], vec![0, 1, 2]),
+            (vec![2, 2], vec![2, 0]),
+            (vec![3, 0, 1, 1], vec![3, 1, 1, 0]),
+        ];
+        let mut metric = MacroF1Metric::new();
+        let metadata = MetricMetadata {
+            progress: burn::data::dataloader::Progress::new(0, 0),
+            global_progress: burn::data::dataloader::Progress::new(0, 0),
+            iteration: None,
+            lr: None,
+        };
+        let (mut sum, mut count) = (0.0, 0);
+        let (mut truth, mut predicted) = (Vec::new(), Vec::new());
+        for (p, t) in batches {
+            truth.extend(&t);
+            predicted.extend(&p);
+            let input = ClassPredictions {
+                predictions: p,
+                targets: t,
+            };
+            let (value, n) = entry(&metric.update(&input, &metadata));
+            sum += value * n as f64;
+            count += n;
+            // Burn's count-weighted mean of the entries so far is the score so far.
+            let expected = 100.0 * crate::metrics::macro_f1(&truth, &predicted).unwrap();
+            assert!((sum / count as f64 - expected).abs() < 1e-9);
+            assert!((metric.epoch_value() - expected).abs() < 1e-12);
+        }
+        metric.clear();
+        assert!(metric.epoch_value().is_nan());
+    }
+
+    #[test]
+    fn running_means_weight_by_count_but_keep_the_latest_rate() {
+        let mut running = Running::default();
+        let agg = |v: f64, n: usize| NumericEntry::Aggregated {
+            aggregated_value: v,
+            count: n,
+        };
+        running.add(LOSS, &agg(2.0, 8));
+        running.add(LOSS, &agg(1.0, 2));
+        running.add(LEARNING_RATE, &agg(1e-3, 1));
+        running.add(LEARNING_RATE, &agg(5e-4, 1));
+        let summary = running.summary();
+        assert!((summary[LOSS] - 1.8).abs() < 1e-12);
+        assert_eq!(summary[LEARNING_RATE], 5e-4);
+        let line = format_metrics(&summary);
+        assert_eq!(line, "loss 1.8000 | lr 5.0e-4");
+    }
+
+    #[test]
+    fn config_checks() {
+        let ok = FinetuneConfig::new("out".into());
+        assert!(ok.check().is_ok());
+        assert_eq!((ok.epochs, ok.batch_size, ok.seed), (5, 8, 1337));
+        assert_eq!((ok.lr, ok.hidden_dropout_prob), (2e-5, 0.3));
+        assert_eq!(ok.option, FinetuneOption::Finetune);
+        for bad in [
+            FinetuneConfig::new("out".into()).with_epochs(0),
+            FinetuneConfig::new("out".into()).with_batch_size(0),
+            FinetuneConfig::new("out".into()).with_lr(-1.0),
+            FinetuneConfig::new("out".into()).with_lr(f64::NAN),
+            FinetuneConfig::new("out".into()).with_hidden_dropout_prob(1.0),
+            FinetuneConfig::new("out".into()).with_weight_decay(-0.1),
+            FinetuneConfig::new("out".into()).with_max_sentence_len(Some(0)),
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn previous_runs_are_cleared_but_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["train/epoch-4", "valid/epoch-1", "train/mine", "checkpoint"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for file in [
+            "train/epoch-4/Loss.log",
+            "train/notes.txt",
+            "checkpoint/model-3.mpk",
+            "checkpoint/optim-3.mpk",
+            "checkpoint/keep.txt",
+            "classifier.mpk",
+            "classifier.json",
+        ] {
+            std::fs::write(d.join(file), "x").unwrap();
+        }
+        clear_previous_run(d).unwrap();
+        for gone in [
+            "train/epoch-4",
+            "valid/epoch-1",
+            "checkpoint/model-3.mpk",
+            "checkpoint/optim-3.mpk",
+            "classifier.mpk",
+        ] {
+            assert!(!d.join(gone).exists(), "{gone}");
+        }
+        for kept in [
+            "train/mine",
+            "train/notes.txt",
+            "checkpoint/keep.txt",
+            "classifier.json",
+        ] {
+            assert!(d.join(kept).exists(), "{kept}");
+        }
+    }
+
+    #[test]
+    fn loading_from_an_empty_folder_names_the_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err =
+            load_classifier::<burn::backend::NdArray>(dir.path(), &Default::default()).unwrap_err();
+        assert!(matches!(err, FinetuneError::ConfigFile { .. }), "{err}");
+        assert!(err.to_string().contains(CLASSIFIER_CONFIG_FILE), "{err}");
     }
 }

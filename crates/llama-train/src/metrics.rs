@@ -205,7 +205,10 @@ mod tests {
         // classes {0, 2, 3}: class 0 F1 1, class 2 tp 1 fn 1 -> P 1 R 1/2 F1 2/3, class 3 F1 0.
         let truth = [0, 2, 2];
         let pred = [0, 2, 3];
-        assert!(close(macro_f1(&truth, &pred).unwrap(), (1.0 + 2.0 / 3.0) / 3.0));
+        assert!(close(
+            macro_f1(&truth, &pred).unwrap(),
+            (1.0 + 2.0 / 3.0) / 3.0
+        ));
         // All predictions one class, truth another: every F1 is 0.
         assert!(close(macro_f1(&[1, 1], &[0, 0]).unwrap(), 0.0));
         // Perfect on a single class.

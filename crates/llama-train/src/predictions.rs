@@ -36,7 +36,9 @@ pub enum PredictionsError {
         path: PathBuf,
     },
     /// Different numbers of predictions and sentences.
-    #[error("cannot write predictions to {path}: {predictions} predictions for {sentences} sentences")]
+    #[error(
+        "cannot write predictions to {path}: {predictions} predictions for {sentences} sentences"
+    )]
     LengthMismatch {
         /// The target file.
         path: PathBuf,

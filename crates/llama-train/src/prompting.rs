@@ -149,7 +149,10 @@ pub fn label_name_list<S: AsRef<str>>(label_names: &[S]) -> String {
 /// The prompt suffix: `"Is this movie {label_name_list}? This movie is "` (trailing space
 /// included, as in the exercise).
 pub fn prompt_suffix<S: AsRef<str>>(label_names: &[S]) -> String {
-    format!("Is this movie {}? This movie is ", label_name_list(label_names))
+    format!(
+        "Is this movie {}? This movie is ",
+        label_name_list(label_names)
+    )
 }
 
 /// Zero-shot classifier: label names, their token ids and the prompt suffix.
@@ -215,7 +218,9 @@ impl ZeroShotClassifier {
 
     /// `options` with this classifier's prompt suffix.
     pub fn data_options(&self, options: &DataOptions) -> DataOptions {
-        options.clone().with_prompt_suffix(Some(self.suffix.clone()))
+        options
+            .clone()
+            .with_prompt_suffix(Some(self.suffix.clone()))
     }
 
     /// Reads a `label ||| sentence` file and tokenizes `sentence + " " + suffix` with BOS.
@@ -253,7 +258,8 @@ impl ZeroShotClassifier {
         } else {
             // Row r's last real token sits at flat index r * seq + lengths[r] - 1 of the
             // [batch * seq, dim] view; the clamp keeps a (forbidden) zero length in range.
-            let offsets = Tensor::<B, 1, Int>::arange(0..batch as i64, &device).mul_scalar(seq as i64);
+            let offsets =
+                Tensor::<B, 1, Int>::arange(0..batch as i64, &device).mul_scalar(seq as i64);
             let flat = offsets + lengths.sub_scalar(1).clamp_min(0);
             hidden
                 .reshape([batch * seq, dim])

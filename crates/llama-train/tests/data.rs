@@ -93,14 +93,15 @@ fn options_lowercase_truncate_and_append_the_prompt() {
     let path = fixture("data/sst-dev.txt");
     let plain = SentenceDataset::from_file(&path, &tok, &DataOptions::default()).unwrap();
 
-    let lower = SentenceDataset::from_file(
-        &path,
-        &tok,
-        &DataOptions::default().with_lowercase(true),
-    )
-    .unwrap();
+    let lower =
+        SentenceDataset::from_file(&path, &tok, &DataOptions::default().with_lowercase(true))
+            .unwrap();
     let item = &lower.items()[0];
-    assert_eq!(item.sentence, plain.items()[0].sentence, "output text keeps its case");
+    assert_eq!(
+        item.sentence,
+        plain.items()[0].sentence,
+        "output text keeps its case"
+    );
     assert_eq!(item.text, item.sentence.to_lowercase());
     assert_eq!(item.tokens, tok.encode(&item.text, true, false).unwrap());
 
@@ -245,7 +246,12 @@ fn labels_outside_the_classes_are_reported() {
     assert_eq!(data.num_labels(), 2);
     assert!(matches!(
         data.check_labels_below(2),
-        Err(DataError::LabelOutOfRange { line: 2, label: 2, num_classes: 2, .. })
+        Err(DataError::LabelOutOfRange {
+            line: 2,
+            label: 2,
+            num_classes: 2,
+            ..
+        })
     ));
 }
 
@@ -259,12 +265,20 @@ fn batches_are_right_padded_with_the_pad_id() {
     let items: Vec<_> = (0..4).map(|i| data.get(i).unwrap()).collect();
     let lengths: Vec<usize> = items.iter().map(|i| i.tokens.len()).collect();
     let width = *lengths.iter().max().unwrap();
-    assert!(lengths.iter().any(|&l| l < width), "want rows of different length");
+    assert!(
+        lengths.iter().any(|&l| l < width),
+        "want rows of different length"
+    );
 
     let batcher = SentenceBatcher::from_tokenizer(&tok);
     let batch: SentenceBatch<B> = batcher.batch(items.clone(), &Default::default());
     assert_eq!(batch.tokens.dims(), [4, width]);
-    let tokens: Vec<i64> = batch.tokens.into_data().convert::<i64>().into_vec().unwrap();
+    let tokens: Vec<i64> = batch
+        .tokens
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .unwrap();
     for (r, item) in items.iter().enumerate() {
         let row = &tokens[r * width..(r + 1) * width];
         let n = item.tokens.len();
@@ -272,9 +286,22 @@ fn batches_are_right_padded_with_the_pad_id() {
         assert_eq!(row[..n], real[..]);
         assert!(row[n..].iter().all(|&t| t == 3), "row {r}: {row:?}");
     }
-    let got_lengths: Vec<i64> = batch.lengths.into_data().convert::<i64>().into_vec().unwrap();
-    assert_eq!(got_lengths, lengths.iter().map(|&l| l as i64).collect::<Vec<_>>());
-    let labels: Vec<i64> = batch.labels.into_data().convert::<i64>().into_vec().unwrap();
+    let got_lengths: Vec<i64> = batch
+        .lengths
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .unwrap();
+    assert_eq!(
+        got_lengths,
+        lengths.iter().map(|&l| l as i64).collect::<Vec<_>>()
+    );
+    let labels: Vec<i64> = batch
+        .labels
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .unwrap();
     assert_eq!(labels, vec![3, 2, 3, 4]);
 }
 
@@ -291,12 +318,14 @@ fn llama2c_ids(cases: &serde_json::Value, text: &str) -> Option<Vec<u32>> {
 #[test]
 fn label_names_split_into_several_tok512_tokens() {
     let tok = tok512();
-    let cases: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(fixture("reference/tokenizer-cases.json")).unwrap(),
-    )
-    .unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference/tokenizer-cases.json")).unwrap())
+            .unwrap();
     let mut suffixes_checked = 0;
-    for mapping in ["data/sst-label-mapping.json", "data/cfimdb-label-mapping.json"] {
+    for mapping in [
+        "data/sst-label-mapping.json",
+        "data/cfimdb-label-mapping.json",
+    ] {
         let names = read_label_names(fixture(mapping)).unwrap();
         let classifier = ZeroShotClassifier::new(&tok, names.clone()).unwrap();
         for (name, ids) in names.iter().zip(classifier.label_token_ids()) {
@@ -309,7 +338,10 @@ fn label_names_split_into_several_tok512_tokens() {
         }
         // The prompt suffix also tokenizes like llama2.c (the fixture has SST's suffix).
         if let Some(reference) = llama2c_ids(&cases, classifier.suffix()) {
-            assert_eq!(tok.encode(classifier.suffix(), false, false).unwrap(), reference);
+            assert_eq!(
+                tok.encode(classifier.suffix(), false, false).unwrap(),
+                reference
+            );
             suffixes_checked += 1;
         }
     }

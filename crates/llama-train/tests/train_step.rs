@@ -64,7 +64,12 @@ fn ints(v: &Value) -> (Vec<i64>, Vec<usize>) {
     let cols = rows[0].as_array().expect("row").len();
     let flat = rows
         .iter()
-        .flat_map(|r| r.as_array().expect("row").iter().map(|x| x.as_i64().expect("int")))
+        .flat_map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_i64().expect("int"))
+        })
         .collect();
     (flat, vec![rows.len(), cols])
 }
@@ -127,7 +132,10 @@ fn loss_of(model: &LlamaEmbeddingClassifier<TB>, b: &Batch) -> (Tensor<TB, 2>, T
 
 fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f64, rtol: f64) -> f64 {
     let c = compare(actual, expected, atol, rtol);
-    println!("{what}: max |diff| {:.3e} ({} values)", c.max_abs_diff, c.len);
+    println!(
+        "{what}: max |diff| {:.3e} ({} values)",
+        c.max_abs_diff, c.len
+    );
     assert!(
         c.passed(),
         "{what}: {} of {} values outside atol {atol} rtol {rtol}; max |diff| {:e} at {}",
@@ -202,7 +210,13 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
 
     // Forward: log-probabilities and loss.
     let (log_probs, loss) = loss_of(&model, &b);
-    assert_close("log_probs", &to_vec(log_probs), &floats(&fx["log_probs"]), 1e-5, 0.0);
+    assert_close(
+        "log_probs",
+        &to_vec(log_probs),
+        &floats(&fx["log_probs"]),
+        1e-5,
+        0.0,
+    );
     let loss_value = to_vec(loss.clone())[0];
     assert_close("loss", &[loss_value], &floats(&fx["loss"]), 1e-5, 0.0);
 
@@ -217,20 +231,38 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
             .map(|d| d.as_u64().expect("dim") as usize)
             .collect();
         assert_eq!(actual.len(), shape.iter().product::<usize>(), "{name} size");
-        let norm = actual.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+        let norm = actual
+            .iter()
+            .map(|&x| f64::from(x).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let sum: f64 = actual.iter().map(|&x| f64::from(x)).sum();
-        assert_rel(&format!("{name} l2"), norm, expected["l2_norm"].as_f64().expect("l2"), 1e-4);
+        assert_rel(
+            &format!("{name} l2"),
+            norm,
+            expected["l2_norm"].as_f64().expect("l2"),
+            1e-4,
+        );
         // Sums that cancel to ~0 (the head's, by construction of log_softmax) are checked
         // absolutely against the gradient's scale instead.
         let expected_sum = expected["sum"].as_f64().expect("sum");
         if expected_sum.abs() < 1e-4 * norm {
             println!("{name} sum: {sum:e} vs {expected_sum:e} (cancels)");
-            assert!((sum - expected_sum).abs() <= 1e-4 * norm, "{name} sum {sum} vs {expected_sum}");
+            assert!(
+                (sum - expected_sum).abs() <= 1e-4 * norm,
+                "{name} sum {sum} vs {expected_sum}"
+            );
         } else {
             assert_rel(&format!("{name} sum"), sum, expected_sum, 1e-4);
         }
         let first = floats(&expected["first_values"]);
-        assert_close(&format!("{name} first"), &actual[..first.len()], &first, 1e-6, 1e-3);
+        assert_close(
+            &format!("{name} first"),
+            &actual[..first.len()],
+            &first,
+            1e-6,
+            1e-3,
+        );
         let (full_shape, full_values) = &full[&format!("grad.{name}")];
         assert_eq!(full_shape, &shape, "{name} safetensors shape");
         assert_close(&format!("{name} full"), &actual, full_values, 1e-6, 1e-3);
@@ -244,8 +276,14 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
         with_grad: 0,
     };
     model.visit(&mut visitor);
-    println!("{} parameters, {} with a gradient", visitor.params, visitor.with_grad);
-    assert_eq!(visitor.with_grad, visitor.params, "every parameter gets a gradient");
+    println!(
+        "{} parameters, {} with a gradient",
+        visitor.params, visitor.with_grad
+    );
+    assert_eq!(
+        visitor.with_grad, visitor.params,
+        "every parameter gets a gradient"
+    );
     assert_rel(
         "total_grad_l2_norm",
         visitor.sum.sqrt(),
@@ -272,16 +310,48 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(num(&hp["lr"]), model, grads);
         loss = loss_of(&model, &b).1;
-        assert_close(&format!("loss after {step} AdamW steps"), &to_vec(loss.clone()), &[*expected], 1e-4, 0.0);
+        assert_close(
+            &format!("loss after {step} AdamW steps"),
+            &to_vec(loss.clone()),
+            &[*expected],
+            1e-4,
+            0.0,
+        );
     }
     let after = &hp["params_after_3_steps"];
     let bias = to_vec(model.classifier_head.bias.as_ref().expect("bias").val());
-    assert_close("bias after 3 steps", &bias, &floats(&after["classifier_head.bias"]), 1e-5, 1e-3);
+    assert_close(
+        "bias after 3 steps",
+        &bias,
+        &floats(&after["classifier_head.bias"]),
+        1e-5,
+        1e-3,
+    );
     // PyTorch's weight[0, :8] is column 0 of Burn's [in, out] weight.
-    let w0 = to_vec(model.classifier_head.weight.val().transpose().narrow(0, 0, 1).narrow(1, 0, 8));
-    assert_close("head weight[0,:8] after 3 steps", &w0, &floats(&after["classifier_head.weight[0,:8]"]), 1e-5, 1e-3);
+    let w0 = to_vec(
+        model
+            .classifier_head
+            .weight
+            .val()
+            .transpose()
+            .narrow(0, 0, 1)
+            .narrow(1, 0, 8),
+    );
+    assert_close(
+        "head weight[0,:8] after 3 steps",
+        &w0,
+        &floats(&after["classifier_head.weight[0,:8]"]),
+        1e-5,
+        1e-3,
+    );
     let norm = to_vec(model.llama.norm.weight.val().narrow(0, 0, 8));
-    assert_close("norm weight[:8] after 3 steps", &norm, &floats(&after["llama.norm.weight[:8]"]), 1e-5, 1e-3);
+    assert_close(
+        "norm weight[:8] after 3 steps",
+        &norm,
+        &floats(&after["llama.norm.weight[:8]"]),
+        1e-5,
+        1e-3,
+    );
     let wq = to_vec(
         model.llama.layers[0]
             .attention
@@ -316,23 +386,56 @@ fn padded_batch_matches_the_exercise_convention() {
     let model = classifier(&fx, SentencePosition::LastPosition);
     let b = batch(case, Some(lengths.clone()));
     let (log_probs, loss) = loss_of(&model, &b);
-    assert_close("padded log_probs", &to_vec(log_probs), &floats(&case["log_probs"]), 1e-5, 0.0);
-    assert_close("padded loss", &to_vec(loss.clone()), &floats(&case["loss"]), 1e-5, 0.0);
+    assert_close(
+        "padded log_probs",
+        &to_vec(log_probs),
+        &floats(&case["log_probs"]),
+        1e-5,
+        0.0,
+    );
+    assert_close(
+        "padded loss",
+        &to_vec(loss.clone()),
+        &floats(&case["loss"]),
+        1e-5,
+        0.0,
+    );
     let grads = loss.backward();
     let g = grad_pt(&model, &grads, "classifier_head.weight");
     let expected = &case["grad_classifier_head.weight"];
     let norm = g.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    assert_rel("padded head grad l2", norm, expected["l2_norm"].as_f64().expect("l2"), 1e-4);
+    assert_rel(
+        "padded head grad l2",
+        norm,
+        expected["l2_norm"].as_f64().expect("l2"),
+        1e-4,
+    );
     let first = floats(&expected["first_values"]);
-    assert_close("padded head grad first", &g[..first.len()], &first, 1e-6, 1e-3);
+    assert_close(
+        "padded head grad first",
+        &g[..first.len()],
+        &first,
+        1e-6,
+        1e-3,
+    );
 
     // Reading each row's last real token instead gives, for every row, what that sentence
     // gives alone without padding.
     let model = classifier(&fx, SentencePosition::LastToken);
     let padded = to_vec(model.forward(b.tokens.clone(), b.lengths.clone()));
     for (row, &len) in lengths.iter().enumerate() {
-        let tokens = b.tokens.clone().narrow(0, row, 1).narrow(1, 0, len as usize);
+        let tokens = b
+            .tokens
+            .clone()
+            .narrow(0, row, 1)
+            .narrow(1, 0, len as usize);
         let alone = to_vec(model.forward(tokens, int_tensor(vec![len], [1])));
-        assert_close(&format!("row {row} padded vs alone"), &padded[row * 5..row * 5 + 5], &alone, 1e-5, 0.0);
+        assert_close(
+            &format!("row {row} padded vs alone"),
+            &padded[row * 5..row * 5 + 5],
+            &alone,
+            1e-5,
+            0.0,
+        );
     }
 }

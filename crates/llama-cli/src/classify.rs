@@ -1,0 +1,335 @@
+//! `llama-cli prompt`, `finetune` (alias `train`) and `eval`: sentence classification on
+//! SST-5 and CFIMDB (phase 4 of the exercise), with flags named as in its run_llama.py.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use llama_model::{load_checkpoint, LlamaConfig, LoadOptions, Tokenizer};
+use llama_train::classifier::FinetuneOption;
+use llama_train::data::{load_label_names, DataOptions, SentenceDataset};
+use llama_train::finetune::{evaluate, finetune, load_classifier, FinetuneConfig, FinetuneData};
+use llama_train::predictions::write_predictions;
+use llama_train::prompting::{PromptingConfig, ZeroShotClassifier};
+
+use crate::backend::{BackendKind, Job};
+use crate::generate::{find_tokenizer, missing_checkpoint_help};
+use crate::output::check_writable;
+
+/// The model and tokenizer flags shared by the classification commands.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Pre-trained checkpoint (.pt, .bin or .safetensors).
+    #[arg(long, alias = "pretrained-model-path", default_value = "stories42M.pt")]
+    pub checkpoint: PathBuf,
+    /// JSON config for a safetensors checkpoint without one beside it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Tokenizer; default: the one beside the checkpoint, else tokenizer.model.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// The `--max-sentence-len` flag: truncation is opt-in.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive integer, got `{s}`")),
+    }
+}
+
+fn probability(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(format!("expected a probability in [0, 1), got `{s}`")),
+    }
+}
+
+fn learning_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("expected a finite number >= 0, got `{s}`")),
+    }
+}
+
+/// `data/sst-dev.txt` + `prompting` -> `sst-dev-prompting-output.txt` (the exercise's names).
+fn default_output(data: &Path, kind: &str) -> PathBuf {
+    let stem = data.file_stem().map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
+    PathBuf::from(format!("{stem}-{kind}-output.txt"))
+}
+
+impl ModelArgs {
+    fn load<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(llama_model::Llama<B>, LlamaConfig, Tokenizer)> {
+        if !self.checkpoint.exists() {
+            bail!(missing_checkpoint_help(&self.checkpoint));
+        }
+        let start = Instant::now();
+        let options = LoadOptions {
+            config: self.config.clone(),
+        };
+        let loaded = load_checkpoint::<B>(&self.checkpoint, &options, device)?;
+        let tokenizer_path = self.tokenizer.clone().unwrap_or_else(|| find_tokenizer(&self.checkpoint));
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+        if tokenizer.vocab_size() != loaded.config.vocab_size {
+            bail!(
+                "tokenizer {} has {} tokens but the model {} expects {}: pass the model's tokenizer with --tokenizer",
+                tokenizer_path.display(),
+                tokenizer.vocab_size(),
+                self.checkpoint.display(),
+                loaded.config.vocab_size
+            );
+        }
+        eprintln!(
+            "loaded {} ({}) and {} in {:.2} s",
+            self.checkpoint.display(),
+            loaded.format,
+            tokenizer_path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok((loaded.model, loaded.config, tokenizer))
+    }
+}
+
+/// Arguments of `llama-cli prompt`.
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Dev file (`label ||| sentence` lines).
+    #[arg(long)]
+    pub dev: PathBuf,
+    /// Test file (optional).
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// JSON list of label names in class order.
+    #[arg(long)]
+    pub label_names: PathBuf,
+    /// Sentences per forward pass.
+    #[arg(long, default_value_t = 10, value_parser = positive)]
+    pub batch_size: usize,
+    /// Read the next-token distribution at the batch's last position (a pad token for every
+    /// shorter row), as the exercise does, instead of at each row's last real token.
+    #[arg(long)]
+    pub pad_position_scoring: bool,
+    /// Keep only the first N tokens of each prompt (BOS included); default: no truncation.
+    #[arg(long, value_parser = positive)]
+    pub max_sentence_len: Option<usize>,
+    /// Dev predictions file; default `<dev stem>-prompting-output.txt`.
+    #[arg(long)]
+    pub dev_out: Option<PathBuf>,
+    /// Test predictions file; default `<test stem>-prompting-output.txt`.
+    #[arg(long)]
+    pub test_out: Option<PathBuf>,
+}
+
+impl Job for PromptArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        let dev_out = self.dev_out.clone().unwrap_or_else(|| default_output(&self.dev, "prompting"));
+        let test_out = self
+            .test
+            .as_ref()
+            .map(|t| self.test_out.clone().unwrap_or_else(|| default_output(t, "prompting")));
+        for path in std::iter::once(&dev_out).chain(test_out.as_ref()) {
+            check_writable(path)?;
+        }
+        let (model, _, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
+        let options = DataOptions::default().with_max_sentence_len(self.max_sentence_len);
+        let names = llama_train::data::read_label_names(&self.label_names)?;
+        let classifier = ZeroShotClassifier::new(&tokenizer, names)?;
+        let config = PromptingConfig {
+            batch_size: self.batch_size,
+            pad_position_scoring: self.pad_position_scoring,
+        };
+        eprintln!("prompt suffix: {:?}; backend {backend}", classifier.suffix());
+        let sets = std::iter::once((&self.dev, &dev_out, "dev"))
+            .chain(self.test.as_ref().zip(test_out.as_ref()).map(|(d, o)| (d, o, "test")));
+        for (data, out, which) in sets {
+            let dataset = classifier.load_dataset(data, &tokenizer, &options)?;
+            if which == "dev" {
+                // The label names must name every class of the data.
+                load_label_names(&self.label_names, dataset.num_labels().max(classifier.label_names().len()))?;
+            }
+            let start = Instant::now();
+            let result = classifier.classify(&model, &dataset, &config, &device)?;
+            let secs = start.elapsed().as_secs_f64();
+            write_predictions(out, &result.predictions, &dataset.sentences())?;
+            println!(
+                "{which} ({}): accuracy {:.3}, macro-F1 {:.3} over {} sentences in {secs:.1} s ({:.1} sentences/s); wrote {}",
+                data.display(),
+                result.accuracy,
+                result.macro_f1,
+                result.predictions.len(),
+                result.predictions.len() as f64 / secs,
+                out.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Arguments of `llama-cli finetune`.
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Training file (`label ||| sentence` lines).
+    #[arg(long)]
+    pub train: PathBuf,
+    /// Dev file: evaluated each epoch, selects the best model.
+    #[arg(long)]
+    pub dev: PathBuf,
+    /// Test file (optional): predicted with the best model.
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// JSON list of label names in class order (checked against the training labels).
+    #[arg(long)]
+    pub label_names: Option<PathBuf>,
+    /// `finetune` updates every weight; `pretrain` freezes the Llama and trains the head.
+    #[arg(long, default_value = "finetune", value_parser = ["finetune", "pretrain"])]
+    pub option: String,
+    #[arg(long, default_value_t = 5, value_parser = positive)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 2e-5, value_parser = learning_rate)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 8, value_parser = positive)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 0.3, value_parser = probability)]
+    pub hidden_dropout_prob: f64,
+    #[arg(long, default_value_t = 0.0, value_parser = learning_rate)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Keep only the first N tokens of each sentence (BOS included); default: no truncation.
+    #[arg(long, value_parser = positive)]
+    pub max_sentence_len: Option<usize>,
+    /// Dev predictions file; default `<dev stem>-finetuning-output.txt`.
+    #[arg(long)]
+    pub dev_out: Option<PathBuf>,
+    /// Test predictions file; default `<test stem>-finetuning-output.txt`.
+    #[arg(long)]
+    pub test_out: Option<PathBuf>,
+    /// Folder for the saved classifier, Burn's checkpoints and logs; default
+    /// `runs/<train stem>`.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+}
+
+impl Job for FinetuneArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        let dev_out = self.dev_out.clone().unwrap_or_else(|| default_output(&self.dev, "finetuning"));
+        let test_out = self
+            .test
+            .as_ref()
+            .map(|t| self.test_out.clone().unwrap_or_else(|| default_output(t, "finetuning")));
+        for path in std::iter::once(&dev_out).chain(test_out.as_ref()) {
+            check_writable(path)?;
+        }
+        let out_dir = self.out_dir.clone().unwrap_or_else(|| {
+            let stem = self.train.file_stem().map_or_else(|| "train".into(), |s| s.to_string_lossy().into_owned());
+            PathBuf::from("runs").join(stem)
+        });
+        let option: FinetuneOption = self.option.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let config = FinetuneConfig::new(out_dir.clone())
+            .with_epochs(self.epochs)
+            .with_lr(self.lr)
+            .with_batch_size(self.batch_size)
+            .with_hidden_dropout_prob(self.hidden_dropout_prob)
+            .with_weight_decay(self.weight_decay)
+            .with_seed(self.seed)
+            .with_option(option)
+            .with_max_sentence_len(self.max_sentence_len);
+        let (llama, llama_config, tokenizer) = self.model.load::<B>(&device)?;
+        let options = config.data_options();
+        let train = SentenceDataset::from_file(&self.train, &tokenizer, &options)?;
+        let dev = SentenceDataset::from_file(&self.dev, &tokenizer, &options)?;
+        let test = match &self.test {
+            Some(t) => Some(SentenceDataset::from_file(t, &tokenizer, &options)?),
+            None => None,
+        };
+        let data = FinetuneData::new(train, dev, test, tokenizer.pad_id());
+        if let Some(names) = &self.label_names {
+            load_label_names(names, data.num_labels)?;
+        }
+        eprintln!(
+            "fine-tuning ({}) on {} training sentences, {} classes; backend {backend}; artifacts in {}",
+            config.option,
+            data.train.items().len(),
+            data.num_labels,
+            out_dir.display()
+        );
+        let start = Instant::now();
+        let outcome = finetune(&config, llama, &llama_config, &data, &device)?;
+        eprintln!("training took {:.1} s", start.elapsed().as_secs_f64());
+        write_predictions(&dev_out, &outcome.dev.predictions, &data.dev.sentences())?;
+        println!(
+            "best epoch {}: dev accuracy {:.3}, macro-F1 {:.3}; wrote {}",
+            outcome.best_epoch,
+            outcome.dev.accuracy,
+            outcome.dev.macro_f1,
+            dev_out.display()
+        );
+        if let (Some(test), Some(out), Some(test_data)) = (&outcome.test, &test_out, &data.test) {
+            write_predictions(out, &test.predictions, &test_data.sentences())?;
+            println!(
+                "test accuracy {:.3}, macro-F1 {:.3} (meaningless where the test labels are placeholders); wrote {}",
+                test.accuracy,
+                test.macro_f1,
+                out.display()
+            );
+        }
+        println!("saved classifier: {}", outcome.record_path.display());
+        Ok(())
+    }
+}
+
+/// Arguments of `llama-cli eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Folder of a fine-tuning run (`--out-dir` of `finetune`).
+    #[arg(long)]
+    pub model_dir: PathBuf,
+    /// Data file to classify (`label ||| sentence` lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Tokenizer the classifier was trained with.
+    #[arg(long)]
+    pub tokenizer: PathBuf,
+    /// Predictions file; default `<data stem>-eval-output.txt`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 8, value_parser = positive)]
+    pub batch_size: usize,
+}
+
+impl Job for EvalArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Result<()> {
+        let out = self.out.clone().unwrap_or_else(|| default_output(&self.data, "eval"));
+        check_writable(&out)?;
+        let saved = load_classifier::<B::InnerBackend>(&self.model_dir, &device)?;
+        let tokenizer = Tokenizer::from_file(&self.tokenizer)?;
+        let options = saved.finetune.as_ref().map(|f| f.data_options()).unwrap_or_default();
+        let dataset = SentenceDataset::from_file(&self.data, &tokenizer, &options)?;
+        let result = evaluate(&saved.model, &dataset, self.batch_size, tokenizer.pad_id(), &device)?;
+        write_predictions(&out, &result.predictions, &dataset.sentences())?;
+        println!(
+            "{}: accuracy {:.3}, macro-F1 {:.3} over {} sentences; wrote {}",
+            self.data.display(),
+            result.accuracy,
+            result.macro_f1,
+            result.predictions.len(),
+            out.display()
+        );
+        Ok(())
+    }
+}
