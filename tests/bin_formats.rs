@@ -8,15 +8,21 @@ use llama_model::checkpoint::{read_checkpoint, CheckpointFormat};
 use llama_model::compare::compare;
 use llama_model::{load_checkpoint, LoadOptions};
 
-
 #[test]
 fn v1_export_and_unshared_classifier_load_like_the_v0_file() {
     let v0 = std::fs::read(fixture("models/stories260K/stories260K.bin")).unwrap();
-    let (config, tensors, format) =
-        read_checkpoint(&fixture("models/stories260K/stories260K.bin"), &LoadOptions::default()).unwrap();
+    let (config, tensors, format) = read_checkpoint(
+        &fixture("models/stories260K/stories260K.bin"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(format, CheckpointFormat::Llama2cV0);
     let bytes_of = |name: &str| -> Vec<u8> {
-        tensors[name].data.iter().flat_map(|v| v.to_le_bytes()).collect()
+        tensors[name]
+            .data
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect()
     };
     let per_layer = |suffix: &str| -> Vec<u8> {
         (0..config.n_layers)
@@ -67,7 +73,11 @@ fn v1_export_and_unshared_classifier_load_like_the_v0_file() {
     let input = tokens(&[1, 403, 407, 261, 378], [1, 5]);
     let logits = |path: &std::path::Path| {
         let loaded = load_checkpoint::<B>(path, &LoadOptions::default(), &device).unwrap();
-        (loaded.format, loaded.config.tie_embeddings, values(loaded.model.forward(input.clone()).logits))
+        (
+            loaded.format,
+            loaded.config.tie_embeddings,
+            values(loaded.model.forward(input.clone()).logits),
+        )
     };
     let (_, _, reference) = logits(&fixture("models/stories260K/stories260K.bin"));
     let (format, tied, from_v1) = logits(&v1_path);

@@ -30,8 +30,14 @@ fn every_container_reproduces_the_reference_forward() {
             ("last_logits", values(last.logits)),
         ];
         for (i, (h, out)) in trace.layers.into_iter().enumerate() {
-            actual.push((Box::leak(format!("layer{i}_after_attention").into_boxed_str()), values(h)));
-            actual.push((Box::leak(format!("layer{i}_output").into_boxed_str()), values(out)));
+            actual.push((
+                Box::leak(format!("layer{i}_after_attention").into_boxed_str()),
+                values(h),
+            ));
+            actual.push((
+                Box::leak(format!("layer{i}_output").into_boxed_str()),
+                values(out),
+            ));
         }
         assert_eq!(actual.len(), 4 + 2 * 5);
         for (name, values) in actual {
@@ -59,11 +65,29 @@ fn every_container_holds_the_same_weights_as_the_bin() {
         (config, tensors)
     };
     let (bin_config, bin) = read(&files[0]);
-    assert_eq!(bin.len(), 1 + 9 * 5 + 1, "embeddings, 9 tensors per layer, final norm");
+    assert_eq!(
+        bin.len(),
+        1 + 9 * 5 + 1,
+        "embeddings, 9 tensors per layer, final norm"
+    );
     for path in &files[1..] {
         let (config, tensors) = read(path);
-        assert_eq!(config.hidden_dim(), bin_config.hidden_dim(), "{}", path.display());
-        assert_eq!(config.n_kv_heads(), bin_config.n_kv_heads(), "{}", path.display());
-        assert!(tensors == bin, "{} holds other weights than the .bin", path.display());
+        assert_eq!(
+            config.hidden_dim(),
+            bin_config.hidden_dim(),
+            "{}",
+            path.display()
+        );
+        assert_eq!(
+            config.n_kv_heads(),
+            bin_config.n_kv_heads(),
+            "{}",
+            path.display()
+        );
+        assert!(
+            tensors == bin,
+            "{} holds other weights than the .bin",
+            path.display()
+        );
     }
 }

@@ -6,10 +6,8 @@ mod common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
-use llama_model::compare::compare;
 use llama_model::generate::{
-    generate, generate_batch, generate_text, generate_uncached, GenerateConfig, Generator,
-    StopReason,
+    generate, generate_batch, generate_text, generate_uncached, GenerateConfig, StopReason,
 };
 use llama_model::rope::RotaryEmbeddingConfig;
 use llama_model::sampling::{probabilities, Sampler};

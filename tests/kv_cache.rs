@@ -17,7 +17,10 @@ const ATOL: f64 = 1e-3;
 
 fn full_last_logits(model: &Llama<B>, context: &[u32]) -> Vec<f32> {
     let ids: Vec<i64> = context.iter().map(|&t| t as i64).collect();
-    let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, context.len()]), &Default::default());
+    let input = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ids, [1, context.len()]),
+        &Default::default(),
+    );
     values(model.forward_last(input).logits)
 }
 
@@ -46,4 +49,3 @@ fn the_cache_matches_full_recomputation() {
     assert_eq!(reference.tokens, context[prompt.len()..]);
     println!("largest |cached - recomputed| logit difference over 64 steps: {worst:e}");
 }
-

@@ -38,14 +38,18 @@ fn truncated_files_are_reported_not_read_past() {
             if name.ends_with(".safetensors") {
                 std::fs::copy(
                     fixture("models/stories260K/stories260K.config.json"),
-                    dir.path().join(format!("cut-{cut}-stories260K.config.json")),
+                    dir.path()
+                        .join(format!("cut-{cut}-stories260K.config.json")),
                 )
                 .unwrap();
             }
             let err = load(&path).expect_err("a truncated file must not load");
             assert_eq!(err.path(), path, "{err}");
             assert!(
-                matches!(err, CheckpointError::Corrupt { .. } | CheckpointError::UnknownFormat { .. }),
+                matches!(
+                    err,
+                    CheckpointError::Corrupt { .. } | CheckpointError::UnknownFormat { .. }
+                ),
                 "{name} cut at {cut}: {err}"
             );
         }
@@ -68,18 +72,35 @@ fn bin_header_inconsistent_with_size_names_both_sizes() {
 fn files_of_another_kind_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let empty = write(dir.path(), "empty.bin", b"");
-    assert!(matches!(load(&empty), Err(CheckpointError::UnknownFormat { .. })));
-    let text = write(dir.path(), "notes.pt", b"hello, this is not a model at all\n");
-    assert!(matches!(load(&text), Err(CheckpointError::UnknownFormat { .. })));
+    assert!(matches!(
+        load(&empty),
+        Err(CheckpointError::UnknownFormat { .. })
+    ));
+    let text = write(
+        dir.path(),
+        "notes.pt",
+        b"hello, this is not a model at all\n",
+    );
+    assert!(matches!(
+        load(&text),
+        Err(CheckpointError::UnknownFormat { .. })
+    ));
     let tokenizer = fixture("models/stories260K/tok512.model");
     let err = load(&tokenizer).unwrap_err();
-    assert!(matches!(err, CheckpointError::UnknownFormat { .. }), "{err}");
+    assert!(
+        matches!(err, CheckpointError::UnknownFormat { .. }),
+        "{err}"
+    );
     let missing = dir.path().join("nope.bin");
     assert!(matches!(load(&missing), Err(CheckpointError::Io { .. })));
 }
 
 /// Rewrite the stories260K safetensors with `edit` applied to its tensors, with its config.
-fn edited_safetensors(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>)) -> PathBuf {
+fn edited_safetensors(
+    dir: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<u8>)>),
+) -> PathBuf {
     let bytes = stories("stories260K.safetensors");
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = file
@@ -90,7 +111,12 @@ fn edited_safetensors(dir: &Path, name: &str, edit: impl FnOnce(&mut Vec<(String
     edit(&mut tensors);
     let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, shape, data)| (n.clone(), TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .map(|(n, shape, data)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        })
         .collect();
     let path = dir.join(format!("{name}.safetensors"));
     safetensors::serialize_to_file(views, None, &path).unwrap();
@@ -113,7 +139,12 @@ fn wrong_shaped_tensor_names_the_tensor_and_both_shapes() {
         t.1 = vec![t.1[1], t.1[0]]; // [172, 64] stored as [64, 172]
     });
     match load(&path).unwrap_err() {
-        CheckpointError::ShapeMismatch { name, expected, found, .. } => {
+        CheckpointError::ShapeMismatch {
+            name,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(name, "layers.2.feed_forward.w1.weight");
             assert_eq!((expected, found), (vec![172, 64], vec![64, 172]));
         }
@@ -129,7 +160,10 @@ fn missing_and_unexpected_tensors_are_named() {
     });
     match load(&path).unwrap_err() {
         CheckpointError::MissingTensor { name, expected, .. } => {
-            assert_eq!((name.as_str(), expected), ("layers.4.ffn_norm.weight", vec![64]));
+            assert_eq!(
+                (name.as_str(), expected),
+                ("layers.4.ffn_norm.weight", vec![64])
+            );
         }
         other => panic!("expected a missing tensor, got {other}"),
     }
@@ -139,7 +173,10 @@ fn missing_and_unexpected_tensors_are_named() {
     });
     match load(&path).unwrap_err() {
         CheckpointError::UnexpectedTensor { name, shape, .. } => {
-            assert_eq!((name.as_str(), shape), ("layers.5.ffn_norm.weight", vec![64]));
+            assert_eq!(
+                (name.as_str(), shape),
+                ("layers.5.ffn_norm.weight", vec![64])
+            );
         }
         other => panic!("expected an unexpected tensor, got {other}"),
     }
@@ -148,9 +185,16 @@ fn missing_and_unexpected_tensors_are_named() {
 #[test]
 fn safetensors_without_a_config_says_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "lonely.safetensors", &stories("stories260K.safetensors"));
+    let path = write(
+        dir.path(),
+        "lonely.safetensors",
+        &stories("stories260K.safetensors"),
+    );
     let err = load(&path).unwrap_err();
-    assert!(matches!(err, CheckpointError::MissingConfig { .. }), "{err}");
+    assert!(
+        matches!(err, CheckpointError::MissingConfig { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("lonely.config.json"), "{err}");
     // An explicit config makes it load.
     let options = LoadOptions {

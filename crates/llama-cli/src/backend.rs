@@ -58,7 +58,11 @@ impl std::fmt::Display for BackendKind {
 /// inference.
 pub trait Job {
     type Output;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<Self::Output>;
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: BackendKind,
+    ) -> Result<Self::Output>;
 }
 
 #[allow(dead_code)]

@@ -140,7 +140,11 @@ fn load_model<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<Model<
             let config = LlamaConfig::from_json_file(path)?;
             B::seed(device, args.seed);
             let llama = config.init::<B>(device);
-            (llama, config, format!("{} (random weights, seed {})", path.display(), args.seed))
+            (
+                llama,
+                config,
+                format!("{} (random weights, seed {})", path.display(), args.seed),
+            )
         }
         (None, None) => bail!("pass --checkpoint or --config"),
     };
@@ -163,7 +167,10 @@ fn tokenizer_for(args: &BenchArgs, config: &LlamaConfig) -> Result<Tokenizer> {
         (None, None) if config.vocab_size == 32000 => {
             PathBuf::from("../shared/fixtures/tokenizers/llama2-tokenizer.model")
         }
-        (None, None) => bail!("pass --tokenizer for a model with a {}-token vocabulary", config.vocab_size),
+        (None, None) => bail!(
+            "pass --tokenizer for a model with a {}-token vocabulary",
+            config.vocab_size
+        ),
     };
     let tokenizer = Tokenizer::from_file(&path)?;
     if tokenizer.vocab_size() != config.vocab_size {
@@ -191,7 +198,11 @@ struct Figures {
 }
 
 /// One greedy generation: `(time to first token, decode tokens/s)`.
-fn time_generation<B: Backend>(model: &Llama<B>, prompt: &[u32], new_tokens: usize) -> Result<(Duration, f64)> {
+fn time_generation<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    new_tokens: usize,
+) -> Result<(Duration, f64)> {
     let config = GenerateConfig::greedy(new_tokens);
     let mut generator = Generator::new(model, prompt, &config)?;
     for token in generator.by_ref() {
@@ -236,7 +247,13 @@ fn bench_generate<B: Backend>(args: &BenchArgs, model: &Model<B>, f: &mut Figure
     Ok(())
 }
 
-fn bench_prompt<B: Backend>(args: &BenchArgs, model: &Model<B>, tokenizer: &Tokenizer, device: &B::Device, f: &mut Figures) -> Result<()> {
+fn bench_prompt<B: Backend>(
+    args: &BenchArgs,
+    model: &Model<B>,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+    f: &mut Figures,
+) -> Result<()> {
     let names = read_label_names(&args.label_names)?;
     let classifier = ZeroShotClassifier::new(tokenizer, names)?;
     let dataset = classifier.load_dataset(&args.data, tokenizer, &DataOptions::default())?;
@@ -249,7 +266,12 @@ fn bench_prompt<B: Backend>(args: &BenchArgs, model: &Model<B>, tokenizer: &Toke
     reset_peak_rss();
     let mut chunks = items.chunks(chunk);
     if let Some(warm) = chunks.next() {
-        classifier.classify_items(&model.llama, &warm[..warm.len().min(config.batch_size)], &config, device)?;
+        classifier.classify_items(
+            &model.llama,
+            &warm[..warm.len().min(config.batch_size)],
+            &config,
+            device,
+        )?;
     }
     let mut rates = vec![];
     for part in items.chunks(chunk).take(args.runs as usize) {
@@ -262,23 +284,38 @@ fn bench_prompt<B: Backend>(args: &BenchArgs, model: &Model<B>, tokenizer: &Toke
     Ok(())
 }
 
-fn bench_train<B: AutodiffBackend>(args: &BenchArgs, model: &Model<B::InnerBackend>, tokenizer: &Tokenizer, device: &B::Device, f: &mut Figures) -> Result<()> {
+fn bench_train<B: AutodiffBackend>(
+    args: &BenchArgs,
+    model: &Model<B::InnerBackend>,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+    f: &mut Figures,
+) -> Result<()> {
     let dataset = SentenceDataset::from_file(&args.train_data, tokenizer, &DataOptions::default())?;
     let items = dataset.items();
     let batch = args.train_batch as usize;
     if items.len() < batch {
-        bail!("{} has {} sentences, fewer than one batch of {batch}", args.train_data.display(), items.len());
+        bail!(
+            "{} has {} sentences, fewer than one batch of {batch}",
+            args.train_data.display(),
+            items.len()
+        );
     }
     let num_labels = items.iter().map(|i| i.label).max().unwrap_or(0) + 1;
     let config = ClassifierConfig::new(model.config.clone(), num_labels);
     B::seed(device, args.seed);
     let llama = Llama::<B>::from_inner(model.llama.clone());
     let mut classifier = config.init_with_llama(llama)?;
-    let mut optim = AdamWConfig::new().init::<B, llama_train::classifier::LlamaEmbeddingClassifier<B>>()?;
+    let mut optim =
+        AdamWConfig::new().init::<B, llama_train::classifier::LlamaEmbeddingClassifier<B>>()?;
     reset_peak_rss();
     let mut times = vec![];
     // Consecutive training batches (the exercise's batches are padded to 59–93 tokens).
-    for (step, rows) in items.chunks_exact(batch).take(args.runs as usize + 1).enumerate() {
+    for (step, rows) in items
+        .chunks_exact(batch)
+        .take(args.runs as usize + 1)
+        .enumerate()
+    {
         let tokens: Vec<&[u32]> = rows.iter().map(|r| r.tokens.as_slice()).collect();
         let labels: Vec<usize> = rows.iter().map(|r| r.label).collect();
         let start = Instant::now();
@@ -344,26 +381,59 @@ impl Job for BenchArgs {
         println!("| load | seconds | {:.3} |", model.load_seconds);
         println!("| load | peak RSS MiB | {} |", fmt(load_rss, 0));
         if wants(Phase::Generate) {
-            println!("| generate | prefill tokens/s ({}-token prompt) | {} |", self.prompt_tokens, fmt(f.prefill_tokens_per_s, 1));
-            println!("| generate | decode tokens/s ({} new, first excluded) | {} |", self.new_tokens, fmt(f.decode_tokens_per_s, 1));
-            println!("| generate | time to first token s | {} |", fmt(f.time_to_first_token_s, 4));
-            println!("| generate | peak RSS MiB | {} |", fmt(f.generate_peak_rss_mb, 0));
+            println!(
+                "| generate | prefill tokens/s ({}-token prompt) | {} |",
+                self.prompt_tokens,
+                fmt(f.prefill_tokens_per_s, 1)
+            );
+            println!(
+                "| generate | decode tokens/s ({} new, first excluded) | {} |",
+                self.new_tokens,
+                fmt(f.decode_tokens_per_s, 1)
+            );
+            println!(
+                "| generate | time to first token s | {} |",
+                fmt(f.time_to_first_token_s, 4)
+            );
+            println!(
+                "| generate | peak RSS MiB | {} |",
+                fmt(f.generate_peak_rss_mb, 0)
+            );
         }
         if wants(Phase::Prompt) {
-            println!("| prompt | sentences/s (batch {}) | {} |", self.prompt_batch, fmt(f.prompt_sentences_per_s, 1));
-            println!("| prompt | peak RSS MiB | {} |", fmt(f.prompt_peak_rss_mb, 0));
+            println!(
+                "| prompt | sentences/s (batch {}) | {} |",
+                self.prompt_batch,
+                fmt(f.prompt_sentences_per_s, 1)
+            );
+            println!(
+                "| prompt | peak RSS MiB | {} |",
+                fmt(f.prompt_peak_rss_mb, 0)
+            );
         }
         if wants(Phase::Train) {
-            println!("| train | seconds/step (batch {}) | {} |", self.train_batch, fmt(f.train_step_seconds, 3));
-            println!("| train | sentences/s | {} |", fmt(f.train_sentences_per_s, 1));
+            println!(
+                "| train | seconds/step (batch {}) | {} |",
+                self.train_batch,
+                fmt(f.train_step_seconds, 3)
+            );
+            println!(
+                "| train | sentences/s | {} |",
+                fmt(f.train_sentences_per_s, 1)
+            );
             println!("| train | peak RSS MiB | {} |", fmt(f.train_peak_rss_mb, 0));
         }
 
         if let Some(path) = &self.json {
-            let peak = [load_rss, f.generate_peak_rss_mb, f.prompt_peak_rss_mb, f.train_peak_rss_mb]
-                .into_iter()
-                .flatten()
-                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            let peak = [
+                load_rss,
+                f.generate_peak_rss_mb,
+                f.prompt_peak_rss_mb,
+                f.train_peak_rss_mb,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
             let value = json!({
                 "source": model.source,
                 "backend": backend.name(),
@@ -392,4 +462,3 @@ impl Job for BenchArgs {
         Ok(())
     }
 }
-

@@ -56,7 +56,9 @@ fn learning_rate(s: &str) -> Result<f64, String> {
 
 /// `data/sst-dev.txt` + `prompting` -> `sst-dev-prompting-output.txt` (the exercise's names).
 fn default_output(data: &Path, kind: &str) -> PathBuf {
-    let stem = data.file_stem().map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
+    let stem = data
+        .file_stem()
+        .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
     PathBuf::from(format!("{stem}-{kind}-output.txt"))
 }
 
@@ -73,7 +75,10 @@ impl ModelArgs {
             config: self.config.clone(),
         };
         let loaded = load_checkpoint::<B>(&self.checkpoint, &options, device)?;
-        let tokenizer_path = self.tokenizer.clone().unwrap_or_else(|| find_tokenizer(&self.checkpoint));
+        let tokenizer_path = self
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| find_tokenizer(&self.checkpoint));
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
         if tokenizer.vocab_size() != loaded.config.vocab_size {
             bail!(
@@ -131,11 +136,15 @@ impl Job for PromptArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let dev_out = self.dev_out.clone().unwrap_or_else(|| default_output(&self.dev, "prompting"));
-        let test_out = self
-            .test
-            .as_ref()
-            .map(|t| self.test_out.clone().unwrap_or_else(|| default_output(t, "prompting")));
+        let dev_out = self
+            .dev_out
+            .clone()
+            .unwrap_or_else(|| default_output(&self.dev, "prompting"));
+        let test_out = self.test.as_ref().map(|t| {
+            self.test_out
+                .clone()
+                .unwrap_or_else(|| default_output(t, "prompting"))
+        });
         for path in std::iter::once(&dev_out).chain(test_out.as_ref()) {
             check_writable(path)?;
         }
@@ -147,14 +156,24 @@ impl Job for PromptArgs {
             batch_size: self.batch_size,
             pad_position_scoring: self.pad_position_scoring,
         };
-        eprintln!("prompt suffix: {:?}; backend {backend}", classifier.suffix());
-        let sets = std::iter::once((&self.dev, &dev_out, "dev"))
-            .chain(self.test.as_ref().zip(test_out.as_ref()).map(|(d, o)| (d, o, "test")));
+        eprintln!(
+            "prompt suffix: {:?}; backend {backend}",
+            classifier.suffix()
+        );
+        let sets = std::iter::once((&self.dev, &dev_out, "dev")).chain(
+            self.test
+                .as_ref()
+                .zip(test_out.as_ref())
+                .map(|(d, o)| (d, o, "test")),
+        );
         for (data, out, which) in sets {
             let dataset = classifier.load_dataset(data, &tokenizer, &options)?;
             if which == "dev" {
                 // The label names must name every class of the data.
-                load_label_names(&self.label_names, dataset.num_labels().max(classifier.label_names().len()))?;
+                load_label_names(
+                    &self.label_names,
+                    dataset.num_labels().max(classifier.label_names().len()),
+                )?;
             }
             let start = Instant::now();
             let result = classifier.classify(&model, &dataset, &config, &device)?;
@@ -225,16 +244,23 @@ impl Job for FinetuneArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let dev_out = self.dev_out.clone().unwrap_or_else(|| default_output(&self.dev, "finetuning"));
-        let test_out = self
-            .test
-            .as_ref()
-            .map(|t| self.test_out.clone().unwrap_or_else(|| default_output(t, "finetuning")));
+        let dev_out = self
+            .dev_out
+            .clone()
+            .unwrap_or_else(|| default_output(&self.dev, "finetuning"));
+        let test_out = self.test.as_ref().map(|t| {
+            self.test_out
+                .clone()
+                .unwrap_or_else(|| default_output(t, "finetuning"))
+        });
         for path in std::iter::once(&dev_out).chain(test_out.as_ref()) {
             check_writable(path)?;
         }
         let out_dir = self.out_dir.clone().unwrap_or_else(|| {
-            let stem = self.train.file_stem().map_or_else(|| "train".into(), |s| s.to_string_lossy().into_owned());
+            let stem = self
+                .train
+                .file_stem()
+                .map_or_else(|| "train".into(), |s| s.to_string_lossy().into_owned());
             PathBuf::from("runs").join(stem)
         });
         let option: FinetuneOption = self.option.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -314,13 +340,26 @@ impl Job for EvalArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Result<()> {
-        let out = self.out.clone().unwrap_or_else(|| default_output(&self.data, "eval"));
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| default_output(&self.data, "eval"));
         check_writable(&out)?;
         let saved = load_classifier::<B::InnerBackend>(&self.model_dir, &device)?;
         let tokenizer = Tokenizer::from_file(&self.tokenizer)?;
-        let options = saved.finetune.as_ref().map(|f| f.data_options()).unwrap_or_default();
+        let options = saved
+            .finetune
+            .as_ref()
+            .map(|f| f.data_options())
+            .unwrap_or_default();
         let dataset = SentenceDataset::from_file(&self.data, &tokenizer, &options)?;
-        let result = evaluate(&saved.model, &dataset, self.batch_size, tokenizer.pad_id(), &device)?;
+        let result = evaluate(
+            &saved.model,
+            &dataset,
+            self.batch_size,
+            tokenizer.pad_id(),
+            &device,
+        )?;
         write_predictions(&out, &result.predictions, &dataset.sentences())?;
         println!(
             "{}: accuracy {:.3}, macro-F1 {:.3} over {} sentences; wrote {}",

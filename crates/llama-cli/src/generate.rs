@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
 use burn::module::Module;
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::generate::{generate_text, GenerateConfig};
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
@@ -83,7 +83,11 @@ fn parse_top_p(s: &str) -> Result<f64, String> {
 /// a single tok*.model / tok*.bin such as stories260K's tok512), else ./tokenizer.model.
 pub fn find_tokenizer(checkpoint: &Path) -> PathBuf {
     let dir = checkpoint.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     for name in ["tokenizer.model", "tokenizer.bin", "tokenizer.json"] {
         if dir.join(name).is_file() {
             return dir.join(name);
@@ -93,7 +97,10 @@ pub fn find_tokenizer(checkpoint: &Path) -> PathBuf {
         let mut found: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| {
-                let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 name.starts_with("tok") && (name.ends_with(".model") || name.ends_with(".bin"))
             })
             .collect();
@@ -126,15 +133,24 @@ impl Job for GenerateArgs {
         let runs: Vec<(f64, Option<PathBuf>)> = match self.temperature {
             Some(t) => vec![(t, self.out.clone())],
             None => vec![
-                (0.0, Some(self.out_dir.join("generated-sentence-temp-0.txt"))),
-                (1.0, Some(self.out_dir.join("generated-sentence-temp-1.txt"))),
+                (
+                    0.0,
+                    Some(self.out_dir.join("generated-sentence-temp-0.txt")),
+                ),
+                (
+                    1.0,
+                    Some(self.out_dir.join("generated-sentence-temp-1.txt")),
+                ),
             ],
         };
         for path in runs.iter().filter_map(|(_, p)| p.as_deref()) {
             check_writable(path)?;
         }
 
-        let tokenizer_path = self.tokenizer.clone().unwrap_or_else(|| find_tokenizer(&self.checkpoint));
+        let tokenizer_path = self
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| find_tokenizer(&self.checkpoint));
         let start = Instant::now();
         let options = LoadOptions {
             config: self.config.clone(),
@@ -207,4 +223,3 @@ impl Job for GenerateArgs {
         Ok(())
     }
 }
-

@@ -12,8 +12,13 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write {}: cannot create a file in {}", path.display(), dir.display()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| {
+        format!(
+            "cannot write {}: cannot create a file in {}",
+            path.display(),
+            dir.display()
+        )
+    })?;
     tmp.write_all(contents)
         .and_then(|()| tmp.flush())
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -31,5 +36,11 @@ pub fn check_writable(path: &Path) -> Result<()> {
     };
     tempfile::NamedTempFile::new_in(dir)
         .map(drop)
-        .with_context(|| format!("cannot write {}: the folder {} is not writable or does not exist", path.display(), dir.display()))
+        .with_context(|| {
+            format!(
+                "cannot write {}: the folder {} is not writable or does not exist",
+                path.display(),
+                dir.display()
+            )
+        })
 }

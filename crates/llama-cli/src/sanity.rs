@@ -1,7 +1,6 @@
 //! `llama-cli sanity`: the exercise's sanity check. Runs the forward pass on the reference
 //! file's `input_ids` and compares the last-position logits and the hidden states.
 
-
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -51,7 +50,11 @@ fn read_reference(path: &Path) -> Result<Reference> {
         for name in names {
             if let Ok(view) = file.tensor(name) {
                 if view.dtype() != Dtype::F32 {
-                    bail!("{}: `{name}` is {:?}, expected F32", path.display(), view.dtype());
+                    bail!(
+                        "{}: `{name}` is {:?}, expected F32",
+                        path.display(),
+                        view.dtype()
+                    );
                 }
                 let values = view
                     .data()
@@ -66,10 +69,13 @@ fn read_reference(path: &Path) -> Result<Reference> {
     let ids = file
         .tensor("input_ids")
         .with_context(|| format!("{}: no `input_ids` tensor", path.display()))?;
-    let ids_shape: [usize; 2] = ids
-        .shape()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{}: `input_ids` must be 2-D, is {:?}", path.display(), ids.shape()))?;
+    let ids_shape: [usize; 2] = ids.shape().try_into().map_err(|_| {
+        anyhow::anyhow!(
+            "{}: `input_ids` must be 2-D, is {:?}",
+            path.display(),
+            ids.shape()
+        )
+    })?;
     let ids: Vec<i64> = match ids.dtype() {
         Dtype::I64 => ids
             .data()
@@ -140,8 +146,18 @@ impl Job for SanityArgs {
                 .into_vec::<f32>()
                 .map_err(|e| anyhow::anyhow!("reading model output: {e:?}"))
         };
-        let logits = compare(&to_vec(out.logits)?, &reference.logits.1, self.atol, self.rtol);
-        let hidden = compare(&to_vec(out.hidden)?, &reference.hidden.1, self.atol, self.rtol);
+        let logits = compare(
+            &to_vec(out.logits)?,
+            &reference.logits.1,
+            self.atol,
+            self.rtol,
+        );
+        let hidden = compare(
+            &to_vec(out.hidden)?,
+            &reference.hidden.1,
+            self.atol,
+            self.rtol,
+        );
         println!("{}", describe(&reference.logits.0, &logits));
         println!("{}", describe(&reference.hidden.0, &hidden));
         if logits.passed() && hidden.passed() {
@@ -157,4 +173,3 @@ impl Job for SanityArgs {
         }
     }
 }
-

@@ -31,10 +31,23 @@ fn sanity_passes_for_every_stories260k_container() {
         "stories260K.safetensors",
     ] {
         let checkpoint = path(fixture(&format!("models/stories260K/{file}")));
-        let out = cli(&["sanity", "--checkpoint", &checkpoint, "--reference", &reference]);
+        let out = cli(&[
+            "sanity",
+            "--checkpoint",
+            &checkpoint,
+            "--reference",
+            &reference,
+        ]);
         let stdout = text(&out.stdout);
-        assert!(out.status.success(), "{file}: {stdout}{}", text(&out.stderr));
-        assert!(stdout.contains("Your Llama implementation is correct!"), "{stdout}");
+        assert!(
+            out.status.success(),
+            "{file}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(
+            stdout.contains("Your Llama implementation is correct!"),
+            "{stdout}"
+        );
     }
 }
 
@@ -43,11 +56,22 @@ fn sanity_fails_loudly_when_outputs_differ() {
     let reference = path(fixture("reference/forward-stories260K.safetensors"));
     let checkpoint = path(fixture("models/stories260K/stories260K.bin"));
     let out = cli(&[
-        "sanity", "--checkpoint", &checkpoint, "--reference", &reference, "--atol", "0", "--rtol", "0",
+        "sanity",
+        "--checkpoint",
+        &checkpoint,
+        "--reference",
+        &reference,
+        "--atol",
+        "0",
+        "--rtol",
+        "0",
     ]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("outside tolerance") && !stdout.contains("correct!"), "{stdout}");
+    assert!(
+        stdout.contains("outside tolerance") && !stdout.contains("correct!"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -57,10 +81,19 @@ fn bad_checkpoint_is_one_clear_error_naming_the_file() {
     let bytes = std::fs::read(fixture("models/stories260K/stories260K.bin")).unwrap();
     std::fs::write(&bad, &bytes[..5000]).unwrap();
     let reference = path(fixture("reference/forward-stories260K.safetensors"));
-    let out = cli(&["sanity", "--checkpoint", &path(bad.clone()), "--reference", &reference]);
+    let out = cli(&[
+        "sanity",
+        "--checkpoint",
+        &path(bad.clone()),
+        "--reference",
+        &reference,
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.starts_with("error: ") && stderr.contains("half.bin"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("half.bin"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

@@ -96,8 +96,14 @@ impl<B: Backend> Attention<B> {
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let n_rep = h / kv;
 
-        let q = self.compute_query.forward(x.clone()).reshape([batch, seq, h, hd]);
-        let k = self.compute_key.forward(x.clone()).reshape([batch, seq, kv, hd]);
+        let q = self
+            .compute_query
+            .forward(x.clone())
+            .reshape([batch, seq, h, hd]);
+        let k = self
+            .compute_key
+            .forward(x.clone())
+            .reshape([batch, seq, kv, hd]);
         let v = self.compute_value.forward(x).reshape([batch, seq, kv, hd]);
 
         // Rotate queries and keys by their absolute positions, then go head-major.

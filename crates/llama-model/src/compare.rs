@@ -68,7 +68,10 @@ mod tests {
         let c = compare(&[1.0, 10.05, 0.0], &[1.0, 10.0, 0.0], 0.01, 0.01);
         assert!(c.passed(), "{c:?}");
         let c = compare(&[1.0, 10.2, 0.0], &[1.0, 10.0, 0.0], 0.01, 0.01);
-        assert_eq!((c.violations, c.worst_violation, c.max_abs_index), (1, Some(1), 1));
+        assert_eq!(
+            (c.violations, c.worst_violation, c.max_abs_index),
+            (1, Some(1), 1)
+        );
         assert!((c.max_abs_diff - 0.2).abs() < 1e-5);
         assert!(!compare(&[f32::NAN], &[0.0], 1.0, 1.0).passed());
         assert!(!compare(&[1.0], &[1.0, 2.0], 1.0, 1.0).passed());

@@ -256,16 +256,34 @@ mod tests {
         assert_eq!((c.hidden_dim(), c.max_seq_len), (172, 512));
 
         let c = preset("stories15M");
-        assert_eq!((c.dim, c.n_layers, c.n_heads, c.n_kv_heads()), (288, 6, 6, 6));
-        assert_eq!((c.vocab_size, c.hidden_dim(), c.max_seq_len), (32000, 768, 256));
+        assert_eq!(
+            (c.dim, c.n_layers, c.n_heads, c.n_kv_heads()),
+            (288, 6, 6, 6)
+        );
+        assert_eq!(
+            (c.vocab_size, c.hidden_dim(), c.max_seq_len),
+            (32000, 768, 256)
+        );
 
         let c = preset("stories42M");
-        assert_eq!((c.dim, c.n_layers, c.n_heads, c.n_kv_heads()), (512, 8, 8, 8));
-        assert_eq!((c.vocab_size, c.hidden_dim(), c.max_seq_len), (32000, 1376, 1024));
+        assert_eq!(
+            (c.dim, c.n_layers, c.n_heads, c.n_kv_heads()),
+            (512, 8, 8, 8)
+        );
+        assert_eq!(
+            (c.vocab_size, c.hidden_dim(), c.max_seq_len),
+            (32000, 1376, 1024)
+        );
 
         let c = preset("stories110M");
-        assert_eq!((c.dim, c.n_layers, c.n_heads, c.n_kv_heads()), (768, 12, 12, 12));
-        assert_eq!((c.vocab_size, c.hidden_dim(), c.max_seq_len), (32000, 2048, 1024));
+        assert_eq!(
+            (c.dim, c.n_layers, c.n_heads, c.n_kv_heads()),
+            (768, 12, 12, 12)
+        );
+        assert_eq!(
+            (c.vocab_size, c.hidden_dim(), c.max_seq_len),
+            (32000, 2048, 1024)
+        );
     }
 
     #[test]
@@ -273,7 +291,11 @@ mod tests {
         let c = LlamaConfig::new(64, 5, 8, 512).with_multiple_of(4);
         assert_eq!(c.hidden_dim(), 172);
         let c = LlamaConfig::new(64, 5, 8, 512);
-        assert_eq!(c.hidden_dim(), 192, "the exercise's default multiple_of is 32");
+        assert_eq!(
+            c.hidden_dim(),
+            192,
+            "the exercise's default multiple_of is 32"
+        );
         let c = LlamaConfig::new(64, 5, 8, 512).with_hidden_dim(Some(100));
         assert_eq!(c.hidden_dim(), 100);
     }
@@ -289,8 +311,10 @@ mod tests {
 
     #[test]
     fn invalid_configs_are_rejected() {
-        let err = LlamaConfig::from_json_str(r#"{"dim": 64, "n_layers": 1, "n_heads": 5, "vocab_size": 10}"#)
-            .unwrap_err();
+        let err = LlamaConfig::from_json_str(
+            r#"{"dim": 64, "n_layers": 1, "n_heads": 5, "vocab_size": 10}"#,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not divisible"), "{err}");
         let err = LlamaConfig::from_json_str(r#"{"dim": 64, "n_heads": 8, "vocab_size": 10}"#)
             .unwrap_err();

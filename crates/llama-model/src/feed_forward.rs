@@ -38,7 +38,12 @@ pub struct FeedForward<B: Backend> {
 }
 
 /// A bias-free linear layer with N(0, std²) weights, as llama2.c initialises them.
-pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+pub(crate) fn linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    std: f64,
+    device: &B::Device,
+) -> Linear<B> {
     LinearConfig::new(d_in, d_out)
         .with_bias(false)
         .with_initializer(Initializer::Normal { mean: 0.0, std })
@@ -61,6 +66,7 @@ impl<B: Backend> FeedForward<B> {
     /// `[batch, seq, dim] -> [batch, seq, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = silu(self.w1.forward(x.clone()));
-        self.dropout.forward(self.w2.forward(gate * self.w3.forward(x)))
+        self.dropout
+            .forward(self.w2.forward(gate * self.w3.forward(x)))
     }
 }

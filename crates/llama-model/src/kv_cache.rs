@@ -61,7 +61,11 @@ impl<B: Backend> KvCache<B> {
     /// # Panics
     /// When the cache would overflow; callers check [`Self::len`] against
     /// [`Self::capacity`] first (the generator crops its context before that happens).
-    pub fn append(&mut self, keys: Tensor<B, 4>, values: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    pub fn append(
+        &mut self,
+        keys: Tensor<B, 4>,
+        values: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, heads, seq, dim] = keys.dims();
         let end = self.len + seq;
         assert!(

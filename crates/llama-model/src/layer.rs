@@ -63,9 +63,9 @@ impl<B: Backend> LlamaLayer<B> {
         mask: Option<Tensor<B, 3>>,
         cache: Option<&mut KvCache<B>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let attended = self
-            .attention
-            .forward(self.attention_norm.forward(x.clone()), angles, mask, cache);
+        let attended =
+            self.attention
+                .forward(self.attention_norm.forward(x.clone()), angles, mask, cache);
         let h = x + attended;
         let out = h.clone() + self.feed_forward.forward(self.ffn_norm.forward(h.clone()));
         (h, out)

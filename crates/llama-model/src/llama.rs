@@ -75,15 +75,16 @@ impl LlamaConfig {
                 .with_w3_init_std(scaled_std),
             RmsNormConfig::new(self.dim).with_eps(self.norm_eps),
         );
-        let output = (!self.tie_embeddings).then(|| {
-            crate::feed_forward::linear(self.dim, self.vocab_size, std, device)
-        });
+        let output = (!self.tie_embeddings)
+            .then(|| crate::feed_forward::linear(self.dim, self.vocab_size, std, device));
         Llama {
             tok_embeddings: EmbeddingConfig::new(self.vocab_size, self.dim)
                 .with_initializer(Initializer::Normal { mean: 0.0, std })
                 .init(device),
             layers: (0..self.n_layers).map(|_| layer.init(device)).collect(),
-            norm: RmsNormConfig::new(self.dim).with_eps(self.norm_eps).init(device),
+            norm: RmsNormConfig::new(self.dim)
+                .with_eps(self.norm_eps)
+                .init(device),
             output,
             dropout: DropoutConfig::new(self.dropout).init(),
             rope: RotaryEmbeddingConfig::new(self.head_dim(), self.max_seq_len)
@@ -223,7 +224,11 @@ impl<B: Backend> Llama<B> {
     /// Incremental pass: `tokens` `[batch, seq]` continue what `cache` holds (positions
     /// `cache.len()..`); their keys/values are appended. Returns the last position's logits
     /// `[batch, vocab]`. The caller keeps `cache.len() + seq <= cache.capacity()`.
-    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut LlamaCache<B>) -> Tensor<B, 2> {
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut LlamaCache<B>,
+    ) -> Tensor<B, 2> {
         let seq = tokens.dims()[1];
         let start = cache.len();
         let device = tokens.device();

@@ -61,10 +61,8 @@ mod tests {
     #[test]
     fn normalises_each_row_by_its_rms() {
         let device = Default::default();
-        let norm = RmsNorm::<NdArray>::from_weight(
-            Tensor::from_floats([1.0, 2.0, 0.5], &device),
-            1e-5,
-        );
+        let norm =
+            RmsNorm::<NdArray>::from_weight(Tensor::from_floats([1.0, 2.0, 0.5], &device), 1e-5);
         let rows = [[1.0f32, -2.0, 3.0], [0.5, 0.0, -0.25]];
         let x = Tensor::<NdArray, 2>::from_floats(rows, &device);
         let expected: Vec<f32> = rows

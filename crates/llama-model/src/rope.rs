@@ -235,10 +235,9 @@ mod tests {
 
     #[test]
     fn matches_the_exercise_rope_test() {
-        let json: Value = serde_json::from_str(
-            &std::fs::read_to_string(fixture("reference/rope.json")).unwrap(),
-        )
-        .unwrap();
+        let json: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("reference/rope.json")).unwrap())
+                .unwrap();
         // rope_test.py uses torch.allclose defaults.
         check_case(&json["assignment_test"], 1e-8, 1e-5);
         check_case(&json["random_case"], 1e-6, 1e-5);
@@ -256,7 +255,12 @@ mod tests {
         // Positions past the table (6 > 4) are computed on the fly.
         let full = rope.apply(x.clone(), 0);
         let tail = rope.apply(x.clone().narrow(1, 2, 4), 2);
-        let a = full.clone().narrow(1, 2, 4).into_data().to_vec::<f32>().unwrap();
+        let a = full
+            .clone()
+            .narrow(1, 2, 4)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         let c = compare(&tail.into_data().to_vec::<f32>().unwrap(), &a, 1e-6, 1e-6);
         assert!(c.passed(), "{c:?}");
 

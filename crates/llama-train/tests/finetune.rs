@@ -141,16 +141,31 @@ fn finetune_learns_saves_the_best_model_and_is_reproducible() {
     let (l1, l2) = (again.loss.expect("loss"), a.dev.loss.expect("loss"));
     assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
 
-    // Same seed, same backend: the same run.
+    // Same seed, same backend: the same run (same shuffles, dropout masks and head), up to
+    // float rounding: ndarray's SIMD kernels (on in a workspace build) round differently
+    // from run to run depending on memory alignment, by ~1e-6 relative.
     let b = run(&config(second.path()), &data);
     assert_eq!(b.epochs.len(), a.epochs.len());
+    let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) => (x - y).abs() <= 1e-4 * x.abs().max(1.0),
+        _ => x == y,
+    };
     for (x, y) in a.epochs.iter().zip(&b.epochs) {
-        assert_eq!(x.train.get("Loss"), y.train.get("Loss"));
-        assert_eq!(x.dev, y.dev);
+        assert!(close(x.train_loss(), y.train_loss()), "{x:?} vs {y:?}");
+        for name in ["Loss", "Accuracy"] {
+            assert!(
+                close(x.dev.get(name).copied(), y.dev.get(name).copied()),
+                "{x:?} vs {y:?}"
+            );
+        }
     }
     assert_eq!(b.best_epoch, a.best_epoch);
-    assert_eq!(b.dev, a.dev);
-    assert_eq!(b.test, a.test);
+    assert_eq!(b.dev.predictions, a.dev.predictions);
+    assert!(close(b.dev.loss, a.dev.loss));
+    assert_eq!(
+        b.test.as_ref().map(|t| &t.predictions),
+        a.test.as_ref().map(|t| &t.predictions)
+    );
 }
 
 #[test]

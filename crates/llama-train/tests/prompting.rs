@@ -12,6 +12,10 @@ use llama_train::prompting::{argmax, PromptingConfig, PromptingError, ZeroShotCl
 type B = NdArray;
 
 const TOLERANCE: f64 = 1e-4;
+/// Relative part of the tolerance: a padded batch and a single unpadded sentence run
+/// different matrix shapes, and ndarray's SIMD kernels (on in a workspace build) then round
+/// differently; scores are sums of log-probabilities of magnitude ~10-50 (3e-4 measured).
+const RELATIVE: f64 = 2e-5;
 
 fn tok512() -> Tokenizer {
     Tokenizer::from_file(fixture("models/stories260K/tok512.bin")).expect("tok512 loads")
@@ -76,7 +80,7 @@ fn assert_close(actual: &[f32], expected: &[f64], what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}");
     for (a, e) in actual.iter().zip(expected) {
         assert!(
-            (*a as f64 - e).abs() <= TOLERANCE,
+            (*a as f64 - e).abs() <= TOLERANCE + RELATIVE * e.abs(),
             "{what}: got {actual:?}, expected {expected:?}"
         );
     }

@@ -58,7 +58,10 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
     let v1 = bytes.len() >= 8 && bytes[..4] == MAGIC.to_le_bytes();
     let (fields, shared_byte, data_offset) = if v1 {
         if bytes.len() < V1_HEADER_BYTES {
-            return Err(corrupt(path, format!("{} bytes, shorter than the 256-byte header", bytes.len())));
+            return Err(corrupt(
+                path,
+                format!("{} bytes, shorter than the 256-byte header", bytes.len()),
+            ));
         }
         let version = ints(&bytes[4..8])[0];
         if version != 1 {
@@ -73,7 +76,10 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
         (ints(&bytes[8..36]), Some(bytes[36]), V1_HEADER_BYTES)
     } else {
         if bytes.len() < V0_HEADER_BYTES {
-            return Err(corrupt(path, format!("{} bytes, shorter than the 28-byte header", bytes.len())));
+            return Err(corrupt(
+                path,
+                format!("{} bytes, shorter than the 28-byte header", bytes.len()),
+            ));
         }
         (ints(&bytes[..V0_HEADER_BYTES]), None, V0_HEADER_BYTES)
     };
@@ -81,10 +87,12 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
         return Err(corrupt(path, "short header"));
     };
     let positive = |v: i32, name: &str| -> Result<usize, CheckpointError> {
-        usize::try_from(v)
-            .ok()
-            .filter(|&v| v > 0)
-            .ok_or_else(|| corrupt(path, format!("header field {name} = {v} is not a positive size")))
+        usize::try_from(v).ok().filter(|&v| v > 0).ok_or_else(|| {
+            corrupt(
+                path,
+                format!("header field {name} = {v} is not a positive size"),
+            )
+        })
     };
     let shared_classifier = match shared_byte {
         Some(b) => b != 0,
@@ -100,10 +108,12 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
     .with_n_kv_heads(Some(positive(n_kv_heads, "n_kv_heads")?))
     .with_max_seq_len(positive(seq_len, "seq_len")?)
     .with_tie_embeddings(shared_classifier);
-    config.validate().map_err(|source| CheckpointError::Config {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    config
+        .validate()
+        .map_err(|source| CheckpointError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?;
     Ok(Header {
         config,
         shared_classifier,
@@ -158,7 +168,10 @@ fn layout(h: &Header) -> Vec<(&'static str, Vec<usize>)> {
 
 /// Per-layer tensors are stored stacked; these names get a `layers.{i}.` prefix.
 fn is_per_layer(name: &str) -> bool {
-    !matches!(name, "tok_embeddings.weight" | "norm.weight" | "output.weight") && !name.starts_with('<')
+    !matches!(
+        name,
+        "tok_embeddings.weight" | "norm.weight" | "output.weight"
+    ) && !name.starts_with('<')
 }
 
 /// Read a `.bin` export.

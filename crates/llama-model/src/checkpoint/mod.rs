@@ -46,7 +46,9 @@ pub enum CheckpointError {
         #[source]
         source: ConfigError,
     },
-    #[error("{path}: no config found for this safetensors file (tried {tried}); pass one with --config")]
+    #[error(
+        "{path}: no config found for this safetensors file (tried {tried}); pass one with --config"
+    )]
     MissingConfig { path: PathBuf, tried: String },
     #[error("{path}: tensor `{name}` is missing (expected shape {expected:?})")]
     MissingTensor {
@@ -54,7 +56,9 @@ pub enum CheckpointError {
         name: String,
         expected: Vec<usize>,
     },
-    #[error("{path}: unexpected tensor `{name}` with shape {shape:?} (not a parameter of this model)")]
+    #[error(
+        "{path}: unexpected tensor `{name}` with shape {shape:?} (not a parameter of this model)"
+    )]
     UnexpectedTensor {
         path: PathBuf,
         name: String,

@@ -44,7 +44,9 @@ fn to_json(value: PickleValue) -> serde_json::Value {
         PickleValue::Float(f) => Value::from(f),
         PickleValue::String(s) => Value::String(s),
         PickleValue::List(items) => Value::Array(items.into_iter().map(to_json).collect()),
-        PickleValue::Dict(map) => Value::Object(map.into_iter().map(|(k, v)| (k, to_json(v))).collect()),
+        PickleValue::Dict(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, to_json(v))).collect())
+        }
         PickleValue::Bytes(_) => Value::Null,
     }
 }
@@ -67,12 +69,15 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointEr
             detail: format!("model_args: {e}"),
         },
     })?;
-    let config = args.into_config().map_err(|source| CheckpointError::Config {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let config = args
+        .into_config()
+        .map_err(|source| CheckpointError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?;
 
-    let reader = PytorchReader::with_top_level_key(path, "model").map_err(|e| pickle_error(path, e))?;
+    let reader =
+        PytorchReader::with_top_level_key(path, "model").map_err(|e| pickle_error(path, e))?;
     let snapshots: HashMap<_, _> = reader.into_tensors();
     let mut tensors = TensorMap::new();
     for (name, snapshot) in snapshots {

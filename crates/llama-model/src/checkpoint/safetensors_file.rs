@@ -41,7 +41,10 @@ fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 /// Read a safetensors file; `config` overrides the config found beside it.
-pub(super) fn read(path: &Path, config: Option<&Path>) -> Result<(LlamaConfig, TensorMap), CheckpointError> {
+pub(super) fn read(
+    path: &Path,
+    config: Option<&Path>,
+) -> Result<(LlamaConfig, TensorMap), CheckpointError> {
     let config_path = match config {
         Some(p) => p.to_path_buf(),
         None => {
@@ -60,10 +63,11 @@ pub(super) fn read(path: &Path, config: Option<&Path>) -> Result<(LlamaConfig, T
                 })?
         }
     };
-    let config = LlamaConfig::from_json_file(&config_path).map_err(|source| CheckpointError::Config {
-        path: config_path.clone(),
-        source,
-    })?;
+    let config =
+        LlamaConfig::from_json_file(&config_path).map_err(|source| CheckpointError::Config {
+            path: config_path.clone(),
+            source,
+        })?;
 
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
@@ -75,13 +79,19 @@ pub(super) fn read(path: &Path, config: Option<&Path>) -> Result<(LlamaConfig, T
     })?;
     let mut tensors = TensorMap::new();
     for (name, view) in file.tensors() {
-        let data = to_f32(view.dtype(), view.data()).ok_or_else(|| CheckpointError::Unsupported {
-            path: path.to_path_buf(),
-            detail: format!("tensor `{name}` has dtype {:?}; F32, F16 and BF16 are supported", view.dtype()),
-        })?;
-        let tensor = RawTensor::new(view.shape().to_vec(), data).ok_or_else(|| CheckpointError::Corrupt {
-            path: path.to_path_buf(),
-            detail: format!("tensor `{name}`: data does not fill its shape"),
+        let data =
+            to_f32(view.dtype(), view.data()).ok_or_else(|| CheckpointError::Unsupported {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "tensor `{name}` has dtype {:?}; F32, F16 and BF16 are supported",
+                    view.dtype()
+                ),
+            })?;
+        let tensor = RawTensor::new(view.shape().to_vec(), data).ok_or_else(|| {
+            CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("tensor `{name}`: data does not fill its shape"),
+            }
         })?;
         tensors.insert(canonical_name(&name), tensor);
     }

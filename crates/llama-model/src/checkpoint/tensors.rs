@@ -110,10 +110,12 @@ pub fn build_model<B: Backend>(
     mut tensors: TensorMap,
     device: &B::Device,
 ) -> Result<(Llama<B>, LlamaConfig), CheckpointError> {
-    config.validate().map_err(|source| CheckpointError::Config {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    config
+        .validate()
+        .map_err(|source| CheckpointError::Config {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let (dim, vocab, hidden) = (config.dim, config.vocab_size, config.hidden_dim());
     let kv_dim = config.n_kv_heads() * config.head_dim();
 
@@ -142,15 +144,67 @@ pub fn build_model<B: Backend>(
     for (i, layer) in model.layers.iter_mut().enumerate() {
         let p = format!("layers.{i}");
         let att = &mut layer.attention;
-        set_linear(&mut att.compute_query, &mut t, &format!("{p}.attention.compute_query.weight"), dim, dim, device)?;
-        set_linear(&mut att.compute_key, &mut t, &format!("{p}.attention.compute_key.weight"), dim, kv_dim, device)?;
-        set_linear(&mut att.compute_value, &mut t, &format!("{p}.attention.compute_value.weight"), dim, kv_dim, device)?;
-        set_linear(&mut att.compute_output, &mut t, &format!("{p}.attention.compute_output.weight"), dim, dim, device)?;
+        set_linear(
+            &mut att.compute_query,
+            &mut t,
+            &format!("{p}.attention.compute_query.weight"),
+            dim,
+            dim,
+            device,
+        )?;
+        set_linear(
+            &mut att.compute_key,
+            &mut t,
+            &format!("{p}.attention.compute_key.weight"),
+            dim,
+            kv_dim,
+            device,
+        )?;
+        set_linear(
+            &mut att.compute_value,
+            &mut t,
+            &format!("{p}.attention.compute_value.weight"),
+            dim,
+            kv_dim,
+            device,
+        )?;
+        set_linear(
+            &mut att.compute_output,
+            &mut t,
+            &format!("{p}.attention.compute_output.weight"),
+            dim,
+            dim,
+            device,
+        )?;
         let ff = &mut layer.feed_forward;
-        set_linear(&mut ff.w1, &mut t, &format!("{p}.feed_forward.w1.weight"), dim, hidden, device)?;
-        set_linear(&mut ff.w2, &mut t, &format!("{p}.feed_forward.w2.weight"), hidden, dim, device)?;
-        set_linear(&mut ff.w3, &mut t, &format!("{p}.feed_forward.w3.weight"), dim, hidden, device)?;
-        layer.attention_norm.weight = vector(t.take(&format!("{p}.attention_norm.weight"), &[dim])?, device);
+        set_linear(
+            &mut ff.w1,
+            &mut t,
+            &format!("{p}.feed_forward.w1.weight"),
+            dim,
+            hidden,
+            device,
+        )?;
+        set_linear(
+            &mut ff.w2,
+            &mut t,
+            &format!("{p}.feed_forward.w2.weight"),
+            hidden,
+            dim,
+            device,
+        )?;
+        set_linear(
+            &mut ff.w3,
+            &mut t,
+            &format!("{p}.feed_forward.w3.weight"),
+            dim,
+            hidden,
+            device,
+        )?;
+        layer.attention_norm.weight = vector(
+            t.take(&format!("{p}.attention_norm.weight"), &[dim])?,
+            device,
+        );
         layer.ffn_norm.weight = vector(t.take(&format!("{p}.ffn_norm.weight"), &[dim])?, device);
     }
     model.norm.weight = vector(t.take("norm.weight", &[dim])?, device);
