@@ -23,7 +23,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use crate::backend::{BackendKind, Job};
-use crate::generate::find_tokenizer;
+use crate::model_args::find_tokenizer;
 use crate::output::write_atomic;
 
 /// A benchmark phase.

@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use llama_model::{load_checkpoint, LlamaConfig, LoadOptions, Tokenizer};
+use llama_model::Tokenizer;
 use llama_train::classifier::FinetuneOption;
 use llama_train::data::{load_label_names, DataOptions, SentenceDataset};
 use llama_train::finetune::{evaluate, finetune, load_classifier, FinetuneConfig, FinetuneData};
@@ -15,22 +15,8 @@ use llama_train::predictions::write_predictions;
 use llama_train::prompting::{PromptingConfig, ZeroShotClassifier};
 
 use crate::backend::{BackendKind, Job};
-use crate::generate::{find_tokenizer, missing_checkpoint_help};
+use crate::model_args::ModelArgs;
 use crate::output::check_writable;
-
-/// The model and tokenizer flags shared by the classification commands.
-#[derive(Debug, Args)]
-pub struct ModelArgs {
-    /// Pre-trained checkpoint (.pt, .bin or .safetensors).
-    #[arg(long, alias = "pretrained-model-path", default_value = "stories42M.pt")]
-    pub checkpoint: PathBuf,
-    /// JSON config for a safetensors checkpoint without one beside it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Tokenizer; default: the one beside the checkpoint, else tokenizer.model.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-}
 
 /// The `--max-sentence-len` flag: truncation is opt-in.
 fn positive(s: &str) -> Result<usize, String> {
@@ -60,44 +46,6 @@ fn default_output(data: &Path, kind: &str) -> PathBuf {
         .file_stem()
         .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
     PathBuf::from(format!("{stem}-{kind}-output.txt"))
-}
-
-impl ModelArgs {
-    fn load<B: burn::tensor::backend::Backend>(
-        &self,
-        device: &B::Device,
-    ) -> Result<(llama_model::Llama<B>, LlamaConfig, Tokenizer)> {
-        if !self.checkpoint.exists() {
-            bail!(missing_checkpoint_help(&self.checkpoint));
-        }
-        let start = Instant::now();
-        let options = LoadOptions {
-            config: self.config.clone(),
-        };
-        let loaded = load_checkpoint::<B>(&self.checkpoint, &options, device)?;
-        let tokenizer_path = self
-            .tokenizer
-            .clone()
-            .unwrap_or_else(|| find_tokenizer(&self.checkpoint));
-        let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
-        if tokenizer.vocab_size() != loaded.config.vocab_size {
-            bail!(
-                "tokenizer {} has {} tokens but the model {} expects {}: pass the model's tokenizer with --tokenizer",
-                tokenizer_path.display(),
-                tokenizer.vocab_size(),
-                self.checkpoint.display(),
-                loaded.config.vocab_size
-            );
-        }
-        eprintln!(
-            "loaded {} ({}) and {} in {:.2} s",
-            self.checkpoint.display(),
-            loaded.format,
-            tokenizer_path.display(),
-            start.elapsed().as_secs_f64()
-        );
-        Ok((loaded.model, loaded.config, tokenizer))
-    }
 }
 
 /// Arguments of `llama-cli prompt`.

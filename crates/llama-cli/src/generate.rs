@@ -1,17 +1,15 @@
 //! `llama-cli generate`: stream a continuation of a prompt (phase 3 of the exercise).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use burn::module::Module;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::generate::{generate_text, GenerateConfig};
-use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 
 use crate::backend::{BackendKind, Job};
+use crate::model_args::ModelArgs;
 use crate::output::{check_writable, write_atomic};
 
 /// The exercise's default prompt.
@@ -20,16 +18,8 @@ pub const DEFAULT_PROMPT: &str = "I have wanted to see this thriller for a while
 /// Arguments of `llama-cli generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model checkpoint (.pt, .bin or .safetensors).
-    #[arg(long, default_value = "stories42M.pt")]
-    pub checkpoint: PathBuf,
-    /// JSON config for a safetensors checkpoint without one beside it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Tokenizer (.model, .bin or .json); default: the one beside the checkpoint, else
-    /// `tokenizer.model`.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Text to continue; an empty prompt starts from BOS alone.
     #[arg(long, default_value = DEFAULT_PROMPT)]
     pub prompt: String,
@@ -79,57 +69,10 @@ fn parse_top_p(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The tokenizer to use for `checkpoint`: the one beside it (tokenizer.model/.bin/.json, or
-/// a single tok*.model / tok*.bin such as stories260K's tok512), else ./tokenizer.model.
-pub fn find_tokenizer(checkpoint: &Path) -> PathBuf {
-    let dir = checkpoint.parent().unwrap_or(Path::new("."));
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    for name in ["tokenizer.model", "tokenizer.bin", "tokenizer.json"] {
-        if dir.join(name).is_file() {
-            return dir.join(name);
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                let name = p
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                name.starts_with("tok") && (name.ends_with(".model") || name.ends_with(".bin"))
-            })
-            .collect();
-        found.sort(); // tok512.bin before tok512.model: both encode identically
-        if let Some(p) = found.into_iter().next() {
-            return p;
-        }
-    }
-    PathBuf::from("tokenizer.model")
-}
-
-/// Explain how to get the exercise's checkpoint when it is not there.
-pub fn missing_checkpoint_help(path: &Path) -> String {
-    format!(
-        "checkpoint {} not found. The exercise's model is stories42M.pt: download it with\n  \
-         wget https://www.cs.cmu.edu/~vijayv/stories42M.pt\n\
-         and put it in the current folder (or pass --checkpoint PATH). Any llama2.c .bin/.pt or \
-         safetensors Llama works too, e.g. --checkpoint ../shared/fixtures/models/stories260K/stories260K.bin",
-        path.display()
-    )
-}
-
 impl Job for GenerateArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        if !self.checkpoint.exists() {
-            bail!(missing_checkpoint_help(&self.checkpoint));
-        }
         let runs: Vec<(f64, Option<PathBuf>)> = match self.temperature {
             Some(t) => vec![(t, self.out.clone())],
             None => vec![
@@ -147,37 +90,10 @@ impl Job for GenerateArgs {
             check_writable(path)?;
         }
 
-        let tokenizer_path = self
-            .tokenizer
-            .clone()
-            .unwrap_or_else(|| find_tokenizer(&self.checkpoint));
-        let start = Instant::now();
-        let options = LoadOptions {
-            config: self.config.clone(),
-        };
-        let loaded = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &options, &device)?;
-        let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
-        let load_time = start.elapsed();
-        if tokenizer.vocab_size() != loaded.config.vocab_size {
-            bail!(
-                "tokenizer {} has {} tokens but the model {} expects {}: pass the model's tokenizer with --tokenizer",
-                tokenizer_path.display(),
-                tokenizer.vocab_size(),
-                self.checkpoint.display(),
-                loaded.config.vocab_size
-            );
-        }
-        eprintln!(
-            "loaded {} ({}, {} parameters) and {} in {:.2} s on {backend}",
-            self.checkpoint.display(),
-            loaded.format,
-            loaded.model.num_params(),
-            tokenizer_path.display(),
-            load_time.as_secs_f64()
-        );
-
+        let (model, config, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
+        eprintln!("backend {backend}");
         let prompt = tokenizer.encode(&self.prompt, true, false)?;
-        let context = loaded.config.max_seq_len;
+        let context = config.max_seq_len;
         if prompt.len() >= context {
             bail!(
                 "the prompt has {} tokens; the model's context is {context} tokens: shorten it",
@@ -199,7 +115,7 @@ impl Job for GenerateArgs {
             eprintln!("--- temperature {temperature}");
             write!(stdout, "{prompt_text}")?;
             stdout.flush()?;
-            let result = generate_text(&loaded.model, &tokenizer, &prompt, &config, |piece| {
+            let result = generate_text(&model, &tokenizer, &prompt, &config, |piece| {
                 // A closed stdout (e.g. `| head`) must not abort the run: ignore write errors.
                 let _ = write!(stdout, "{piece}");
                 let _ = stdout.flush();

@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod classify;
 mod generate;
+mod model_args;
 mod output;
 mod sanity;
 
@@ -47,16 +48,32 @@ enum Command {
     Eval(classify::EvalArgs),
 }
 
+/// Run `f`, turning a panic inside a library (a bug, or a backend that panics on a missing
+/// device) into an error instead of a backtrace.
+fn catch_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let _ = std::panic::take_hook();
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown cause");
+        Err(anyhow::anyhow!("internal error: {message}"))
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with status 2
-    let result = backend::set_threads(cli.threads).and_then(|()| match cli.command {
+    let result = catch_panics(|| backend::set_threads(cli.threads).and_then(|()| match cli.command {
         Command::Sanity(args) => run_on(cli.backend, cli.device, args),
         Command::Generate(args) => run_on(cli.backend, cli.device, args),
         Command::Bench(args) => run_on(cli.backend, cli.device, args),
         Command::Prompt(args) => run_on(cli.backend, cli.device, args),
         Command::Finetune(args) => run_on(cli.backend, cli.device, args),
         Command::Eval(args) => run_on(cli.backend, cli.device, args),
-    });
+    }));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

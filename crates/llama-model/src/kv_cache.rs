@@ -74,8 +74,13 @@ impl<B: Backend> KvCache<B> {
             self.capacity()
         );
         let range = [0..batch, 0..heads, self.len..end, 0..dim];
-        self.keys = self.keys.clone().slice_assign(range.clone(), keys);
-        self.values = self.values.clone().slice_assign(range, values);
+        // Move the buffers out rather than clone them: a uniquely owned buffer is written in
+        // place, a shared one would be copied whole at every step.
+        let placeholder = || Tensor::empty([0, 0, 0, 0], &keys.device());
+        let old_keys = std::mem::replace(&mut self.keys, placeholder());
+        let old_values = std::mem::replace(&mut self.values, placeholder());
+        self.keys = old_keys.slice_assign(range.clone(), keys);
+        self.values = old_values.slice_assign(range, values);
         self.len = end;
         let used = [0..batch, 0..heads, 0..end, 0..dim];
         (

@@ -127,6 +127,8 @@ pub struct LoadedCheckpoint<B: Backend> {
     pub model: Llama<B>,
     pub config: LlamaConfig,
     pub format: CheckpointFormat,
+    /// Problems that do not stop loading (NaN or infinite weights), one line each.
+    pub warnings: Vec<String>,
 }
 
 /// Detect the container format from the first bytes of `path`.
@@ -208,10 +210,12 @@ pub fn load_checkpoint<B: Backend>(
     device: &B::Device,
 ) -> Result<LoadedCheckpoint<B>, CheckpointError> {
     let (config, tensors, format) = read_checkpoint(path, options)?;
+    let warnings = tensors::non_finite_report(path, &tensors);
     let (model, config) = tensors::build_model(path, config, tensors, device)?;
     Ok(LoadedCheckpoint {
         model,
         config,
         format,
+        warnings,
     })
 }

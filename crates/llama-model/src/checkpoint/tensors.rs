@@ -48,6 +48,24 @@ pub fn canonical_name(name: &str) -> String {
     out
 }
 
+/// One line per tensor holding NaN or infinite values: such a model loads, but its outputs
+/// are garbage, so callers warn.
+pub fn non_finite_report(path: &Path, tensors: &TensorMap) -> Vec<String> {
+    tensors
+        .iter()
+        .filter_map(|(name, t)| {
+            let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+            (bad > 0).then(|| {
+                format!(
+                    "{}: tensor `{name}` holds {bad} NaN or infinite values of {}",
+                    path.display(),
+                    t.data.len()
+                )
+            })
+        })
+        .collect()
+}
+
 /// Takes tensors out of a map, checking each name and shape against the config.
 struct Taker<'a> {
     path: &'a Path,
