@@ -59,7 +59,13 @@ fn mutate(rng: &mut StdRng, bytes: &[u8]) -> Vec<u8> {
 
 /// Mutate `fixture` many times, call `read` on each mutant written to `name` in `dir`,
 /// and return (iterations, how many loaded anyway).
-fn fuzz(dir: &Path, fixture_path: &str, name: &str, seed: u64, read: impl Fn(&Path) -> bool) -> (usize, usize) {
+fn fuzz(
+    dir: &Path,
+    fixture_path: &str,
+    name: &str,
+    seed: u64,
+    read: impl Fn(&Path) -> bool,
+) -> (usize, usize) {
     let original = std::fs::read(fixture(fixture_path)).unwrap();
     let mut rng = StdRng::seed_from_u64(seed);
     let path = dir.join(name);
@@ -75,7 +81,10 @@ fn fuzz(dir: &Path, fixture_path: &str, name: &str, seed: u64, read: impl Fn(&Pa
             Err(_) => {
                 let keep = dir.join(format!("crash-{i}-{name}"));
                 std::fs::copy(&path, &keep).unwrap();
-                panic!("{fixture_path}: mutant {i} panicked the reader (kept as {})", keep.display());
+                panic!(
+                    "{fixture_path}: mutant {i} panicked the reader (kept as {})",
+                    keep.display()
+                );
             }
         }
     }
@@ -95,16 +104,52 @@ fn checkpoint_readers_never_panic() {
         dir.path().join("m.config.json"),
     )
     .unwrap();
-    fuzz(dir.path(), "models/stories260K/stories260K.bin", "m.bin", 1, checkpoint_loads);
-    fuzz(dir.path(), "models/stories260K/stories260K.pt", "m.pt", 2, checkpoint_loads);
-    fuzz(dir.path(), "models/stories260K/stories260K-llama2c.pt", "m.pt", 3, checkpoint_loads);
-    fuzz(dir.path(), "models/stories260K/stories260K.safetensors", "m.safetensors", 4, checkpoint_loads);
+    fuzz(
+        dir.path(),
+        "models/stories260K/stories260K.bin",
+        "m.bin",
+        1,
+        checkpoint_loads,
+    );
+    fuzz(
+        dir.path(),
+        "models/stories260K/stories260K.pt",
+        "m.pt",
+        2,
+        checkpoint_loads,
+    );
+    fuzz(
+        dir.path(),
+        "models/stories260K/stories260K-llama2c.pt",
+        "m.pt",
+        3,
+        checkpoint_loads,
+    );
+    fuzz(
+        dir.path(),
+        "models/stories260K/stories260K.safetensors",
+        "m.safetensors",
+        4,
+        checkpoint_loads,
+    );
 }
 
 #[test]
 fn tokenizer_readers_never_panic() {
     let dir = tempfile::tempdir().unwrap();
     let loads = |path: &Path| Tokenizer::from_file(path).is_ok();
-    fuzz(dir.path(), "models/stories260K/tok512.bin", "t.bin", 5, loads);
-    fuzz(dir.path(), "models/stories260K/tok512.model", "t.model", 6, loads);
+    fuzz(
+        dir.path(),
+        "models/stories260K/tok512.bin",
+        "t.bin",
+        5,
+        loads,
+    );
+    fuzz(
+        dir.path(),
+        "models/stories260K/tok512.model",
+        "t.model",
+        6,
+        loads,
+    );
 }

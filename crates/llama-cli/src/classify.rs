@@ -117,11 +117,15 @@ impl Job for PromptArgs {
         for (data, out, which) in sets {
             let dataset = classifier.load_dataset(data, &tokenizer, &options)?;
             if which == "dev" {
-                // The label names must name every class of the data.
-                load_label_names(
-                    &self.label_names,
-                    dataset.num_labels().max(classifier.label_names().len()),
-                )?;
+                // One name per class of the data (labels are class ids 0..n); test labels
+                // may be placeholders and are not checked.
+                let classes = dataset
+                    .items()
+                    .iter()
+                    .map(|i| i.label + 1)
+                    .max()
+                    .unwrap_or(0);
+                load_label_names(&self.label_names, classes)?;
             }
             let start = Instant::now();
             let result = classifier.classify(&model, &dataset, &config, &device)?;

@@ -66,14 +66,16 @@ fn catch_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with status 2
-    let result = catch_panics(|| backend::set_threads(cli.threads).and_then(|()| match cli.command {
-        Command::Sanity(args) => run_on(cli.backend, cli.device, args),
-        Command::Generate(args) => run_on(cli.backend, cli.device, args),
-        Command::Bench(args) => run_on(cli.backend, cli.device, args),
-        Command::Prompt(args) => run_on(cli.backend, cli.device, args),
-        Command::Finetune(args) => run_on(cli.backend, cli.device, args),
-        Command::Eval(args) => run_on(cli.backend, cli.device, args),
-    }));
+    let result = catch_panics(|| {
+        backend::set_threads(cli.threads).and_then(|()| match cli.command {
+            Command::Sanity(args) => run_on(cli.backend, cli.device, args),
+            Command::Generate(args) => run_on(cli.backend, cli.device, args),
+            Command::Bench(args) => run_on(cli.backend, cli.device, args),
+            Command::Prompt(args) => run_on(cli.backend, cli.device, args),
+            Command::Finetune(args) => run_on(cli.backend, cli.device, args),
+            Command::Eval(args) => run_on(cli.backend, cli.device, args),
+        })
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -108,4 +108,3 @@ pub fn missing_checkpoint_help(path: &Path) -> String {
         path.display()
     )
 }
-

@@ -104,3 +104,217 @@ fn usage_errors_exit_with_2() {
     let out = cli(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+fn stories260k() -> String {
+    path(fixture("models/stories260K/stories260K.bin"))
+}
+
+#[test]
+fn generate_writes_the_two_exercise_files_and_streams_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = path(dir.path().to_path_buf());
+    let out = cli(&[
+        "generate",
+        "--checkpoint",
+        &stories260k(),
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "32",
+        "--out-dir",
+        &out_dir,
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let greedy = std::fs::read_to_string(dir.path().join("generated-sentence-temp-0.txt")).unwrap();
+    let sampled =
+        std::fs::read_to_string(dir.path().join("generated-sentence-temp-1.txt")).unwrap();
+    // The greedy continuation is the fixture's (first 32 of its 64 tokens).
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("reference/generate-stories260K.json")).unwrap(),
+    )
+    .unwrap();
+    let case = reference["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["prompt"] == "Once upon a time")
+        .expect("fixture case");
+    let full = case["text"].as_str().unwrap();
+    assert!(greedy.starts_with("Once upon a time"), "{greedy}");
+    assert!(
+        full.starts_with(greedy.trim_end()),
+        "{greedy:?} is not a prefix of {full:?}"
+    );
+    assert!(sampled.starts_with("Once upon a time") && sampled != greedy);
+    // Both runs were streamed to stdout; speed went to stderr.
+    assert!(stdout.contains(greedy.trim_end()), "{stdout}");
+    assert!(text(&out.stderr).contains("tokens/s"));
+}
+
+#[test]
+fn generate_rejects_bad_flags_and_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        vec!["--temperature", "-1"],
+        vec!["--temperature", "NaN"],
+        vec!["--max-new-tokens", "0"],
+        vec!["--top-p", "1.5"],
+    ] {
+        let mut args = vec!["generate", "--checkpoint"];
+        let checkpoint = stories260k();
+        args.push(&checkpoint);
+        args.extend(bad.iter().copied());
+        let out = cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+    }
+    let target = dir.path().join("missing-folder/out.txt");
+    let out = cli(&[
+        "generate",
+        "--checkpoint",
+        &stories260k(),
+        "--temperature",
+        "0",
+        "--out",
+        &path(target.clone()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("missing-folder"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!target.exists());
+    // A prompt longer than the context (512 tokens for stories260K).
+    let long = "word ".repeat(600);
+    let out = cli(&[
+        "generate",
+        "--checkpoint",
+        &stories260k(),
+        "--temperature",
+        "0",
+        "--prompt",
+        &long,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("context"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// The first `n` lines of a fixture data file, written to `dir`.
+fn head(dir: &std::path::Path, name: &str, n: usize) -> String {
+    let lines: Vec<String> = std::fs::read_to_string(fixture(&format!("data/{name}")))
+        .unwrap()
+        .lines()
+        .take(n)
+        .map(str::to_string)
+        .collect();
+    let p = dir.join(name);
+    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+    path(p)
+}
+
+#[test]
+fn prompt_finetune_and_eval_write_prediction_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dev = head(d, "cfimdb-dev.txt", 8);
+    let train = head(d, "cfimdb-train.txt", 16);
+    let names = path(fixture("data/cfimdb-label-mapping.json"));
+    let dev_out = path(d.join("dev-out.txt"));
+    let out = cli(&[
+        "prompt",
+        "--checkpoint",
+        &stories260k(),
+        "--dev",
+        &dev,
+        "--label-names",
+        &names,
+        "--max-sentence-len",
+        "48",
+        "--dev-out",
+        &dev_out,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("accuracy"));
+    let lines = std::fs::read_to_string(&dev_out).unwrap();
+    assert_eq!(lines.lines().count(), 8);
+    assert!(
+        lines
+            .lines()
+            .all(|l| l.starts_with('0') || l.starts_with('1'))
+            && lines.contains(" ||| ")
+    );
+
+    let model_dir = path(d.join("run"));
+    let ft_out = path(d.join("ft-dev.txt"));
+    let out = cli(&[
+        "finetune",
+        "--checkpoint",
+        &stories260k(),
+        "--train",
+        &train,
+        "--dev",
+        &dev,
+        "--label-names",
+        &names,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max-sentence-len",
+        "24",
+        "--dev-out",
+        &ft_out,
+        "--out-dir",
+        &model_dir,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let finetuned = std::fs::read_to_string(&ft_out).unwrap();
+    assert_eq!(finetuned.lines().count(), 8);
+
+    let eval_out = path(d.join("eval.txt"));
+    let tokenizer = path(fixture("models/stories260K/tok512.bin"));
+    let out = cli(&[
+        "eval",
+        "--model-dir",
+        &model_dir,
+        "--data",
+        &dev,
+        "--tokenizer",
+        &tokenizer,
+        "--out",
+        &eval_out,
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&eval_out).unwrap(),
+        finetuned,
+        "eval reproduces the run"
+    );
+
+    // Label names whose count does not match the classes.
+    let out = cli(&[
+        "prompt",
+        "--checkpoint",
+        &stories260k(),
+        "--dev",
+        &dev,
+        "--label-names",
+        &path(fixture("data/sst-label-mapping.json")),
+        "--dev-out",
+        &path(d.join("x.txt")),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(!d.join("x.txt").exists());
+}
