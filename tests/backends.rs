@@ -29,7 +29,11 @@ fn forward_matches_reference<Bk: Backend>(name: &str) {
     .model;
     let out = model.forward(tokens);
     for (key, tensor) in [("logits", out.logits), ("final_hidden", out.hidden)] {
-        let actual = tensor.into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let actual = tensor
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .unwrap();
         let c = compare(&actual, &reference[key].f32, 1e-5, 1e-4);
         assert!(c.passed(), "{name}: {key}: {c:?}");
     }
@@ -43,7 +47,9 @@ fn greedy_tokens<Bk: Backend>() -> Vec<u32> {
     )
     .unwrap()
     .model;
-    generate(&model, &[1], &GenerateConfig::greedy(100), |_| {}).unwrap().tokens
+    generate(&model, &[1], &GenerateConfig::greedy(100), |_| {})
+        .unwrap()
+        .tokens
 }
 
 #[test]
@@ -58,5 +64,7 @@ fn greedy_generation_is_token_identical_across_backends() {
     let flex = greedy_tokens::<Flex>();
     assert_eq!(ndarray.len(), 100);
     assert_eq!(ndarray, flex);
-    println!("wgpu: skipped (not compiled into the test build; run `llama-cli --backend wgpu` checks)");
+    println!(
+        "wgpu: skipped (not compiled into the test build; run `llama-cli --backend wgpu` checks)"
+    );
 }

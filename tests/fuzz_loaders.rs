@@ -3,7 +3,7 @@
 //! values; every reader must return an error or a value, never panic.
 //!
 //! The test suite runs a short corpus (`LLAMA_FUZZ_ITERS`, default 60 per file); run it longer
-//! with e.g. `LLAMA_FUZZ_ITERS=20000 cargo test --release --test fuzz_loaders -- --nocapture`.
+//! with e.g. `LLAMA_FUZZ_ITERS=20000 LLAMA_FUZZ_SEED=7 cargo test --test fuzz_loaders -- --nocapture`.
 
 mod common;
 
@@ -14,6 +14,14 @@ use common::*;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+/// Added to every target's seed (`LLAMA_FUZZ_SEED`), so long runs can explore new mutants.
+fn seed_offset() -> u64 {
+    std::env::var("LLAMA_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
 
 fn iterations() -> usize {
     std::env::var("LLAMA_FUZZ_ITERS")
@@ -67,7 +75,7 @@ fn fuzz(
     read: impl Fn(&Path) -> bool,
 ) -> (usize, usize) {
     let original = std::fs::read(fixture(fixture_path)).unwrap();
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = StdRng::seed_from_u64(seed.wrapping_add(seed_offset().wrapping_mul(1000)));
     let path = dir.join(name);
     let mut accepted = 0;
     let n = iterations();
