@@ -28,11 +28,11 @@ pub struct GenerateArgs {
     pub max_new_tokens: u64,
     /// Sampling temperature (0 = greedy). Default: two runs, 0.0 and 1.0, written to
     /// generated-sentence-temp-0.txt and generated-sentence-temp-1.txt as the exercise does.
-    #[arg(long, value_parser = parse_temperature)]
+    #[arg(long, value_parser = parse_temperature, allow_hyphen_values = true)]
     pub temperature: Option<f64>,
     /// Nucleus sampling: sample from the smallest set of tokens whose probability reaches
     /// this (off by default).
-    #[arg(long, value_parser = parse_top_p)]
+    #[arg(long, value_parser = parse_top_p, allow_hyphen_values = true)]
     pub top_p: Option<f64>,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 1337)]

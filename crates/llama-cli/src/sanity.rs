@@ -123,11 +123,14 @@ impl Job for SanityArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Result<()> {
-        let reference = read_reference(&self.reference)?;
+        if !self.checkpoint.exists() {
+            bail!(crate::model_args::missing_checkpoint_help(&self.checkpoint));
+        }
         let options = LoadOptions {
             config: self.config.clone(),
         };
         let loaded = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &options, &device)?;
+        let reference = read_reference(&self.reference)?;
         let vocab = loaded.config.vocab_size as i64;
         if let Some(bad) = reference.ids.iter().find(|&&id| id < 0 || id >= vocab) {
             bail!(
