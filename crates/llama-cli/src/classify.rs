@@ -48,17 +48,50 @@ fn default_output(data: &Path, kind: &str) -> PathBuf {
     PathBuf::from(format!("{stem}-{kind}-output.txt"))
 }
 
+/// The dev/test files of a classification run and where their predictions go.
+#[derive(Debug, Args)]
+pub struct DevTestArgs {
+    /// Dev file (`label ||| sentence` lines).
+    #[arg(long)]
+    pub dev: PathBuf,
+    /// Test file (optional; CFIMDB's test labels are placeholders).
+    #[arg(long)]
+    pub test: Option<PathBuf>,
+    /// Dev predictions file; default `<dev stem>-<prompting|finetuning>-output.txt`.
+    #[arg(long)]
+    pub dev_out: Option<PathBuf>,
+    /// Test predictions file; default `<test stem>-<prompting|finetuning>-output.txt`.
+    #[arg(long)]
+    pub test_out: Option<PathBuf>,
+}
+
+impl DevTestArgs {
+    /// The dev and test output paths (defaults named after `kind`), checked writable before
+    /// any long computation.
+    fn outputs(&self, kind: &str) -> Result<(PathBuf, Option<PathBuf>)> {
+        let dev_out = self
+            .dev_out
+            .clone()
+            .unwrap_or_else(|| default_output(&self.dev, kind));
+        let test_out = self.test.as_ref().map(|t| {
+            self.test_out
+                .clone()
+                .unwrap_or_else(|| default_output(t, kind))
+        });
+        for path in std::iter::once(&dev_out).chain(test_out.as_ref()) {
+            check_writable(path)?;
+        }
+        Ok((dev_out, test_out))
+    }
+}
+
 /// Arguments of `llama-cli prompt`.
 #[derive(Debug, Args)]
 pub struct PromptArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Dev file (`label ||| sentence` lines).
-    #[arg(long)]
-    pub dev: PathBuf,
-    /// Test file (optional).
-    #[arg(long)]
-    pub test: Option<PathBuf>,
+    #[command(flatten)]
+    pub sets: DevTestArgs,
     /// JSON list of label names in class order.
     #[arg(long)]
     pub label_names: PathBuf,
@@ -72,30 +105,13 @@ pub struct PromptArgs {
     /// Keep only the first N tokens of each prompt (BOS included); default: no truncation.
     #[arg(long, value_parser = positive)]
     pub max_sentence_len: Option<usize>,
-    /// Dev predictions file; default `<dev stem>-prompting-output.txt`.
-    #[arg(long)]
-    pub dev_out: Option<PathBuf>,
-    /// Test predictions file; default `<test stem>-prompting-output.txt`.
-    #[arg(long)]
-    pub test_out: Option<PathBuf>,
 }
 
 impl Job for PromptArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let dev_out = self
-            .dev_out
-            .clone()
-            .unwrap_or_else(|| default_output(&self.dev, "prompting"));
-        let test_out = self.test.as_ref().map(|t| {
-            self.test_out
-                .clone()
-                .unwrap_or_else(|| default_output(t, "prompting"))
-        });
-        for path in std::iter::once(&dev_out).chain(test_out.as_ref()) {
-            check_writable(path)?;
-        }
+        let (dev_out, test_out) = self.sets.outputs("prompting")?;
         let (model, _, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
         let options = DataOptions::default().with_max_sentence_len(self.max_sentence_len);
         let names = llama_train::data::read_label_names(&self.label_names)?;
@@ -108,8 +124,9 @@ impl Job for PromptArgs {
             "prompt suffix: {:?}; backend {backend}",
             classifier.suffix()
         );
-        let sets = std::iter::once((&self.dev, &dev_out, "dev")).chain(
-            self.test
+        let sets = std::iter::once((&self.sets.dev, &dev_out, "dev")).chain(
+            self.sets
+                .test
                 .as_ref()
                 .zip(test_out.as_ref())
                 .map(|(d, o)| (d, o, "test")),
@@ -153,12 +170,10 @@ pub struct FinetuneArgs {
     /// Training file (`label ||| sentence` lines).
     #[arg(long)]
     pub train: PathBuf,
-    /// Dev file: evaluated each epoch, selects the best model.
-    #[arg(long)]
-    pub dev: PathBuf,
-    /// Test file (optional): predicted with the best model.
-    #[arg(long)]
-    pub test: Option<PathBuf>,
+    /// The dev set is evaluated each epoch and selects the best model; the test set is
+    /// predicted with the best model.
+    #[command(flatten)]
+    pub sets: DevTestArgs,
     /// JSON list of label names in class order (checked against the training labels).
     #[arg(long)]
     pub label_names: Option<PathBuf>,
@@ -180,12 +195,6 @@ pub struct FinetuneArgs {
     /// Keep only the first N tokens of each sentence (BOS included); default: no truncation.
     #[arg(long, value_parser = positive)]
     pub max_sentence_len: Option<usize>,
-    /// Dev predictions file; default `<dev stem>-finetuning-output.txt`.
-    #[arg(long)]
-    pub dev_out: Option<PathBuf>,
-    /// Test predictions file; default `<test stem>-finetuning-output.txt`.
-    #[arg(long)]
-    pub test_out: Option<PathBuf>,
     /// Folder for the saved classifier, Burn's checkpoints and logs; default
     /// `runs/<train stem>`.
     #[arg(long)]
@@ -196,18 +205,7 @@ impl Job for FinetuneArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
-        let dev_out = self
-            .dev_out
-            .clone()
-            .unwrap_or_else(|| default_output(&self.dev, "finetuning"));
-        let test_out = self.test.as_ref().map(|t| {
-            self.test_out
-                .clone()
-                .unwrap_or_else(|| default_output(t, "finetuning"))
-        });
-        for path in std::iter::once(&dev_out).chain(test_out.as_ref()) {
-            check_writable(path)?;
-        }
+        let (dev_out, test_out) = self.sets.outputs("finetuning")?;
         let out_dir = self.out_dir.clone().unwrap_or_else(|| {
             let stem = self
                 .train
@@ -228,8 +226,8 @@ impl Job for FinetuneArgs {
         let (llama, llama_config, tokenizer) = self.model.load::<B>(&device)?;
         let options = config.data_options();
         let train = SentenceDataset::from_file(&self.train, &tokenizer, &options)?;
-        let dev = SentenceDataset::from_file(&self.dev, &tokenizer, &options)?;
-        let test = match &self.test {
+        let dev = SentenceDataset::from_file(&self.sets.dev, &tokenizer, &options)?;
+        let test = match &self.sets.test {
             Some(t) => Some(SentenceDataset::from_file(t, &tokenizer, &options)?),
             None => None,
         };

@@ -37,7 +37,7 @@ use llama_model::{Llama, Tokenizer, TokenizerError};
 use crate::data::{make_batch, DataError, DataOptions, SentenceDataset, SentenceItem};
 use crate::metrics::{ConfusionMatrix, MetricsError};
 
-/// The batch size the exercise's prompting runs use.
+/// The batch size of the exercise's documented prompting command (`--batch_size 10`).
 pub const DEFAULT_PROMPT_BATCH_SIZE: usize = 10;
 
 /// Why zero-shot classification could not run.

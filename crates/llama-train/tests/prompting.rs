@@ -355,7 +355,12 @@ fn report_dev_prompting(name: &str, mapping: &str, file: &str) {
     let data = classifier
         .load_dataset(fixture(file), &tok, &DataOptions::default())
         .unwrap();
+    // PROMPT_REPORT_MODE=last|pad runs one mode only (each takes minutes in a debug build).
+    let mode = std::env::var("PROMPT_REPORT_MODE").unwrap_or_default();
     for pad_position_scoring in [false, true] {
+        if (mode == "last" && pad_position_scoring) || (mode == "pad" && !pad_position_scoring) {
+            continue;
+        }
         let config = PromptingConfig {
             batch_size: 10,
             pad_position_scoring,
