@@ -141,9 +141,9 @@ fn finetune_learns_saves_the_best_model_and_is_reproducible() {
     let (l1, l2) = (again.loss.expect("loss"), a.dev.loss.expect("loss"));
     assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
 
-    // Same seed, same backend: the same run (same shuffles, dropout masks and head), up to
-    // float rounding: ndarray's SIMD kernels (on in a workspace build) round differently
-    // from run to run depending on memory alignment, by ~1e-6 relative.
+    // Same seed, same backend: the same run (same shuffles, dropout masks and head). Compared
+    // up to float rounding, because ndarray's optional SIMD kernels (kept off in this
+    // workspace) round differently from run to run depending on memory alignment.
     let b = run(&config(second.path()), &data);
     assert_eq!(b.epochs.len(), a.epochs.len());
     let close = |x: Option<f64>, y: Option<f64>| match (x, y) {

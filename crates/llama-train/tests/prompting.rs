@@ -13,8 +13,9 @@ type B = NdArray;
 
 const TOLERANCE: f64 = 1e-4;
 /// Relative part of the tolerance: a padded batch and a single unpadded sentence run
-/// different matrix shapes, and ndarray's SIMD kernels (on in a workspace build) then round
-/// differently; scores are sums of log-probabilities of magnitude ~10-50 (3e-4 measured).
+/// different matrix shapes that round differently; scores are sums of log-probabilities of
+/// magnitude ~10-50 (up to 3e-4 apart with ndarray's optional SIMD kernels, which the
+/// workspace keeps off).
 const RELATIVE: f64 = 2e-5;
 
 fn tok512() -> Tokenizer {
