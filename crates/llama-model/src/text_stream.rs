@@ -58,35 +58,7 @@ impl Utf8Buffer {
     /// `all`, an incomplete trailing character is invalid too.
     fn drain(&mut self, all: bool) -> String {
         let mut out = String::new();
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(valid) => {
-                    out.push_str(valid);
-                    rest = &[];
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    // `valid_up_to` promises this prefix is valid UTF-8.
-                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
-                    let bad = match e.error_len() {
-                        Some(n) => n,
-                        // The input ends inside a character: wait for more, or give up.
-                        None if all => after.len(),
-                        None => {
-                            rest = after;
-                            break;
-                        }
-                    };
-                    // One replacement per byte of a broken sequence, as sentencepiece.
-                    out.extend(std::iter::repeat_n('\u{FFFD}', bad));
-                    rest = &after[bad..];
-                }
-            }
-        }
-        let keep = rest.len();
-        self.pending.drain(..self.pending.len() - keep);
+        crate::tokenizer::decode::drain_utf8(&mut self.pending, &mut out, all);
         out
     }
 }

@@ -12,7 +12,7 @@
 //! piece's leading space removed).
 
 mod builder;
-mod decode;
+pub(crate) mod decode;
 mod error;
 mod format;
 mod huggingface;

@@ -80,36 +80,41 @@ impl DecodeState {
     /// Moves complete characters (and invalid bytes, as U+FFFD) from `pending` to `out`;
     /// with `flush`, an incomplete trailing character is invalid too.
     fn drain_pending(&mut self, out: &mut String, flush: bool) {
-        let mut rest: &[u8] = &self.pending;
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(valid) => {
-                    out.push_str(valid);
-                    rest = &[];
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    // `valid` is valid UTF-8 by the error's contract.
-                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
-                    let bad = match e.error_len() {
-                        Some(n) => n,
-                        None if flush => after.len(),
-                        None => {
-                            rest = after; // wait for the character's remaining bytes
-                            break;
-                        }
-                    };
-                    // Sentencepiece replaces every byte of a broken sequence separately.
-                    out.extend(std::iter::repeat_n('\u{FFFD}', bad));
-                    rest = &after[bad..];
-                }
+        drain_utf8(&mut self.pending, out, flush);
+    }
+}
+
+/// Moves the complete UTF-8 characters at the front of `pending` to `out`, each invalid byte
+/// as one U+FFFD (as sentencepiece does); an incomplete trailing character stays in `pending`
+/// for the bytes still to come, or with `flush` is replaced too.
+pub(crate) fn drain_utf8(pending: &mut Vec<u8>, out: &mut String, flush: bool) {
+    let mut rest: &[u8] = pending;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(valid) => {
+                out.push_str(valid);
+                rest = &[];
+                break;
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                // `valid` is valid UTF-8 by the error's contract.
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                let bad = match e.error_len() {
+                    Some(n) => n,
+                    None if flush => after.len(),
+                    None => {
+                        rest = after; // wait for the character's remaining bytes
+                        break;
+                    }
+                };
+                out.extend(std::iter::repeat_n('\u{FFFD}', bad));
+                rest = &after[bad..];
             }
         }
-        let keep = rest.len();
-        let start = self.pending.len() - keep;
-        self.pending.drain(..start);
     }
+    let start = pending.len() - rest.len();
+    pending.drain(..start);
 }
 
 #[cfg(test)]
