@@ -2,13 +2,19 @@
 //! tokenizer files (.bin, .model) are truncated, bit-flipped and patched with random header
 //! values; every reader must return an error or a value, never panic.
 //!
-//! The test suite runs a short corpus (`LLAMA_FUZZ_ITERS`, default 60 per file); run it longer
-//! with e.g. `LLAMA_FUZZ_ITERS=20000 LLAMA_FUZZ_SEED=7 cargo test --test fuzz_loaders -- --nocapture`.
+//! The `.pt` reader is fuzzed twice: whole-file mutants (mostly stopped by the zip layer) and
+//! mutants of the pickle alone, re-zipped intact, which reach the pickle interpreter.
+//!
+//! The test suite runs a short corpus (`LLAMA_FUZZ_ITERS`, default 60 mutants per file); run
+//! it longer by count or by time per file, with a new seed, e.g.
+//! `LLAMA_FUZZ_SECONDS=600 LLAMA_FUZZ_SEED=7 cargo test --test fuzz_loaders pickle -- --nocapture`.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use common::*;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
@@ -21,6 +27,14 @@ fn seed_offset() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Time budget per fuzzed file (`LLAMA_FUZZ_SECONDS`), instead of a mutant count.
+fn time_budget() -> Option<Duration> {
+    std::env::var("LLAMA_FUZZ_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs_f64)
 }
 
 fn iterations() -> usize {
@@ -74,13 +88,34 @@ fn fuzz(
     seed: u64,
     read: impl Fn(&Path) -> bool,
 ) -> (usize, usize) {
+    fuzz_with(dir, fixture_path, name, seed, mutate, read)
+}
+
+/// [`fuzz`] with another mutator.
+fn fuzz_with(
+    dir: &Path,
+    fixture_path: &str,
+    name: &str,
+    seed: u64,
+    mutator: impl Fn(&mut StdRng, &[u8]) -> Vec<u8>,
+    read: impl Fn(&Path) -> bool,
+) -> (usize, usize) {
     let original = std::fs::read(fixture(fixture_path)).unwrap();
     let mut rng = StdRng::seed_from_u64(seed.wrapping_add(seed_offset().wrapping_mul(1000)));
     let path = dir.join(name);
     let mut accepted = 0;
-    let n = iterations();
+    let (n, budget) = match time_budget() {
+        Some(budget) => (usize::MAX, Some(budget)),
+        None => (iterations(), None),
+    };
+    let start = Instant::now();
+    let mut done = 0;
     for i in 0..n {
-        let mutant = mutate(&mut rng, &original);
+        if budget.is_some_and(|b| start.elapsed() >= b) {
+            break;
+        }
+        done += 1;
+        let mutant = mutator(&mut rng, &original);
         std::fs::write(&path, &mutant).unwrap();
         let result = catch_unwind(AssertUnwindSafe(|| read(&path)));
         match result {
@@ -96,43 +131,94 @@ fn fuzz(
             }
         }
     }
-    println!("{fixture_path}: {n} mutants, {accepted} still loaded, no panic");
-    (n, accepted)
+    println!(
+        "{fixture_path} ({name}): {done} mutants in {:.0} s, {accepted} still loaded, no panic",
+        start.elapsed().as_secs_f64()
+    );
+    (done, accepted)
+}
+
+/// Mutate only the pickle (`*/data.pkl`) of a `torch.save` zip and re-zip every entry intact,
+/// so that the mutant gets past the zip layer to the pickle interpreter.
+fn mutate_pickle(rng: &mut StdRng, zip_bytes: &[u8]) -> Vec<u8> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zip_bytes)).unwrap();
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).unwrap();
+        let name = entry.name().to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if name.ends_with("data.pkl") {
+            bytes = mutate(rng, &bytes);
+        }
+        out.start_file(name, options).unwrap();
+        out.write_all(&bytes).unwrap();
+    }
+    out.finish().unwrap().into_inner()
 }
 
 fn checkpoint_loads(path: &Path) -> bool {
     load_checkpoint::<B>(path, &LoadOptions::default(), &Default::default()).is_ok()
 }
 
-#[test]
-fn checkpoint_readers_never_panic() {
+/// A folder holding the config that safetensors mutants named `m.safetensors` need.
+fn checkpoint_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         fixture("models/stories260K/stories260K.config.json"),
         dir.path().join("m.config.json"),
     )
     .unwrap();
-    fuzz(
+    dir
+}
+
+#[test]
+fn bin_reader_never_panics() {
+    let dir = checkpoint_dir();
+    let (n, _) = fuzz(
         dir.path(),
         "models/stories260K/stories260K.bin",
         "m.bin",
         1,
         checkpoint_loads,
     );
-    fuzz(
-        dir.path(),
-        "models/stories260K/stories260K.pt",
-        "m.pt",
-        2,
-        checkpoint_loads,
-    );
-    fuzz(
-        dir.path(),
-        "models/stories260K/stories260K-llama2c.pt",
-        "m.pt",
-        3,
-        checkpoint_loads,
-    );
+    assert!(n > 0);
+}
+
+#[test]
+fn pt_reader_never_panics() {
+    let dir = checkpoint_dir();
+    for (file, seed) in [("stories260K.pt", 2), ("stories260K-llama2c.pt", 3)] {
+        fuzz(
+            dir.path(),
+            &format!("models/stories260K/{file}"),
+            "m.pt",
+            seed,
+            checkpoint_loads,
+        );
+    }
+}
+
+#[test]
+fn pickle_reader_never_panics() {
+    let dir = checkpoint_dir();
+    for (file, seed) in [("stories260K.pt", 7), ("stories260K-llama2c.pt", 8)] {
+        fuzz_with(
+            dir.path(),
+            &format!("models/stories260K/{file}"),
+            "p.pt",
+            seed,
+            mutate_pickle,
+            checkpoint_loads,
+        );
+    }
+}
+
+#[test]
+fn safetensors_reader_never_panics() {
+    let dir = checkpoint_dir();
     fuzz(
         dir.path(),
         "models/stories260K/stories260K.safetensors",
@@ -143,7 +229,7 @@ fn checkpoint_readers_never_panic() {
 }
 
 #[test]
-fn tokenizer_readers_never_panic() {
+fn tokenizer_bin_reader_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let loads = |path: &Path| Tokenizer::from_file(path).is_ok();
     fuzz(
@@ -153,6 +239,12 @@ fn tokenizer_readers_never_panic() {
         5,
         loads,
     );
+}
+
+#[test]
+fn tokenizer_model_reader_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let loads = |path: &Path| Tokenizer::from_file(path).is_ok();
     fuzz(
         dir.path(),
         "models/stories260K/tok512.model",

@@ -48,3 +48,26 @@ fn the_cache_matches_full_recomputation() {
     assert_eq!(reference.tokens, context[prompt.len()..]);
     println!("largest |cached - recomputed| logit difference over 64 steps: {worst:e}");
 }
+
+/// Decoding with every weight product split into column blocks on rayon's pool (the CLI's
+/// default on CPU backends) gives the same logits and tokens as one product per weight.
+#[test]
+fn split_decoding_matches_one_product_per_weight() {
+    let (model, _) = stories260k();
+    let tok = tok512();
+    let prompt = tok.encode("Once upon a time", true, false).unwrap();
+    let config = GenerateConfig::new().with_max_new_tokens(48).with_seed(3);
+    let mut whole = Generator::new(&model, &prompt, &config).unwrap();
+    let split_config = config.clone().with_decode_split(3);
+    let mut split = Generator::new(&model, &prompt, &split_config).unwrap();
+    let mut worst = 0.0f64;
+    for step in 0..48 {
+        let a = whole.next().expect("token").unwrap();
+        let b = split.next().expect("token").unwrap();
+        let c = compare(split.logits(), whole.logits(), 1e-6, 0.0);
+        assert!(c.passed(), "step {step}: {c:?}");
+        worst = worst.max(c.max_abs_diff);
+        assert_eq!(a, b, "step {step}");
+    }
+    println!("largest |split - whole| logit difference over 48 steps: {worst:e}");
+}

@@ -202,3 +202,96 @@ fn safetensors_without_a_config_says_where_it_looked() {
     };
     load_checkpoint::<B>(&path, &options, &Default::default()).expect("loads with --config");
 }
+
+/// A `torch.save`-style zip (`archive/data.pkl`, stored) whose pickle is `pickle`.
+fn torch_zip(dir: &Path, name: &str, pickle: &[u8]) -> PathBuf {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    let path = dir.join(name);
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let options = SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", options).unwrap();
+    zip.write_all(pickle).unwrap();
+    zip.start_file("archive/version", options).unwrap();
+    zip.write_all(b"3\n").unwrap();
+    zip.finish().unwrap();
+    path
+}
+
+/// Pickle opcodes calling `module.name(argument)`: GLOBAL, MARK, BINUNICODE, TUPLE, REDUCE.
+fn call(module: &str, name: &str, argument: &str) -> Vec<u8> {
+    let mut p = vec![b'c'];
+    p.extend(format!("{module}\n{name}\n").bytes());
+    p.push(b'(');
+    p.push(b'X');
+    p.extend((argument.len() as u32).to_le_bytes());
+    p.extend(argument.bytes());
+    p.extend([b't', b'R']);
+    p
+}
+
+/// The loader reads pickles with its own interpreter of the data opcodes: a pickle asking for
+/// a class outside the tensor-storage set (`os.system`, `builtins.eval`, ...) is refused with
+/// an error naming the file, and nothing it asks for runs.
+#[test]
+fn pickles_asking_for_foreign_classes_are_refused_and_never_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pwned");
+    let command = format!("touch {}", marker.display());
+    for (module, name) in [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("subprocess", "check_call"),
+    ] {
+        // At the top: `os.system("touch ...")`.
+        let mut top = vec![0x80, 2];
+        top.extend(call(module, name, &command));
+        top.push(b'.');
+        // Inside the exercise's layout: `{"model": os.system("touch ...")}`.
+        let mut nested = vec![0x80, 2, b'}', b'X'];
+        nested.extend(5u32.to_le_bytes());
+        nested.extend(b"model");
+        nested.extend(call(module, name, &command));
+        nested.extend([b's', b'.']);
+        for (kind, pickle) in [("top", top), ("nested", nested)] {
+            let file = format!("{module}-{name}-{kind}.pt");
+            let path = torch_zip(dir.path(), &file, &pickle);
+            let err = load(&path).expect_err(&file);
+            let msg = err.to_string();
+            assert!(matches!(err, CheckpointError::Unsupported { .. }), "{msg}");
+            assert!(msg.contains(&file), "{msg}");
+            assert!(msg.contains(&format!("`{module}.{name}`")), "{msg}");
+            assert!(!marker.exists(), "{file}: the pickle ran code");
+            println!("{file}: {msg}");
+        }
+    }
+}
+
+/// A state dict of another model (no Llama parameter names) is refused, naming a tensor.
+#[test]
+fn a_foreign_state_dict_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_safetensors(dir.path(), "bert", |tensors| {
+        *tensors = vec![
+            (
+                "bert.embeddings.word_embeddings.weight".into(),
+                vec![4, 4],
+                vec![0u8; 64],
+            ),
+            ("classifier.weight".into(), vec![2, 4], vec![0u8; 32]),
+        ];
+    });
+    let err = load(&path).unwrap_err();
+    let msg = err.to_string();
+    println!("{msg}");
+    assert!(msg.contains("bert.safetensors"), "{msg}");
+    assert!(
+        matches!(err, CheckpointError::UnknownFormat { .. }),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("`bert.embeddings.word_embeddings.weight`"),
+        "{msg}"
+    );
+}

@@ -9,12 +9,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, ValueEnum};
 use llama_model::adamw::AdamWConfig;
 use llama_model::generate::{GenerateConfig, Generator};
+
+use crate::generate::decode_split;
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
 use llama_train::classifier::ClassifierConfig;
 use llama_train::data::{make_batch, read_label_names, DataOptions, SentenceDataset};
@@ -83,6 +85,9 @@ pub struct BenchArgs {
     /// Seed of the random weights and prompt.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
+    /// Column blocks per decoding product (see `generate --decode-split`; default 1).
+    #[arg(long, value_parser = crate::classify::positive)]
+    pub decode_split: Option<usize>,
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux; `None` elsewhere).
@@ -202,8 +207,9 @@ fn time_generation<B: Backend>(
     model: &Llama<B>,
     prompt: &[u32],
     new_tokens: usize,
+    split: usize,
 ) -> Result<(Duration, f64)> {
-    let config = GenerateConfig::greedy(new_tokens);
+    let config = GenerateConfig::greedy(new_tokens).with_decode_split(split);
     let mut generator = Generator::new(model, prompt, &config)?;
     for token in generator.by_ref() {
         token?;
@@ -215,7 +221,12 @@ fn time_generation<B: Backend>(
     ))
 }
 
-fn bench_generate<B: Backend>(args: &BenchArgs, model: &Model<B>, f: &mut Figures) -> Result<()> {
+fn bench_generate<B: Backend>(
+    args: &BenchArgs,
+    model: &Model<B>,
+    split: usize,
+    f: &mut Figures,
+) -> Result<()> {
     let n = args.prompt_tokens as usize;
     if n + args.new_tokens as usize > model.config.max_seq_len {
         bail!(
@@ -231,11 +242,12 @@ fn bench_generate<B: Backend>(args: &BenchArgs, model: &Model<B>, f: &mut Figure
     let mut prompt = vec![1u32];
     prompt.extend((1..n).map(|_| rng.random_range(low..model.config.vocab_size as u32)));
     reset_peak_rss();
-    time_generation(&model.llama, &prompt, 8)?; // warm-up
+    time_generation(&model.llama, &prompt, 8, split)?; // warm-up
     let mut ttft = vec![];
     let mut decode = vec![];
     for _ in 0..args.runs {
-        let (first, speed) = time_generation(&model.llama, &prompt, args.new_tokens as usize)?;
+        let (first, speed) =
+            time_generation(&model.llama, &prompt, args.new_tokens as usize, split)?;
         ttft.push(first.as_secs_f64());
         decode.push(speed);
     }
@@ -284,6 +296,18 @@ fn bench_prompt<B: Backend>(
     Ok(())
 }
 
+/// Marks every float parameter as requiring gradients.
+struct Trainable;
+
+impl<B: Backend> burn::module::ModuleMapper<B> for Trainable {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<B, D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
+}
+
 fn bench_train<B: AutodiffBackend>(
     args: &BenchArgs,
     model: &Model<B::InnerBackend>,
@@ -304,7 +328,9 @@ fn bench_train<B: AutodiffBackend>(
     let num_labels = items.iter().map(|i| i.label).max().unwrap_or(0) + 1;
     let config = ClassifierConfig::new(model.config.clone(), num_labels);
     B::seed(device, args.seed);
-    let llama = Llama::<B>::from_inner(model.llama.clone());
+    // `from_inner` keeps the inner parameters' "no gradient" flag: mark every weight
+    // trainable, as a checkpoint loaded for fine-tuning is (otherwise only the head trains).
+    let llama = Llama::<B>::from_inner(model.llama.clone()).map(&mut Trainable);
     let mut classifier = config.init_with_llama(llama)?;
     let mut optim =
         AdamWConfig::new().init::<B, llama_train::classifier::LlamaEmbeddingClassifier<B>>()?;
@@ -349,6 +375,8 @@ impl Job for BenchArgs {
             crate::output::check_writable(path)?;
         }
         let threads = rayon::current_num_threads();
+        let split = decode_split(backend, self.decode_split);
+        let huge_pages = std::env::var_os("LLAMA_HUGE_PAGES").is_none_or(|v| v != "0");
         reset_peak_rss();
         let model = load_model::<B::InnerBackend>(&self, &device)?;
         let load_rss = peak_rss_mb();
@@ -360,7 +388,7 @@ impl Job for BenchArgs {
             None
         };
         if wants(Phase::Generate) {
-            bench_generate(&self, &model, &mut f).context("generation phase")?;
+            bench_generate(&self, &model, split, &mut f).context("generation phase")?;
         }
         if let (true, Some(tok)) = (wants(Phase::Prompt), &tokenizer) {
             bench_prompt(&self, &model, tok, &device, &mut f).context("prompting phase")?;
@@ -372,10 +400,13 @@ impl Job for BenchArgs {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         println!("llama-cli bench: {}", model.source);
         println!(
-            "machine: {} ({cores} cores); backend {backend}; {threads} threads; median of {} runs after a warm-up",
+            "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; median of {} runs after a warm-up",
             cpu_model(),
+            if huge_pages { "advised" } else { "off" },
             self.runs
         );
+        // A decoded token reads every weight once (f32).
+        let weight_bytes = model.llama.num_params() as f64 * 4.0;
         println!("| phase | figure | value |");
         println!("|---|---|---|");
         println!("| load | seconds | {:.3} |", model.load_seconds);
@@ -390,6 +421,11 @@ impl Job for BenchArgs {
                 "| generate | decode tokens/s ({} new, first excluded) | {} |",
                 self.new_tokens,
                 fmt(f.decode_tokens_per_s, 1)
+            );
+            println!(
+                "| generate | weights streamed GB/s (decode x {:.0} MB) | {} |",
+                weight_bytes / 1e6,
+                fmt(f.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9), 1)
             );
             println!(
                 "| generate | time to first token s | {} |",
@@ -438,6 +474,9 @@ impl Job for BenchArgs {
                 "source": model.source,
                 "backend": backend.name(),
                 "threads": threads,
+                "decode_split": split,
+                "huge_pages": huge_pages,
+                "decode_weight_gb_per_s": f.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9),
                 "machine": cpu_model(),
                 "cores": cores,
                 "runs": self.runs,

@@ -10,16 +10,19 @@ use clap::Args;
 use llama_model::Tokenizer;
 use llama_train::classifier::FinetuneOption;
 use llama_train::data::{load_label_names, DataOptions, SentenceDataset};
-use llama_train::finetune::{evaluate, finetune, load_classifier, FinetuneConfig, FinetuneData};
+use llama_train::finetune::{
+    evaluate, finetune_with, load_classifier, FinetuneConfig, FinetuneData, RunControl,
+};
 use llama_train::predictions::write_predictions;
 use llama_train::prompting::{PromptingConfig, ZeroShotClassifier};
+use llama_train::training_loop::INTERRUPTED;
 
 use crate::backend::{BackendKind, Job};
 use crate::model_args::ModelArgs;
 use crate::output::check_writable;
 
 /// The `--max-sentence-len` flag: truncation is opt-in.
-fn positive(s: &str) -> Result<usize, String> {
+pub(crate) fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!("expected a positive integer, got `{s}`")),
@@ -199,12 +202,21 @@ pub struct FinetuneArgs {
     /// `runs/<train stem>`.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
+    /// Continue the run saved in the output folder (stopped by Ctrl-C or `--max-steps`, or
+    /// finished and given more `--epochs`); every other setting must be the same.
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop after this many training steps and save, so that `--resume` continues.
+    #[arg(long, value_parser = positive)]
+    pub max_steps: Option<usize>,
 }
 
 impl Job for FinetuneArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        // Catch Ctrl-C from the start: one during loading stops after the first step, saved.
+        let interrupter = interrupt_on_ctrl_c();
         let (dev_out, test_out) = self.sets.outputs("finetuning")?;
         let out_dir = self.out_dir.clone().unwrap_or_else(|| {
             let stem = self
@@ -242,8 +254,13 @@ impl Job for FinetuneArgs {
             data.num_labels,
             out_dir.display()
         );
+        let control = RunControl {
+            resume: self.resume,
+            interrupter: Some(interrupter),
+            max_steps: self.max_steps,
+        };
         let start = Instant::now();
-        let outcome = finetune(&config, llama, &llama_config, &data, &device)?;
+        let outcome = finetune_with(&config, llama, &llama_config, &data, &device, &control)?;
         eprintln!("training took {:.1} s", start.elapsed().as_secs_f64());
         write_predictions(&dev_out, &outcome.dev.predictions, &data.dev.sentences())?;
         println!(
@@ -265,6 +282,26 @@ impl Job for FinetuneArgs {
         println!("saved classifier: {}", outcome.record_path.display());
         Ok(())
     }
+}
+
+/// An interrupter fired by the first Ctrl-C (training then finishes its step and saves);
+/// a second Ctrl-C exits at once.
+fn interrupt_on_ctrl_c() -> burn::train::Interrupter {
+    let interrupter = burn::train::Interrupter::new();
+    let handle = interrupter.clone();
+    let handler = ctrlc::set_handler(move || {
+        if handle.should_stop() {
+            eprintln!("\nsecond Ctrl-C: exiting without saving");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: finishing the current step, then saving (Ctrl-C again to quit now)");
+        handle.stop(Some(INTERRUPTED));
+    });
+    if let Err(e) = handler {
+        // Training still works; it just cannot be stopped gracefully.
+        eprintln!("warning: cannot catch Ctrl-C ({e}): an interrupted run will not be saved");
+    }
+    interrupter
 }
 
 /// Arguments of `llama-cli eval`.

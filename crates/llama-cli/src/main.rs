@@ -4,6 +4,7 @@ mod backend;
 mod bench;
 mod classify;
 mod generate;
+mod huge_pages;
 mod model_args;
 mod output;
 mod sanity;
@@ -13,6 +14,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use backend::{run_on, BackendKind};
+use llama_train::finetune::FinetuneError;
+
+/// Large buffers (weights above all) on transparent huge pages: see [`huge_pages`].
+#[global_allocator]
+static ALLOCATOR: huge_pages::HugePageAlloc = huge_pages::HugePageAlloc;
 
 /// Llama 2 on Burn: the minllama exercise as a tool.
 #[derive(Debug, Parser)]
@@ -78,9 +84,54 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => match err.downcast_ref::<FinetuneError>() {
+            // A run stopped early was saved: say how to continue it.
+            Some(FinetuneError::Stopped { interrupted, .. }) => {
+                eprintln!("{err}");
+                eprintln!("resume with: {}", resume_command());
+                if *interrupted {
+                    ExitCode::from(130) // the shell's convention for SIGINT
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            _ => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// This process's command line with `--resume` (added if missing) and without
+/// `--max-steps`.
+fn resume_command() -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip_value = false;
+    for arg in std::env::args() {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--max-steps" {
+            skip_value = true;
+            continue;
+        }
+        if arg.starts_with("--max-steps=") {
+            continue;
+        }
+        args.push(arg);
+    }
+    if !args.iter().any(|a| a == "--resume") {
+        args.push("--resume".into());
+    }
+    args.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

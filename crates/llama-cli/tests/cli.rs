@@ -318,3 +318,149 @@ fn prompt_finetune_and_eval_write_prediction_files() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(!d.join("x.txt").exists());
 }
+
+/// Ctrl-C during fine-tuning: the step finishes, the run is saved, the message says how to
+/// resume, the exit status is 130 and no predictions file appears; the printed command then
+/// finishes the run.
+#[test]
+fn ctrl_c_saves_the_run_and_resume_finishes_it() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dev = head(d, "cfimdb-dev.txt", 8);
+    let train = head(d, "cfimdb-train.txt", 32);
+    let model_dir = path(d.join("run"));
+    let ft_out = d.join("ft-dev.txt");
+    let args = [
+        "--backend",
+        "ndarray",
+        "finetune",
+        "--checkpoint",
+        &stories260k(),
+        "--train",
+        &train,
+        "--dev",
+        &dev,
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--max-sentence-len",
+        "16",
+        "--dev-out",
+        &path(ft_out.clone()),
+        "--out-dir",
+        &model_dir,
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("llama-cli runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    // The data are loaded and the handler installed once this line is printed.
+    while !seen.contains("fine-tuning (") {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("read stderr") == 0 {
+            panic!("llama-cli ended early: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(kill.success());
+    stderr.read_to_string(&mut seen).expect("read stderr");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("interrupted at epoch 1"), "{seen}");
+    assert!(!seen.contains("panicked"), "{seen}");
+    let resume = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("resume with: "))
+        .unwrap_or_else(|| panic!("no resume command in: {seen}"))
+        .to_string();
+    assert!(resume.ends_with(" --resume"), "{resume}");
+    assert!(d.join("run").join("resume.json").exists());
+    assert!(!ft_out.exists(), "no predictions from an interrupted run");
+
+    let mut resumed: Vec<&str> = args.to_vec();
+    resumed.push("--resume");
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+        .args(&resumed)
+        .output()
+        .expect("llama-cli runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let predictions = std::fs::read_to_string(&ft_out).unwrap();
+    assert_eq!(predictions.lines().count(), 8);
+    // Resuming again finds nothing left to train and predicts the same.
+    let again = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+        .args(&resumed)
+        .output()
+        .expect("llama-cli runs");
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(std::fs::read_to_string(&ft_out).unwrap(), predictions);
+}
+
+#[test]
+fn max_steps_stops_saved_and_resume_refuses_other_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dev = head(d, "cfimdb-dev.txt", 8);
+    let train = head(d, "cfimdb-train.txt", 16);
+    let model_dir = path(d.join("run"));
+    let base = |extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--checkpoint",
+            &stories260k(),
+            "--train",
+            &train,
+            "--dev",
+            &dev,
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--max-sentence-len",
+            "16",
+            "--dev-out",
+            "/dev/null",
+            "--out-dir",
+            &model_dir,
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&refs)
+    };
+    let out = base(&["--max-steps", "1"]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stopped (step budget spent) at epoch 1, after batch 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resume with: ") && !err.contains("--max-steps 1 "),
+        "{err}"
+    );
+    let out = base(&["--resume", "--lr", "1e-3"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("its lr was 0.00002, now 0.001"), "{err}");
+}

@@ -16,6 +16,7 @@ use burn::tensor::Tensor;
 use crate::feed_forward::linear;
 use crate::kv_cache::KvCache;
 use crate::rope::RopeAngles;
+use crate::split_matmul::linear_split;
 
 /// Configuration of an [`Attention`] block.
 #[derive(Config, Debug)]
@@ -95,16 +96,11 @@ impl<B: Backend> Attention<B> {
         let [batch, seq, dim] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let n_rep = h / kv;
+        let split = cache.as_ref().map_or(1, |c| c.split());
 
-        let q = self
-            .compute_query
-            .forward(x.clone())
-            .reshape([batch, seq, h, hd]);
-        let k = self
-            .compute_key
-            .forward(x.clone())
-            .reshape([batch, seq, kv, hd]);
-        let v = self.compute_value.forward(x).reshape([batch, seq, kv, hd]);
+        let q = linear_split(&self.compute_query, x.clone(), split).reshape([batch, seq, h, hd]);
+        let k = linear_split(&self.compute_key, x.clone(), split).reshape([batch, seq, kv, hd]);
+        let v = linear_split(&self.compute_value, x, split).reshape([batch, seq, kv, hd]);
 
         // Rotate queries and keys by their absolute positions, then go head-major.
         let q = angles.rotate(q).swap_dims(1, 2); // [b, h, s, hd]
@@ -135,6 +131,7 @@ impl<B: Backend> Attention<B> {
             .reshape([batch, h, seq, hd])
             .swap_dims(1, 2)
             .reshape([batch, seq, dim]);
-        self.resid_dropout.forward(self.compute_output.forward(out))
+        self.resid_dropout
+            .forward(linear_split(&self.compute_output, out, split))
     }
 }

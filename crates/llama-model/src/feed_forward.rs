@@ -7,6 +7,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::split_matmul::linear_split;
+
 /// Configuration of a [`FeedForward`] block.
 #[derive(Config, Debug)]
 pub struct FeedForwardConfig {
@@ -65,8 +67,15 @@ impl FeedForwardConfig {
 impl<B: Backend> FeedForward<B> {
     /// `[batch, seq, dim] -> [batch, seq, dim]`.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = silu(self.w1.forward(x.clone()));
+        self.forward_split(x, 1)
+    }
+
+    /// [`Self::forward`] with each weight product split into `parts` column blocks run in
+    /// parallel (decoding; see [`crate::split_matmul`]).
+    pub fn forward_split(&self, x: Tensor<B, 3>, parts: usize) -> Tensor<B, 3> {
+        let gate = silu(linear_split(&self.w1, x.clone(), parts));
+        let up = linear_split(&self.w3, x, parts);
         self.dropout
-            .forward(self.w2.forward(gate * self.w3.forward(x)))
+            .forward(linear_split(&self.w2, gate * up, parts))
     }
 }

@@ -66,6 +66,10 @@ pub struct GenerateConfig {
     /// Id of EOS (2 for Llama 2 and tok512).
     #[config(default = 2)]
     pub eos_id: u32,
+    /// Split each weight product of a decoding step into this many column blocks run on
+    /// rayon's pool (see [`crate::split_matmul`]; 1: one product per weight).
+    #[config(default = 1)]
+    pub decode_split: usize,
 }
 
 impl Default for GenerateConfig {
@@ -341,7 +345,7 @@ impl<'m, B: Backend> Generator<'m, B> {
         config: &GenerateConfig,
     ) -> Result<Self, GenerateError> {
         let sampler = config.sampler(0)?;
-        let engine = Engine::new(model, vec![prompt.to_vec()])?;
+        let engine = Engine::new(model, vec![prompt.to_vec()], config.decode_split)?;
         Ok(Self {
             clock: Clock::new(prompt.len()),
             engine,
@@ -430,7 +434,7 @@ pub fn generate_batch<B: Backend>(
     let mut samplers = (0..rows)
         .map(|row| config.sampler(row))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut engine = Engine::new(model, prompts.to_vec())?;
+    let mut engine = Engine::new(model, prompts.to_vec(), config.decode_split)?;
     let mut clock = Clock::new(prompts.iter().map(Vec::len).sum());
     let mut tokens = vec![Vec::new(); rows];
     let mut stop_reasons: Vec<Option<StopReason>> = vec![None; rows];
@@ -484,7 +488,7 @@ pub fn generate_uncached<B: Backend>(
 ) -> Result<Generation, GenerateError> {
     let mut sampler = config.sampler(0)?;
     // Validates the prompt; its cache is never used.
-    let mut context = Engine::new(model, vec![prompt.to_vec()])?
+    let mut context = Engine::new(model, vec![prompt.to_vec()], 1)?
         .histories
         .remove(0);
     let device = model.tok_embeddings.weight.device();
@@ -595,7 +599,11 @@ struct Engine<'m, B: Backend> {
 
 impl<'m, B: Backend> Engine<'m, B> {
     /// Validates the prompts (non-empty, in the vocabulary) and allocates the cache.
-    fn new(model: &'m Llama<B>, prompts: Vec<Vec<u32>>) -> Result<Self, GenerateError> {
+    fn new(
+        model: &'m Llama<B>,
+        prompts: Vec<Vec<u32>>,
+        split: usize,
+    ) -> Result<Self, GenerateError> {
         let vocab_size = model.vocab_size();
         for (index, prompt) in prompts.iter().enumerate() {
             if prompt.is_empty() {
@@ -616,7 +624,7 @@ impl<'m, B: Backend> Engine<'m, B> {
         }
         Ok(Self {
             model,
-            cache: model.new_cache(prompts.len()),
+            cache: model.new_cache(prompts.len()).with_split(split),
             pads: vec![0; prompts.len()],
             histories: prompts,
             context_resets: 0,

@@ -16,6 +16,8 @@ pub struct KvCache<B: Backend> {
     /// `[batch, n_kv_heads, capacity, head_dim]`
     values: Tensor<B, 4>,
     len: usize,
+    /// Column blocks per weight product while decoding (see [`crate::split_matmul`]).
+    split: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -32,7 +34,13 @@ impl<B: Backend> KvCache<B> {
             keys: Tensor::zeros(shape, device),
             values: Tensor::zeros(shape, device),
             len: 0,
+            split: 1,
         }
+    }
+
+    /// Column blocks per weight product of the steps that use this cache (1: one product).
+    pub fn split(&self) -> usize {
+        self.split
     }
 
     /// Number of cached positions.
@@ -97,6 +105,21 @@ pub struct LlamaCache<B: Backend> {
 }
 
 impl<B: Backend> LlamaCache<B> {
+    /// Split each weight product of the steps that use this cache into `parts` column
+    /// blocks run on rayon's pool (CPU backends; see [`crate::split_matmul`]).
+    pub fn with_split(mut self, parts: usize) -> Self {
+        let parts = parts.max(1);
+        for layer in &mut self.layers {
+            layer.split = parts;
+        }
+        self
+    }
+
+    /// Column blocks per weight product (1: one product).
+    pub fn split(&self) -> usize {
+        self.layers.first().map_or(1, KvCache::split)
+    }
+
     /// Empty caches for `n_layers` layers.
     pub fn new(
         n_layers: usize,

@@ -63,11 +63,15 @@ impl<B: Backend> LlamaLayer<B> {
         mask: Option<Tensor<B, 3>>,
         cache: Option<&mut KvCache<B>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let split = cache.as_ref().map_or(1, |c| c.split());
         let attended =
             self.attention
                 .forward(self.attention_norm.forward(x.clone()), angles, mask, cache);
         let h = x + attended;
-        let out = h.clone() + self.feed_forward.forward(self.ffn_norm.forward(h.clone()));
+        let out = h.clone()
+            + self
+                .feed_forward
+                .forward_split(self.ffn_norm.forward(h.clone()), split);
         (h, out)
     }
 }

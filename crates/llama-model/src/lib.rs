@@ -17,6 +17,7 @@ pub mod llama;
 pub mod rms_norm;
 pub mod rope;
 pub mod sampling;
+pub mod split_matmul;
 pub mod text_stream;
 pub mod tokenizer;
 

@@ -13,6 +13,7 @@ use crate::kv_cache::LlamaCache;
 use crate::layer::{LlamaLayer, LlamaLayerConfig};
 use crate::rms_norm::{RmsNorm, RmsNormConfig};
 use crate::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
+use crate::split_matmul::{linear_split, matmul_split};
 
 /// Added to the attention score of a hidden key. Finite (not -inf) so that a query with
 /// every key hidden (a left-padding row) gets a uniform distribution instead of NaN;
@@ -137,18 +138,19 @@ impl<B: Backend> Llama<B> {
 
     /// Project hidden states `[batch, seq, dim]` to logits `[batch, seq, vocab]`.
     pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.project_split(hidden, 1)
+    }
+
+    /// [`Self::project`] with the product split into `parts` column blocks run in parallel
+    /// (decoding; see [`crate::split_matmul`]).
+    pub fn project_split(&self, hidden: Tensor<B, 3>, parts: usize) -> Tensor<B, 3> {
         if let Some(output) = &self.output {
-            return output.forward(hidden);
+            return linear_split(output, hidden, parts);
         }
         // Tied head: logits = h · Eᵀ with the embedding matrix itself (one parameter, so
         // fine-tuning updates both uses together).
-        let [batch, seq, dim] = hidden.dims();
         let weight = self.tok_embeddings.weight.val(); // [vocab, dim]
-        let vocab = weight.dims()[0];
-        hidden
-            .reshape([batch * seq, dim])
-            .matmul(weight.transpose())
-            .reshape([batch, seq, vocab])
+        matmul_split(hidden, weight.transpose(), parts)
     }
 
     /// Run the layers on `tokens` `[batch, seq]`; returns the hidden states after the final
@@ -247,9 +249,19 @@ impl<B: Backend> Llama<B> {
         mask: Option<Tensor<B, 3>>,
         cache: &mut LlamaCache<B>,
     ) -> Tensor<B, 2> {
-        let (_, hidden) = self.run(tokens, angles, mask, Some(cache), None);
-        let [batch, seq, _] = hidden.dims();
-        let logits = self.project(hidden.narrow(1, seq - 1, 1));
-        logits.reshape([batch, self.vocab_size()])
+        let split = cache.split();
+        let step = || {
+            let (_, hidden) = self.run(tokens, angles, mask, Some(cache), None);
+            let [batch, seq, _] = hidden.dims();
+            let logits = self.project_split(hidden.narrow(1, seq - 1, 1), split);
+            logits.reshape([batch, self.vocab_size()])
+        };
+        if split > 1 {
+            // Run the whole step on rayon's pool: the split products then start on a worker
+            // that is already awake, instead of waking the pool once per product.
+            rayon::scope(|_| step())
+        } else {
+            step()
+        }
     }
 }

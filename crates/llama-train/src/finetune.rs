@@ -3,23 +3,30 @@
 //!
 //! # Flow of [`finetune`]
 //!
-//! 1. Seed the backend (`B::seed`: head initialisation and dropout masks) and build the
-//!    classifier over the given Llama; with [`FinetuneOption::Pretrain`] the Llama is frozen.
-//! 2. Train for `epochs` epochs with Burn's [`SupervisedTraining`]: shuffled training
-//!    batches (`DataLoaderBuilder::shuffle(seed)`), AdamW at a constant learning rate, dev
+//! 1. Seed the backend (`B::seed`: head initialisation) and build the classifier over the
+//!    given Llama; with [`FinetuneOption::Pretrain`] the Llama is frozen.
+//! 2. Train for `epochs` epochs with Burn's [`SupervisedTraining`] and `Learner`, driven by
+//!    [`crate::training_loop`]: each epoch's batch order comes from `(seed, epoch)` and each
+//!    step's dropout masks from `(seed, epoch, batch)`, AdamW at a constant learning rate, dev
 //!    evaluation after each epoch. Metrics: loss, accuracy, macro-F1 (train and dev),
 //!    learning rate and iteration speed (train), shown by [`ProgressRenderer`] and logged
 //!    by Burn under `artifact_dir/train` and `artifact_dir/valid`.
-//! 3. Burn's file checkpointer saves the model (with the optimizer state) whenever the dev
-//!    accuracy improves (strictly: a tie keeps the earlier epoch), under
-//!    `artifact_dir/checkpoint/`.
-//! 4. The best epoch's model is copied to `artifact_dir/classifier.mpk` (next to
-//!    `classifier.json`, its [`ClassifierConfig`], and `finetune.json`), **reloaded** from
-//!    there and used to predict dev (and test): the predictions returned are exactly what
-//!    [`load_classifier`] + [`evaluate`] give later with the same batch size.
+//! 3. After every epoch the best model so far (by dev accuracy; a tie keeps the earlier
+//!    epoch) is `artifact_dir/classifier.mpk`, next to `classifier.json` (its
+//!    [`ClassifierConfig`]) and `finetune.json`; Burn's checkpoint of the model and the
+//!    optimizer (`artifact_dir/checkpoint/`) and `resume.json` make the run resumable.
+//! 4. At the end the best model is **reloaded** from its file and predicts dev (and test):
+//!    the predictions returned are exactly what [`load_classifier`] + [`evaluate`] give later
+//!    with the same batch size.
 //!
-//! A previous run's epoch logs and checkpoints in the same `artifact_dir` are removed first
-//! (Burn would read them back when looking for the best epoch).
+//! # Stopping and resuming
+//!
+//! [`finetune_with`] takes a [`RunControl`]: an [`Interrupter`] (the CLI fires it on
+//! Ctrl-C) and a step budget stop the run after the current step and save it mid-epoch;
+//! `resume` continues a saved run from `resume.json` and ends with the same weights, epoch
+//! summaries and predictions as an uninterrupted run (`tests/finetune.rs` checks this).
+//! A run that does not resume first removes what an earlier run left in `artifact_dir`
+//! (Burn would read old epoch logs back).
 //!
 //! Records are saved in full precision (Burn's `DefaultRecorder`, named MessagePack):
 //! Burn's `CompactRecorder` stores half precision, whose rounding (about 5e-4 relative)
@@ -30,7 +37,7 @@
 //! The same seed on the same backend gives the same run (same batches, same dropout masks,
 //! same head, hence the same weights and predictions) provided `num_workers <= 1` (with more
 //! workers, batches arrive in thread order) and nothing else draws from the backend's random
-//! generator meanwhile (ndarray's generator is global to the process).
+//! generator during a step (ndarray's generator is global to the process).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -41,13 +48,9 @@ use std::time::Instant;
 use burn::config::Config;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::module::Module;
-use burn::record::{DefaultRecorder, FileRecorder};
+use burn::record::{DefaultRecorder, FileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor};
-use burn::train::checkpoint::{
-    CheckpointingAction, CheckpointingStrategy, MetricCheckpointingStrategy,
-};
-use burn::train::metric::store::{Aggregate, Direction, EventStoreClient, Split};
 use burn::train::metric::{
     AccuracyMetric, Adaptor, IterationSpeedMetric, LearningRateMetric, LossMetric, Metric,
     MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric,
@@ -57,7 +60,10 @@ use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
-use burn::train::{ClassificationOutput, Learner, SupervisedTraining};
+use burn::train::{
+    ClassificationOutput, Interrupter, Learner, LearnerModelRecord, LearnerOptimizerRecord,
+    SupervisedTraining, TrainingStrategy,
+};
 use llama_model::adamw::{validate_lr, AdamWError};
 use llama_model::{AdamWConfig, Llama, LlamaConfig};
 
@@ -70,6 +76,8 @@ use crate::data::{
     SentenceItem,
 };
 use crate::metrics::{ConfusionMatrix, MetricsError};
+use crate::resume::{Position, ResumeError, ResumeState, RunSettings};
+use crate::training_loop::{Components, EpochOrdered, LoopEnd, ResumableLoop, SaveEveryCall};
 
 /// The recorder of classifier records and training checkpoints: named MessagePack, full
 /// precision (`.mpk`).
@@ -146,6 +154,26 @@ pub enum FinetuneError {
     /// Training ended without any dev evaluation, so there is no best model.
     #[error("training stopped before the first dev evaluation: no model was saved in {0}")]
     NoCheckpoint(PathBuf),
+    /// The run cannot be resumed.
+    #[error(transparent)]
+    Resume(#[from] ResumeError),
+    /// The run stopped early (Ctrl-C or the step budget) and was saved.
+    #[error(
+        "fine-tuning {} at {at}; saved in {}: run the same command with --resume to continue",
+        if *.interrupted { "interrupted" } else { "stopped (step budget spent)" },
+        .dir.display()
+    )]
+    Stopped {
+        /// The artifact folder holding the saved run.
+        dir: PathBuf,
+        /// Where the run continues.
+        at: Position,
+        /// `true` when the interrupter fired, `false` when the step budget was spent.
+        interrupted: bool,
+    },
+    /// Saving during training failed (training stopped; the last saved state is intact).
+    #[error("fine-tuning stopped: {0}")]
+    Save(String),
     /// [`evaluate`] was given a model on an autodiff backend, where dropout is active.
     #[error(
         "evaluate the inference model (`model.valid()`): dropout is active on an autodiff backend"
@@ -302,7 +330,7 @@ pub struct Evaluation {
 /// Metric values of one epoch (epoch means; percentages for accuracy and macro-F1), by
 /// metric name ([`LOSS`], [`ACCURACY`], [`MACRO_F1`], [`LEARNING_RATE`],
 /// [`ITERATION_SPEED`]).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochSummary {
     /// 1-based epoch.
     pub epoch: usize,
@@ -358,6 +386,17 @@ pub struct SavedClassifier<B: Backend> {
     pub finetune: Option<FinetuneConfig>,
 }
 
+/// How a fine-tuning run starts and when it stops early.
+#[derive(Clone, Default)]
+pub struct RunControl {
+    /// Continue the run saved in `artifact_dir` (`resume.json`) instead of starting over.
+    pub resume: bool,
+    /// Stop after the current step and save when this fires (the CLI fires it on Ctrl-C).
+    pub interrupter: Option<Interrupter>,
+    /// Stop after this many training steps of this call and save (a time-boxed run).
+    pub max_steps: Option<usize>,
+}
+
 /// Fine-tune a classifier over `llama` (with hyper-parameters `llama_config`) on `data`;
 /// see the [module docs](self) for the steps and the files written to
 /// `config.artifact_dir`.
@@ -367,8 +406,8 @@ pub struct SavedClassifier<B: Backend> {
 /// # Panics
 ///
 /// Burn's `Learner` panics (instead of returning an error) when it cannot write its metric
-/// logs or checkpoints under `artifact_dir` during training; everything checkable up front
-/// (config, data, a writable folder) is checked before training starts.
+/// logs under `artifact_dir` during training; everything checkable up front (config, data, a
+/// writable folder) is checked before training starts.
 pub fn finetune<B: AutodiffBackend>(
     config: &FinetuneConfig,
     llama: Llama<B>,
@@ -376,20 +415,70 @@ pub fn finetune<B: AutodiffBackend>(
     data: &FinetuneData,
     device: &B::Device,
 ) -> Result<FinetuneOutcome<B::InnerBackend>, FinetuneError> {
+    finetune_with(
+        config,
+        llama,
+        llama_config,
+        data,
+        device,
+        &RunControl::default(),
+    )
+}
+
+/// [`finetune`], resumable and stoppable: see [`RunControl`]. A run stopped early returns
+/// [`FinetuneError::Stopped`] after saving.
+pub fn finetune_with<B: AutodiffBackend>(
+    config: &FinetuneConfig,
+    llama: Llama<B>,
+    llama_config: &LlamaConfig,
+    data: &FinetuneData,
+    device: &B::Device,
+    control: &RunControl,
+) -> Result<FinetuneOutcome<B::InnerBackend>, FinetuneError> {
     config.check()?;
     data.check()?;
+    if control.max_steps == Some(0) {
+        return Err(FinetuneError::InvalidConfig(
+            "max_steps must be at least 1".into(),
+        ));
+    }
     let dir = &config.artifact_dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    clear_previous_run(dir)?;
+    let settings = RunSettings::new(config, &data.train);
+    let state = if control.resume {
+        ResumeState::load(dir, &settings)?
+    } else {
+        clear_previous_run(dir)?;
+        ResumeState::start(settings)
+    };
 
     // Seed before building the head, whose initialisation draws from the backend generator.
     B::seed(device, config.seed);
     let classifier_config = ClassifierConfig::new(llama_config.clone(), data.num_labels)
         .with_hidden_dropout_prob(config.hidden_dropout_prob)
         .with_position(config.position);
-    let model = classifier_config
-        .init_with_llama(llama)?
-        .with_option(config.option);
+    let mut model = classifier_config.init_with_llama(llama)?;
+    let recorder = ClassifierRecorder::new();
+    let checkpoint = |kind: &str| {
+        dir.join("checkpoint")
+            .join(format!("{kind}-{}", state.steps))
+    };
+    let record_error = |path: PathBuf| {
+        let extension = <ClassifierRecorder as FileRecorder<B>>::file_extension();
+        move |e: burn::record::RecorderError| FinetuneError::Record {
+            path: path.with_extension(extension),
+            detail: e.to_string(),
+        }
+    };
+    if state.steps > 0 {
+        let path = checkpoint("model");
+        let record: LearnerModelRecord<Components<B>> = recorder
+            .load(path.clone(), device)
+            .map_err(record_error(path))?;
+        model = model.load_record(record);
+    }
+    // After loading: the option sets which parameters are trained.
+    let model = model.with_option(config.option);
     let config_path = dir.join(CLASSIFIER_CONFIG_FILE);
     classifier_config
         .save(&config_path)
@@ -402,14 +491,22 @@ pub fn finetune<B: AutodiffBackend>(
     let optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
         .init::<B, LlamaEmbeddingClassifier<B>>()?;
+    let mut learner: Learner<Components<B>> = Learner::new(model, optim, config.lr);
+    if state.steps > 0 {
+        let path = checkpoint("optim");
+        let record: LearnerOptimizerRecord<Components<B>> = recorder
+            .load(path.clone(), device)
+            .map_err(record_error(path))?;
+        learner.load_optim(record);
+    }
 
     let batcher = SentenceBatcher::new(data.pad_id);
+    let train = EpochOrdered::new(data.train.clone());
     let train_loader = DataLoaderBuilder::<B, SentenceItem, SentenceBatch<B>>::new(batcher)
         .batch_size(config.batch_size)
-        .shuffle(config.seed)
         .num_workers(config.num_workers)
         .set_device(device.clone())
-        .build(data.train.clone());
+        .build(train.clone());
     let valid_loader =
         DataLoaderBuilder::<B::InnerBackend, SentenceItem, SentenceBatch<B::InnerBackend>>::new(
             batcher,
@@ -419,9 +516,19 @@ pub fn finetune<B: AutodiffBackend>(
         .set_device(device.clone())
         .build(data.dev.clone());
 
-    let best_epoch = Arc::new(Mutex::new(None));
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let renderer = ProgressRenderer::new(config.epochs, config.log_every, history.clone());
+    let previous_key = (state.steps > 0).then_some(state.steps);
+    let state = Arc::new(Mutex::new(state));
+    let end = Arc::new(Mutex::new(None));
+    let strategy = ResumableLoop::<B> {
+        dir: dir.clone(),
+        device: device.clone(),
+        train,
+        seed: config.seed,
+        max_steps: control.max_steps,
+        state: state.clone(),
+        end: end.clone(),
+    };
+    let renderer = ProgressRenderer::new(config.epochs, config.log_every);
     let training = SupervisedTraining::new(dir, train_loader, valid_loader)
         .metrics((
             AccuracyMetric::new(),
@@ -431,23 +538,37 @@ pub fn finetune<B: AutodiffBackend>(
         .metric_train_numeric(LearningRateMetric::new())
         .metric_train_numeric(IterationSpeedMetric::new())
         .with_file_checkpointer(ClassifierRecorder::new())
-        .with_checkpointing_strategy(BestDevAccuracy::new::<B>(best_epoch.clone()))
+        .with_checkpointing_strategy(SaveEveryCall::new(previous_key))
+        .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
+        .with_interrupter(control.interrupter.clone().unwrap_or_default())
         .num_epochs(config.epochs)
         .renderer(renderer)
         // Burn's default installs a process-wide tracing subscriber and panic hook (logging
         // to `experiment.log`); a library must leave those to the application.
         .with_application_logger(None);
-    // The trained model returned by `launch` is the last epoch's; the best one is on disk.
-    let _ = training.launch(Learner::new(model, optim, config.lr));
+    // The model returned by `launch` is the last step's; the best one is on disk.
+    let _ = training.launch(learner);
 
-    let best_epoch = (*best_epoch.lock().unwrap_or_else(PoisonError::into_inner))
-        .ok_or_else(|| FinetuneError::NoCheckpoint(dir.clone()))?;
+    let end = end.lock().unwrap_or_else(PoisonError::into_inner).take();
+    match end {
+        Some(LoopEnd::Finished) => {}
+        Some(LoopEnd::Stopped { at, interrupted }) => {
+            return Err(FinetuneError::Stopped {
+                dir: dir.clone(),
+                at,
+                interrupted,
+            })
+        }
+        Some(LoopEnd::Failed(message)) => return Err(FinetuneError::Save(message)),
+        None => return Err(FinetuneError::Save("the training loop did not run".into())),
+    }
+    let state = state.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let best_epoch = state
+        .best
+        .ok_or_else(|| FinetuneError::NoCheckpoint(dir.clone()))?
+        .epoch;
     let extension = <ClassifierRecorder as FileRecorder<B>>::file_extension();
-    let checkpoint = dir
-        .join("checkpoint")
-        .join(format!("model-{best_epoch}.{extension}"));
     let record_path = dir.join(format!("{CLASSIFIER_RECORD_STEM}.{extension}"));
-    std::fs::copy(&checkpoint, &record_path).map_err(io_err(&checkpoint))?;
 
     // Predict with the model as reloaded from its file, so that these predictions are
     // exactly what a later `eval` of the saved classifier gives.
@@ -464,7 +585,6 @@ pub fn finetune<B: AutodiffBackend>(
         .as_ref()
         .map(|test| evaluate(&saved.model, test, config.batch_size, data.pad_id, device))
         .transpose()?;
-    let epochs = std::mem::take(&mut *history.lock().unwrap_or_else(PoisonError::into_inner));
     Ok(FinetuneOutcome {
         model: saved.model,
         classifier_config: saved.config,
@@ -472,14 +592,15 @@ pub fn finetune<B: AutodiffBackend>(
         record_path,
         dev,
         test,
-        epochs,
+        epochs: state.history,
     })
 }
 
 /// Remove what an earlier run left in `dir` that this one would read back: Burn's metric logs
 /// of epochs this run may not reach would enter the best-epoch search, and an old checkpoint
 /// could be taken for this run's. Only Burn's own names (`train/epoch-*`, `valid/epoch-*`,
-/// `checkpoint/{model,optim,scheduler}-*.mpk`) and our `classifier.mpk` are touched.
+/// `checkpoint/{model,optim,scheduler}-*.mpk`) and ours (`classifier.mpk`, `resume.json`)
+/// are touched.
 fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
     let entries = |sub: &str| -> Vec<(PathBuf, String)> {
         std::fs::read_dir(dir.join(sub))
@@ -510,6 +631,8 @@ fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
         .map(|(path, _)| path)
         .collect();
     stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk")));
+    stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial.mpk")));
+    stale.push(dir.join(crate::resume::RESUME_FILE));
     for path in stale {
         if path.is_file() {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
@@ -620,40 +743,6 @@ fn class_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<usize> {
         .iter::<i64>()
         .map(|id| usize::try_from(id).unwrap_or_default())
         .collect()
-}
-
-/// Keeps the model of the epoch with the best dev accuracy (Burn's metric strategy) and
-/// records which epoch that is.
-struct BestDevAccuracy {
-    inner: MetricCheckpointingStrategy,
-    best: Arc<Mutex<Option<usize>>>,
-}
-
-impl BestDevAccuracy {
-    fn new<B: Backend>(best: Arc<Mutex<Option<usize>>>) -> Self {
-        let inner = MetricCheckpointingStrategy::new(
-            &AccuracyMetric::<B>::new(),
-            Aggregate::Mean,
-            Direction::Highest,
-            Split::Valid,
-        );
-        Self { inner, best }
-    }
-}
-
-impl CheckpointingStrategy for BestDevAccuracy {
-    fn checkpointing(
-        &mut self,
-        epoch: usize,
-        store: &EventStoreClient,
-    ) -> Vec<CheckpointingAction> {
-        let actions = self.inner.checkpointing(epoch, store);
-        // The metric strategy saves exactly when this epoch is the best so far.
-        if actions.contains(&CheckpointingAction::Save) {
-            *self.best.lock().unwrap_or_else(PoisonError::into_inner) = Some(epoch);
-        }
-        actions
-    }
 }
 
 /// Predicted and true classes of a batch, the input of [`MacroF1Metric`].
@@ -842,7 +931,7 @@ fn format_metrics(values: &BTreeMap<String, f64>) -> String {
 /// A plain-text [`MetricsRenderer`] (Burn's own prints a Debug line per batch without the
 /// `tui` feature): on a terminal it redraws one status line; otherwise it prints a line
 /// every `log_every` training iterations. After each split of each epoch it prints a summary
-/// line of the epoch means and appends it to a shared history.
+/// line of the epoch means.
 pub struct ProgressRenderer {
     num_epochs: usize,
     log_every: usize,
@@ -856,16 +945,12 @@ pub struct ProgressRenderer {
     train_started: Option<Instant>,
     train_seconds: f64,
     last_draw: Option<Instant>,
-    history: Arc<Mutex<Vec<EpochSummary>>>,
 }
 
 impl ProgressRenderer {
-    /// A renderer for `num_epochs` epochs appending epoch summaries to `history`.
-    pub fn new(
-        num_epochs: usize,
-        log_every: usize,
-        history: Arc<Mutex<Vec<EpochSummary>>>,
-    ) -> Self {
+    /// A renderer for `num_epochs` epochs printing a line every `log_every` iterations
+    /// (when stdout is not a terminal).
+    pub fn new(num_epochs: usize, log_every: usize) -> Self {
         Self {
             num_epochs,
             log_every,
@@ -878,7 +963,6 @@ impl ProgressRenderer {
             train_started: None,
             train_seconds: 0.0,
             last_draw: None,
-            history,
         }
     }
 
@@ -931,13 +1015,6 @@ impl ProgressRenderer {
             self.train_seconds
         );
         self.print_line(&line);
-        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-        history.push(EpochSummary {
-            epoch,
-            train: summary,
-            dev: BTreeMap::new(),
-            train_seconds: self.train_seconds,
-        });
         self.train = Running::default();
     }
 
@@ -953,15 +1030,6 @@ impl ProgressRenderer {
             format_metrics(&summary)
         );
         self.print_line(&line);
-        let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
-        match history.iter_mut().find(|s| s.epoch == epoch) {
-            Some(entry) => entry.dev = summary,
-            None => history.push(EpochSummary {
-                epoch,
-                dev: summary,
-                ..EpochSummary::default()
-            }),
-        }
         self.valid = Running::default();
     }
 }

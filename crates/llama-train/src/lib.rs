@@ -7,3 +7,5 @@ pub mod finetune;
 pub mod metrics;
 pub mod predictions;
 pub mod prompting;
+pub mod resume;
+pub mod training_loop;

@@ -11,9 +11,10 @@ use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use llama_train::classifier::FinetuneOption;
 use llama_train::data::{read_labelled_file, SentenceDataset};
 use llama_train::finetune::{
-    evaluate, finetune, load_classifier, FinetuneConfig, FinetuneData, FinetuneOutcome,
-    CLASSIFIER_CONFIG_FILE, FINETUNE_CONFIG_FILE,
+    evaluate, finetune_with, load_classifier, FinetuneConfig, FinetuneData, FinetuneError,
+    FinetuneOutcome, RunControl, CLASSIFIER_CONFIG_FILE, FINETUNE_CONFIG_FILE,
 };
+use llama_train::resume::{Position, ResumeError};
 
 type TB = Autodiff<NdArray>;
 type Inner = <TB as AutodiffBackend>::InnerBackend;
@@ -40,7 +41,27 @@ fn data(config: &FinetuneConfig, train: usize, dev: usize, test: usize) -> Finet
     )
 }
 
+/// [`data`] with the five SST classes, which a short slice may not all contain.
+fn data5(config: &FinetuneConfig, train: usize, dev: usize, test: usize) -> FinetuneData {
+    FinetuneData {
+        num_labels: 5,
+        ..data(config, train, dev, test)
+    }
+}
+
 fn run(config: &FinetuneConfig, data: &FinetuneData) -> FinetuneOutcome<Inner> {
+    let start = std::time::Instant::now();
+    let outcome = run_with(config, data, &RunControl::default()).expect("finetune");
+    println!("fine-tune took {:.1} s", start.elapsed().as_secs_f64());
+    outcome
+}
+
+/// [`finetune_with`] on stories260K; runs never overlap (see [`RUN`]).
+fn run_with(
+    config: &FinetuneConfig,
+    data: &FinetuneData,
+    control: &RunControl,
+) -> Result<FinetuneOutcome<Inner>, FinetuneError> {
     let _guard = RUN.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = load_checkpoint::<TB>(
@@ -49,10 +70,57 @@ fn run(config: &FinetuneConfig, data: &FinetuneData) -> FinetuneOutcome<Inner> {
         &device,
     )
     .expect("load stories260K");
-    let start = std::time::Instant::now();
-    let outcome = finetune(config, base.model, &base.config, data, &device).expect("finetune");
-    println!("fine-tune took {:.1} s", start.elapsed().as_secs_f64());
-    outcome
+    finetune_with(config, base.model, &base.config, data, &device, control)
+}
+
+/// Every weight of a classifier, flattened.
+fn weights(outcome: &FinetuneOutcome<Inner>) -> Vec<f32> {
+    use burn::module::Module;
+    let mut all = Vec::new();
+    let record = outcome.model.clone().into_record();
+    let model = outcome.model.clone().load_record(record);
+    model.visit(&mut Collect(&mut all));
+    all
+}
+
+struct Collect<'a>(&'a mut Vec<f32>);
+
+impl burn::module::ModuleVisitor<Inner> for Collect<'_> {
+    fn visit_float<const D: usize>(
+        &mut self,
+        param: &burn::module::Param<burn::tensor::Tensor<Inner, D>>,
+    ) {
+        self.0
+            .extend(param.val().into_data().to_vec::<f32>().expect("f32"));
+    }
+}
+
+fn stopped_at(result: Result<FinetuneOutcome<Inner>, FinetuneError>) -> Position {
+    match result {
+        Err(FinetuneError::Stopped {
+            at,
+            interrupted: false,
+            ..
+        }) => at,
+        Err(e) => panic!("expected a stop, got {e}"),
+        Ok(_) => panic!("expected a stop, the run finished"),
+    }
+}
+
+fn same_run(a: &FinetuneOutcome<Inner>, b: &FinetuneOutcome<Inner>) {
+    assert_eq!(a.best_epoch, b.best_epoch);
+    // Everything but the wall-clock time.
+    let timeless = |o: &FinetuneOutcome<Inner>| {
+        let mut epochs = o.epochs.clone();
+        epochs.iter_mut().for_each(|e| e.train_seconds = 0.0);
+        epochs
+    };
+    assert_eq!(timeless(a), timeless(b), "epoch summaries");
+    assert_eq!(a.dev, b.dev);
+    assert_eq!(a.test, b.test);
+    let (wa, wb) = (weights(a), weights(b));
+    assert_eq!(wa.len(), wb.len());
+    assert!(wa == wb, "the best models differ");
 }
 
 fn config(dir: &Path) -> FinetuneConfig {
@@ -202,4 +270,116 @@ fn pretrain_option_leaves_the_llama_untouched() {
     );
     assert!(outcome.test.is_none());
     assert_eq!(outcome.dev.predictions.len(), 16);
+}
+
+/// A run stopped mid-epoch, resumed, stopped again across an epoch boundary and resumed to
+/// the end is the straight run: the same best model bit for bit, the same epoch summaries and
+/// predictions (batch order and dropout masks come from the position; the optimizer state is
+/// restored).
+#[test]
+fn stopped_and_resumed_runs_equal_a_straight_run() {
+    let straight = tempfile::tempdir().expect("tempdir");
+    let split = tempfile::tempdir().expect("tempdir");
+    // 40 sentences at batch 8: 5 steps per epoch.
+    let cfg = config(straight.path()).with_epochs(2);
+    let data = data5(&cfg, 40, 16, 8);
+    let a = run(&cfg, &data);
+
+    let cfg = config(split.path()).with_epochs(2);
+    let budget = |steps, resume| RunControl {
+        resume,
+        max_steps: Some(steps),
+        ..RunControl::default()
+    };
+    let at = stopped_at(run_with(&cfg, &data, &budget(3, false)));
+    assert_eq!(
+        at,
+        Position {
+            epoch: 1,
+            batches_done: 3
+        }
+    );
+    let at = stopped_at(run_with(&cfg, &data, &budget(4, true)));
+    assert_eq!(
+        at,
+        Position {
+            epoch: 2,
+            batches_done: 2
+        }
+    );
+    let resume = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    let b = run_with(&cfg, &data, &resume).expect("resumed run");
+    same_run(&a, &b);
+}
+
+/// The case: one epoch, then the same run resumed for a second epoch, equals two
+/// epochs straight.
+#[test]
+fn a_finished_run_resumed_with_more_epochs_equals_a_longer_run() {
+    let straight = tempfile::tempdir().expect("tempdir");
+    let split = tempfile::tempdir().expect("tempdir");
+    let cfg = config(straight.path()).with_epochs(2);
+    let data = data5(&cfg, 24, 16, 0);
+    let a = run(&cfg, &data);
+
+    let one = run(&config(split.path()).with_epochs(1), &data);
+    assert_eq!(one.epochs.len(), 1);
+    let resume = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    let b = run_with(&config(split.path()).with_epochs(2), &data, &resume).expect("resumed");
+    same_run(&a, &b);
+}
+
+#[test]
+fn resuming_checks_the_saved_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path()).with_epochs(1);
+    let data = data5(&cfg, 16, 8, 0);
+    let resume = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    // Nothing saved yet.
+    let err = run_with(&cfg, &data, &resume).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, FinetuneError::Resume(ResumeError::NotFound(_))),
+        "{err}"
+    );
+    assert!(err.to_string().contains("start without --resume"), "{err}");
+
+    let stop = RunControl {
+        max_steps: Some(1),
+        ..RunControl::default()
+    };
+    stopped_at(run_with(&cfg, &data, &stop));
+    // Another learning rate is another run.
+    let err = run_with(&cfg.clone().with_lr(5e-4), &data, &resume)
+        .map(|_| ())
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            FinetuneError::Resume(ResumeError::Mismatch { what: "lr", .. })
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("0.001") && msg.contains("0.0005"), "{msg}");
+    // So is other training data.
+    let other = data5(&cfg, 15, 8, 0);
+    let err = run_with(&cfg, &other, &resume).map(|_| ()).unwrap_err();
+    assert!(err.to_string().contains("training data"), "{err}");
+    // A corrupt state file is an error naming it, not a panic.
+    std::fs::write(dir.path().join("resume.json"), "{ not json").expect("write");
+    let err = run_with(&cfg, &data, &resume).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, FinetuneError::Resume(ResumeError::Corrupt { .. })),
+        "{err}"
+    );
+    assert!(err.to_string().contains("resume.json"), "{err}");
 }

@@ -27,10 +27,28 @@ fn pickle_error(path: &Path, e: PytorchError) -> CheckpointError {
                  with `model_args` and `model`"
             ),
         },
-        other => CheckpointError::Corrupt {
-            path: path.to_path_buf(),
-            detail: other.to_string(),
-        },
+        other => {
+            let detail = other.to_string();
+            // burn-store's pickle reader interprets only the data opcodes and the tensor
+            // rebuild functions; any other class a pickle names is refused, never imported.
+            if let Some(class) = detail
+                .split_once("Unsupported Python type '")
+                .and_then(|(_, rest)| rest.split_once('\''))
+                .map(|(class, _)| class)
+            {
+                return CheckpointError::Unsupported {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "its pickle asks for `{class}`, which is not a tensor or storage class: \
+                         refused (pickles are read as data, never run)"
+                    ),
+                };
+            }
+            CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                detail,
+            }
+        }
     }
 }
 

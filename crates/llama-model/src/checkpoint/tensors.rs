@@ -134,6 +134,22 @@ pub fn build_model<B: Backend>(
             path: path.to_path_buf(),
             source,
         })?;
+    let is_llama_name =
+        |name: &str| name.starts_with("layers.") || name.starts_with("tok_embeddings.");
+    if !tensors.keys().any(|name| is_llama_name(name)) {
+        let example = tensors
+            .keys()
+            .next()
+            .map_or("none".to_string(), |n| format!("`{n}`"));
+        return Err(CheckpointError::UnknownFormat {
+            path: path.to_path_buf(),
+            detail: format!(
+                "none of its {} tensors has a Llama parameter name (first: {example}): \
+                 the state dict of another model?",
+                tensors.len()
+            ),
+        });
+    }
     let (dim, vocab, hidden) = (config.dim, config.vocab_size, config.hidden_dim());
     let kv_dim = config.n_kv_heads() * config.head_dim();
 

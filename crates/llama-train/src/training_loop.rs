@@ -1,0 +1,451 @@
+//! The fine-tuning loop: Burn's `Learner` (train step, AdamW step, file checkpointer, metrics
+//! and renderer) driven one batch at a time by a loop of ours, so that a run can stop after
+//! any step and resume exactly.
+//!
+//! Burn's default loop shuffles with one generator that every epoch advances, and dropout
+//! draws from the backend's global generator; neither state can be saved, so a resumed run
+//! would see other batches and other dropout masks than an uninterrupted one. Here each
+//! epoch's order is drawn from `(seed, epoch)` ([`epoch_order`]) and the backend generator is
+//! reseeded from `(seed, epoch, batch)` before every step ([`step_seed`]): the position in
+//! the run *is* its random state, and `resume.json` records it.
+//!
+//! After every epoch (training pass, then dev) the loop saves, in this order: the best model
+//! so far as `classifier.mpk` when the dev accuracy improved (strictly: a tie keeps the
+//! earlier epoch), Burn's checkpoint of the model and the optimizer, then `resume.json`. When
+//! the [`Interrupter`](burn::train::Interrupter) fires (Ctrl-C) or the step budget is spent, the current step finishes
+//! and the same checkpoint is saved mid-epoch.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use burn::data::dataloader::Progress;
+use burn::data::dataset::Dataset;
+use burn::module::{AutodiffModule, Module};
+use burn::record::FileRecorder;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::ElementConversion;
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::{
+    ClassificationOutput, EventProcessorTraining, InferenceStep, Learner, LearnerEvent,
+    LearningComponentsMarker, SupervisedLearningStrategy, SupervisedTrainingEventProcessor,
+    TrainLoader, TrainingComponents, TrainingItem, TrainingModel, ValidLoader,
+};
+use llama_model::adamw::AdamWOptimizer;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::classifier::LlamaEmbeddingClassifier;
+use crate::data::{SentenceDataset, SentenceItem};
+use crate::finetune::{
+    ClassifierRecorder, EpochSummary, ACCURACY, CLASSIFIER_RECORD_STEM, LEARNING_RATE, LOSS,
+    MACRO_F1,
+};
+use crate::metrics::ConfusionMatrix;
+use crate::resume::{BestEpoch, Position, ResumeState, Tally};
+
+/// Burn's learning components of fine-tuning: constant learning rate, our classifier and
+/// AdamW.
+pub(crate) type Components<B> = LearningComponentsMarker<
+    B,
+    f64,
+    LlamaEmbeddingClassifier<B>,
+    AdamWOptimizer<LlamaEmbeddingClassifier<B>, B>,
+>;
+
+/// The message our interrupter carries when the user asked to stop (Ctrl-C).
+pub const INTERRUPTED: &str = "interrupted by the user";
+
+/// splitmix64's finaliser: a well-mixed 64-bit value from any input.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    splitmix64(splitmix64(splitmix64(seed) ^ a) ^ b)
+}
+
+/// Training order of epoch `epoch` (1-based): a permutation of `0..n` drawn from
+/// `(seed, epoch)` alone.
+pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix(
+        seed,
+        epoch as u64,
+        u64::MAX,
+    )));
+    order
+}
+
+/// Seed of the backend generator (dropout masks) for step `batch` (0-based) of `epoch`.
+pub fn step_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
+    mix(seed, epoch as u64, batch as u64)
+}
+
+/// The training set in the current epoch's order (set by the loop before each epoch's
+/// iteration starts; the data loader reads items lazily).
+#[derive(Clone)]
+pub(crate) struct EpochOrdered {
+    items: SentenceDataset,
+    order: Arc<RwLock<Vec<usize>>>,
+}
+
+impl EpochOrdered {
+    pub(crate) fn new(items: SentenceDataset) -> Self {
+        let order = (0..items.items().len()).collect();
+        Self {
+            items,
+            order: Arc::new(RwLock::new(order)),
+        }
+    }
+
+    fn set_order(&self, order: Vec<usize>) {
+        *self.order.write().unwrap_or_else(PoisonError::into_inner) = order;
+    }
+}
+
+impl Dataset<SentenceItem> for EpochOrdered {
+    fn get(&self, index: usize) -> Option<SentenceItem> {
+        let order = self.order.read().unwrap_or_else(PoisonError::into_inner);
+        self.items.get(*order.get(index)?)
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// Saves Burn's checkpoint every time it is asked to, under the key it is given (the step
+/// count), and deletes the previous one.
+///
+/// The delete also flushes: Burn's checkpointers write on their own threads behind
+/// rendezvous channels, so once a delete has been handed over, the save before it is on
+/// disk.
+pub(crate) struct SaveEveryCall {
+    previous: Option<usize>,
+}
+
+impl SaveEveryCall {
+    pub(crate) fn new(previous: Option<usize>) -> Self {
+        Self { previous }
+    }
+}
+
+impl SaveEveryCall {
+    fn actions(&mut self, key: usize) -> Vec<CheckpointingAction> {
+        let stale = match self.previous.replace(key) {
+            Some(previous) if previous != key => previous,
+            // Nothing to delete: a key that never exists, only to flush the saves.
+            _ => usize::MAX,
+        };
+        vec![
+            CheckpointingAction::Save,
+            CheckpointingAction::Delete(stale),
+        ]
+    }
+}
+
+impl CheckpointingStrategy for SaveEveryCall {
+    fn checkpointing(&mut self, key: usize, _store: &EventStoreClient) -> Vec<CheckpointingAction> {
+        self.actions(key)
+    }
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LoopEnd {
+    /// Every epoch is done.
+    Finished,
+    /// Stopped early (interrupter or step budget); the state was saved at this position.
+    Stopped {
+        /// Where the run will continue.
+        at: Position,
+        /// `true` for the interrupter, `false` for the step budget.
+        interrupted: bool,
+    },
+    /// Saving failed.
+    Failed(String),
+}
+
+/// The loop of [`crate::finetune`]; see the [module docs](self).
+pub(crate) struct ResumableLoop<B: AutodiffBackend> {
+    pub(crate) dir: PathBuf,
+    pub(crate) device: B::Device,
+    pub(crate) train: EpochOrdered,
+    pub(crate) seed: u64,
+    /// Stop after this many steps of this call.
+    pub(crate) max_steps: Option<usize>,
+    /// State in, final state out.
+    pub(crate) state: Arc<Mutex<ResumeState>>,
+    pub(crate) end: Arc<Mutex<Option<LoopEnd>>>,
+}
+
+impl<B: AutodiffBackend> ResumableLoop<B> {
+    fn finish(&self, end: LoopEnd) {
+        *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(end);
+    }
+}
+
+impl Tally {
+    /// Add a batch's losses `[batch]`, log-probabilities `[batch, classes]` and targets.
+    fn add<Bk: Backend>(&mut self, output: &ClassificationOutput<Bk>) {
+        let batch = output.output.dims()[0];
+        let loss: f64 = output.loss.clone().sum().into_scalar().elem();
+        self.loss_sum += loss;
+        self.predictions
+            .extend(class_ids(output.output.clone().argmax(1).reshape([batch])));
+        self.targets.extend(class_ids(output.targets.clone()));
+    }
+
+    /// Loss, accuracy and macro-F1 (percent) of what was added.
+    fn summary(&self) -> std::collections::BTreeMap<String, f64> {
+        let n = self.targets.len().max(1) as f64;
+        let (accuracy, f1) = ConfusionMatrix::new(&self.targets, &self.predictions)
+            .map(|m| (m.accuracy(), m.macro_f1()))
+            .unwrap_or((f64::NAN, f64::NAN));
+        [
+            (LOSS, self.loss_sum / n),
+            (ACCURACY, 100.0 * accuracy),
+            (MACRO_F1, 100.0 * f1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
+fn class_ids<Bk: Backend>(ids: burn::tensor::Tensor<Bk, 1, burn::tensor::Int>) -> Vec<usize> {
+    ids.into_data()
+        .iter::<i64>()
+        .map(|id| usize::try_from(id).unwrap_or_default())
+        .collect()
+}
+
+impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for ResumableLoop<B> {
+    fn fit(
+        &self,
+        components: TrainingComponents<Components<B>>,
+        mut learner: Learner<Components<B>>,
+        dataloader_train: TrainLoader<Components<B>>,
+        dataloader_valid: ValidLoader<Components<B>>,
+        _starting_epoch: usize,
+    ) -> (
+        TrainingModel<Components<B>>,
+        SupervisedTrainingEventProcessor<Components<B>>,
+    ) {
+        let mut processor = components.event_processor;
+        let mut checkpointer = components.checkpointer;
+        let interrupter = components.interrupter;
+        let num_epochs = components.num_epochs;
+        let store = components.event_store;
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let n = self.train.len();
+        let mut steps_here = 0;
+
+        // Save the model, the optimizer and `state` (whose `next` says where to continue).
+        let mut save =
+            |learner: &Learner<Components<B>>, state: &ResumeState| -> Result<(), String> {
+                if let Some(checkpointer) = checkpointer.as_mut() {
+                    checkpointer.checkpoint(learner, state.steps, &store);
+                }
+                // Burn's checkpointer reports a failed write through the interrupter.
+                if interrupter.should_stop() {
+                    if let Some(message) = interrupter.get_message().filter(|m| m != INTERRUPTED) {
+                        return Err(format!("saving the checkpoint failed: {message}"));
+                    }
+                }
+                state.save(&self.dir).map_err(|e| e.to_string())?;
+                *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state.clone();
+                Ok(())
+            };
+
+        for epoch in state.next.epoch..=num_epochs {
+            let global = Progress::new(epoch, num_epochs);
+            self.train.set_order(epoch_order(self.seed, epoch, n));
+            let skip = state.next.batches_done;
+            let started = Instant::now();
+            let mut iterator = dataloader_train.iter();
+            let mut batch = 0;
+            let mut stop = None;
+            while let Some(item) = iterator.next() {
+                batch += 1;
+                if batch <= skip {
+                    continue; // trained before the interruption
+                }
+                B::seed(&self.device, step_seed(self.seed, epoch, batch - 1));
+                learner.lr_step();
+                let output = learner.train_step(item);
+                learner.optimizer_step(output.grads);
+                state.steps += 1;
+                steps_here += 1;
+                state.tally.add(&output.item);
+                processor.process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
+                    output.item,
+                    iterator.progress(),
+                    global.clone(),
+                    Some(batch),
+                    Some(learner.lr_current()),
+                )));
+                if interrupter.should_stop() {
+                    stop = Some(true);
+                } else if self.max_steps.is_some_and(|max| steps_here >= max) {
+                    stop = Some(false);
+                }
+                if stop.is_some() {
+                    break;
+                }
+            }
+            state.partial_seconds += started.elapsed().as_secs_f64();
+            if let Some(interrupted) = stop {
+                state.next = Position {
+                    epoch,
+                    batches_done: batch,
+                };
+                let end = match save(&learner, &state) {
+                    Ok(()) => LoopEnd::Stopped {
+                        at: state.next,
+                        interrupted,
+                    },
+                    Err(e) => LoopEnd::Failed(e),
+                };
+                self.finish(end);
+                return (learner.model(), processor);
+            }
+            processor.process_train(LearnerEvent::EndEpoch(epoch));
+
+            // Dev evaluation (no dropout, no generator draws).
+            let model = learner.model().valid();
+            let mut dev = Tally::default();
+            let mut iterator = dataloader_valid.iter();
+            let mut batch = 0;
+            while let Some(item) = iterator.next() {
+                batch += 1;
+                let output = model.step(item);
+                dev.add(&output);
+                processor.process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
+                    output,
+                    iterator.progress(),
+                    global.clone(),
+                    Some(batch),
+                    None,
+                )));
+            }
+            processor.process_valid(LearnerEvent::EndEpoch(epoch));
+
+            let mut train = state.tally.summary();
+            train.insert(LEARNING_RATE.to_string(), learner.lr_current());
+            let summary = EpochSummary {
+                epoch,
+                train,
+                dev: dev.summary(),
+                train_seconds: state.partial_seconds,
+            };
+            let accuracy = summary.dev_accuracy().unwrap_or(f64::NAN) / 100.0;
+            if state.best.is_none_or(|best| accuracy > best.dev_accuracy) {
+                if let Err(e) = save_best(&learner.model().valid(), &self.dir) {
+                    self.finish(LoopEnd::Failed(e));
+                    return (learner.model(), processor);
+                }
+                state.best = Some(BestEpoch {
+                    epoch,
+                    dev_accuracy: accuracy,
+                });
+            }
+            state.history.push(summary);
+            state.tally = Tally::default();
+            state.partial_seconds = 0.0;
+            state.next = Position {
+                epoch: epoch + 1,
+                batches_done: 0,
+            };
+            if let Err(e) = save(&learner, &state) {
+                self.finish(LoopEnd::Failed(e));
+                return (learner.model(), processor);
+            }
+            if interrupter.should_stop() {
+                // Ctrl-C during the dev pass: the epoch is complete and saved.
+                self.finish(LoopEnd::Stopped {
+                    at: state.next,
+                    interrupted: true,
+                });
+                return (learner.model(), processor);
+            }
+        }
+        self.finish(LoopEnd::Finished);
+        (learner.model(), processor)
+    }
+}
+
+/// Write the inference model as `dir/classifier.mpk`, through a temporary file renamed into
+/// place.
+fn save_best<Bk: Backend>(
+    model: &LlamaEmbeddingClassifier<Bk>,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    let recorder = ClassifierRecorder::new();
+    let extension = <ClassifierRecorder as FileRecorder<Bk>>::file_extension();
+    let partial = dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial"));
+    let target = dir.join(format!("{CLASSIFIER_RECORD_STEM}.{extension}"));
+    model
+        .clone()
+        .save_file(&partial, &recorder)
+        .map_err(|e| format!("cannot save {}: {e}", target.display()))?;
+    std::fs::rename(partial.with_extension(extension), &target)
+        .map_err(|e| format!("cannot save {}: {e}", target.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_are_permutations_fixed_by_seed_and_epoch() {
+        let a = epoch_order(7, 1, 100);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(7, 1, 100));
+        assert_ne!(a, epoch_order(7, 2, 100));
+        assert_ne!(a, epoch_order(8, 1, 100));
+    }
+
+    #[test]
+    fn step_seeds_differ_by_epoch_and_batch() {
+        let seeds: std::collections::HashSet<u64> = (1..4)
+            .flat_map(|e| (0..100).map(move |b| step_seed(1337, e, b)))
+            .collect();
+        assert_eq!(seeds.len(), 300);
+    }
+
+    #[test]
+    fn checkpoint_strategy_saves_and_deletes_the_previous_key() {
+        let mut strategy = SaveEveryCall::new(None);
+        assert_eq!(
+            strategy.actions(5),
+            [
+                CheckpointingAction::Save,
+                CheckpointingAction::Delete(usize::MAX)
+            ]
+        );
+        assert_eq!(
+            strategy.actions(9),
+            [CheckpointingAction::Save, CheckpointingAction::Delete(5)]
+        );
+        assert_eq!(
+            strategy.actions(9),
+            [
+                CheckpointingAction::Save,
+                CheckpointingAction::Delete(usize::MAX)
+            ]
+        );
+    }
+}
