@@ -1,6 +1,6 @@
-//! The same numbers on every CPU backend of the test build: the stories260K forward fixture
-//! and a greedy generation, on ndarray and flex. (wgpu and libtorch are behind cargo features
-//! of llama-cli and are checked on machines that have them; see the README.)
+//! The same numbers on every backend of the test build: the stories260K forward fixture and a
+//! greedy generation, on ndarray and flex, and with `--features tch` on libtorch (CPU) and
+//! `--features wgpu` on wgpu (skipped, with the reason, where wgpu finds no adapter).
 
 mod common;
 
@@ -12,18 +12,17 @@ use llama_model::compare::compare;
 use llama_model::generate::{generate, GenerateConfig};
 use llama_model::{load_checkpoint, LoadOptions};
 
-fn forward_matches_reference<Bk: Backend>(name: &str) {
+fn forward_matches_reference<Bk: Backend>(name: &str, device: &Bk::Device) {
     let reference = read_safetensors(&fixture("reference/forward-stories260K.safetensors"));
     let ids = &reference["input_ids"];
-    let device = Default::default();
     let tokens = Tensor::<Bk, 2, Int>::from_data(
         TensorData::new(ids.i64.clone(), [ids.shape[0], ids.shape[1]]),
-        &device,
+        device,
     );
     let model = load_checkpoint::<Bk>(
         &fixture("models/stories260K/stories260K.bin"),
         &LoadOptions::default(),
-        &device,
+        device,
     )
     .unwrap()
     .model;
@@ -39,11 +38,11 @@ fn forward_matches_reference<Bk: Backend>(name: &str) {
     }
 }
 
-fn greedy_tokens<Bk: Backend>() -> Vec<u32> {
+fn greedy_tokens<Bk: Backend>(device: &Bk::Device) -> Vec<u32> {
     let model = load_checkpoint::<Bk>(
         &fixture("models/stories260K/stories260K.bin"),
         &LoadOptions::default(),
-        &Default::default(),
+        device,
     )
     .unwrap()
     .model;
@@ -52,19 +51,80 @@ fn greedy_tokens<Bk: Backend>() -> Vec<u32> {
         .tokens
 }
 
+/// A line on stderr that the test harness does not capture (for skips).
+#[allow(dead_code)]
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 #[test]
 fn forward_fixture_passes_on_ndarray_and_flex() {
-    forward_matches_reference::<NdArray>("ndarray");
-    forward_matches_reference::<Flex>("flex");
+    forward_matches_reference::<NdArray>("ndarray", &Default::default());
+    forward_matches_reference::<Flex>("flex", &Default::default());
 }
 
 #[test]
 fn greedy_generation_is_token_identical_across_backends() {
-    let ndarray = greedy_tokens::<NdArray>();
-    let flex = greedy_tokens::<Flex>();
+    let ndarray = greedy_tokens::<NdArray>(&Default::default());
+    let flex = greedy_tokens::<Flex>(&Default::default());
     assert_eq!(ndarray.len(), 100);
     assert_eq!(ndarray, flex);
-    println!(
-        "wgpu: skipped (not compiled into the test build; run `llama-cli --backend wgpu` checks)"
-    );
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn libtorch_cpu_matches_the_reference_and_ndarray() {
+    use burn::backend::libtorch::{LibTorch, LibTorchDevice};
+    let device = LibTorchDevice::Cpu;
+    forward_matches_reference::<LibTorch>("tch-cpu", &device);
+    let tch = greedy_tokens::<LibTorch>(&device);
+    assert_eq!(tch.len(), 100);
+    assert_eq!(tch, greedy_tokens::<NdArray>(&Default::default()));
+}
+
+/// Why wgpu cannot run here, if it cannot: the adapter request CubeCL makes for the default
+/// device (the platform's graphics API, high-performance preference), without its panic.
+#[cfg(feature = "wgpu")]
+fn wgpu_unavailable() -> Option<String> {
+    use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+    use std::future::Future;
+    let backend = AutoGraphicsApi::backend();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: backend.into(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let request = instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+    });
+    // wgpu's native futures are ready when first polled; poll until they are.
+    let mut request = std::pin::pin!(request);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        match request.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(Ok(_)) => return None,
+            std::task::Poll::Ready(Err(e)) => return Some(format!("no {backend:?} adapter: {e}")),
+            std::task::Poll::Pending => std::thread::sleep(std::time::Duration::from_millis(1)),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+#[test]
+fn wgpu_matches_the_reference_and_ndarray() {
+    use burn::backend::wgpu::{Wgpu, WgpuDevice};
+    if let Some(why) = wgpu_unavailable() {
+        note(&format!(
+            "wgpu_matches_the_reference_and_ndarray: skipped: {why} (install a Vulkan driver; \
+             without a GPU, Debian's mesa-vulkan-drivers provides lavapipe)"
+        ));
+        return;
+    }
+    let device = WgpuDevice::DefaultDevice;
+    forward_matches_reference::<Wgpu>("wgpu", &device);
+    let wgpu = greedy_tokens::<Wgpu>(&device);
+    assert_eq!(wgpu.len(), 100);
+    assert_eq!(wgpu, greedy_tokens::<NdArray>(&Default::default()));
 }

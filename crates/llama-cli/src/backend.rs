@@ -106,15 +106,107 @@ backend_runner!(run_wgpu, "wgpu", |job, device, kind| {
     } else {
         WgpuDevice::DiscreteGpu(device)
     };
+    wgpu_preflight::check(&device)?;
     job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, kind)
 });
+
+/// Checks that wgpu has an adapter for the device before Burn asks for one: Burn (through
+/// CubeCL) panics when there is none, deep inside its first tensor operation.
+#[cfg(feature = "wgpu")]
+mod wgpu_preflight {
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake};
+
+    use anyhow::{bail, Result};
+    use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
+    use burn::backend::wgpu::WgpuDevice;
+
+    const HINT: &str = "install a Vulkan driver; on a machine without a GPU, Debian's \
+                        mesa-vulkan-drivers provides lavapipe";
+
+    /// Fails with one line when CubeCL would find no adapter for `device`. Mirrors CubeCL's
+    /// own choice (`cubecl-wgpu` `request_adapter`): the platform's graphics API (Vulkan on
+    /// Linux), `request_adapter` for the default device, the n-th adapter of the asked type
+    /// (else of type `Other`) for a numbered one. (CubeCL's `CUBECL_WGPU_DEFAULT_DEVICE`
+    /// override of the default device is not mirrored.)
+    pub fn check(device: &WgpuDevice) -> Result<()> {
+        let backend = AutoGraphicsApi::backend();
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: backend.into(),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        match device {
+            WgpuDevice::DiscreteGpu(n) => {
+                let adapters = block_on(instance.enumerate_adapters(backend.into()));
+                let count = |ty: wgpu::DeviceType| {
+                    adapters
+                        .iter()
+                        .filter(|a| a.get_info().device_type == ty)
+                        .count()
+                };
+                if count(wgpu::DeviceType::DiscreteGpu) <= *n
+                    && count(wgpu::DeviceType::Other) <= *n
+                {
+                    let found: Vec<String> = adapters
+                        .iter()
+                        .map(|a| {
+                            let info = a.get_info();
+                            format!("{} ({:?})", info.name, info.device_type)
+                        })
+                        .collect();
+                    let found = if found.is_empty() {
+                        "none".to_string()
+                    } else {
+                        found.join(", ")
+                    };
+                    bail!(
+                        "backend `wgpu`: no discrete GPU with index {n} ({backend:?} adapters \
+                         found: {found}); `--device 0` takes the default adapter"
+                    );
+                }
+            }
+            _ => {
+                let options = wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    force_fallback_adapter: false,
+                    compatible_surface: None,
+                };
+                if block_on(instance.request_adapter(&options)).is_err() {
+                    bail!("backend `wgpu`: no GPU adapter found ({HINT})");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for a future on this thread (wgpu's native futures are ready at once).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = Arc::new(Unpark(std::thread::current())).into();
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            match future.as_mut().poll(&mut cx) {
+                Poll::Ready(output) => return output,
+                Poll::Pending => std::thread::park(),
+            }
+        }
+    }
+}
+
 backend_runner!(run_tch_cpu, "tch", |job, _device, kind| {
     use burn::backend::libtorch::LibTorchDevice;
     job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(LibTorchDevice::Cpu, kind)
 });
 backend_runner!(run_tch_cuda, "tch", |job, device, kind| {
     use burn::backend::libtorch::LibTorchDevice;
-    if !burn::backend::libtorch::tch::Cuda::is_available() {
+    if !tch::Cuda::is_available() {
         bail!(
             "backend `tch-cuda`: libtorch sees no CUDA device (check `nvidia-smi`, and that \
              the pip torch wheel is a CUDA build); use `--backend tch-cpu` otherwise"
@@ -134,14 +226,21 @@ pub fn run_on<J: Job>(kind: BackendKind, device: usize, job: J) -> Result<J::Out
     }
 }
 
-/// Size the CPU thread pool (rayon, used by ndarray and flex). Must run before any tensor
-/// work; `0` keeps the default (one thread per core).
+/// Size the CPU thread pools (rayon's, used by ndarray and flex, and libtorch's). Must run
+/// before any tensor work; `0` keeps the defaults (one thread per core).
 pub fn set_threads(threads: usize) -> Result<()> {
     if threads > 0 {
         rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
             .map_err(|e| anyhow::anyhow!("cannot size the thread pool to {threads}: {e}"))?;
+        // libtorch keeps its own (OpenMP) pool, one thread per core by default.
+        #[cfg(feature = "tch")]
+        tch::set_num_threads(
+            i32::try_from(threads).map_err(|_| {
+                anyhow::anyhow!("--threads {threads} is more than libtorch accepts")
+            })?,
+        );
     }
     Ok(())
 }
