@@ -30,7 +30,7 @@ struct Cli {
     /// Device index for GPU backends.
     #[arg(long, global = true, default_value_t = 0)]
     device: usize,
-    /// CPU threads for ndarray/flex (0 = one per core).
+    /// CPU threads for ndarray, flex and libtorch (0 = one per core).
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
     #[command(subcommand)]
@@ -71,6 +71,7 @@ fn catch_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
 }
 
 fn main() -> ExitCode {
+    huge_pages::keep_freed_memory();
     let cli = Cli::parse(); // usage errors exit with status 2
     let result = catch_panics(|| {
         backend::set_threads(cli.threads).and_then(|()| match cli.command {
