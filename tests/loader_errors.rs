@@ -295,3 +295,27 @@ fn a_foreign_state_dict_is_refused() {
         "{msg}"
     );
 }
+
+/// NaN or infinite weights load (the file is well-formed) with a warning naming the tensor
+/// and how many of its values are not finite.
+#[test]
+fn non_finite_weights_load_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = edited_safetensors(dir.path(), "nan", |tensors| {
+        let norm = tensors
+            .iter_mut()
+            .find(|t| t.0 == "layers.1.ffn_norm.weight")
+            .expect("tensor");
+        norm.2[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        norm.2[8..12].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    });
+    let loaded = load_checkpoint::<B>(&path, &LoadOptions::default(), &Default::default())
+        .expect("loads with a warning");
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let warning = &loaded.warnings[0];
+    assert!(warning.contains("nan.safetensors"), "{warning}");
+    assert!(
+        warning.contains("`layers.1.ffn_norm.weight` holds 2 NaN or infinite values of 64"),
+        "{warning}"
+    );
+}

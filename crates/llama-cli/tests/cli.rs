@@ -464,3 +464,28 @@ fn max_steps_stops_saved_and_resume_refuses_other_settings() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("its lr was 0.00002, now 0.001"), "{err}");
 }
+
+/// A tokenizer whose vocabulary does not fit the model is refused before anything runs.
+#[test]
+fn a_tokenizer_of_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let llama2 = path(fixture("tokenizers/llama2-tokenizer.model"));
+    let out = cli(&[
+        "generate",
+        "--checkpoint",
+        &stories260k(),
+        "--tokenizer",
+        &llama2,
+        "--temperature",
+        "0",
+        "--out",
+        &path(dir.path().join("out.txt")),
+    ]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("has 32000 tokens but the model") && err.contains("expects 512"),
+        "{err}"
+    );
+    assert!(!dir.path().join("out.txt").exists());
+}
