@@ -103,6 +103,34 @@ fn usage_errors_exit_with_2() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let out = cli(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
+    // Batch size 0, for prompting and for fine-tuning; --max-steps 0.
+    let dev = path(fixture("data/sst-dev.txt"));
+    for args in [
+        vec!["prompt", "--dev", &dev, "--batch-size", "0"],
+        vec![
+            "finetune",
+            "--train",
+            &dev,
+            "--dev",
+            &dev,
+            "--batch-size",
+            "0",
+        ],
+        vec![
+            "finetune",
+            "--train",
+            &dev,
+            "--dev",
+            &dev,
+            "--max-steps",
+            "0",
+        ],
+    ] {
+        let out = cli(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("invalid value '0'"), "{args:?}: {err}");
+    }
 }
 
 fn stories260k() -> String {
