@@ -517,3 +517,22 @@ fn a_tokenizer_of_another_model_is_refused() {
     );
     assert!(!dir.path().join("out.txt").exists());
 }
+
+/// A backend left out of this build says which cargo feature brings it in.
+#[cfg(not(feature = "tch"))]
+#[test]
+fn a_backend_not_compiled_in_names_its_feature() {
+    let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+        .args(["--backend", "tch-cpu", "generate", "--checkpoint"])
+        .arg(stories260k())
+        .args(["--temperature", "0"])
+        .output()
+        .expect("llama-cli runs");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("backend `tch-cpu` is not compiled into this binary")
+            && err.contains("--features tch"),
+        "{err}"
+    );
+}
