@@ -16,7 +16,6 @@ use clap::{Args, ValueEnum};
 use llama_model::adamw::AdamWConfig;
 use llama_model::generate::{GenerateConfig, Generator};
 
-use crate::generate::decode_split;
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
 use llama_train::classifier::ClassifierConfig;
 use llama_train::data::{make_batch, read_label_names, DataOptions, SentenceDataset};
@@ -85,9 +84,9 @@ pub struct BenchArgs {
     /// Seed of the random weights and prompt.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Column blocks per decoding product (see `generate --decode-split`; default 1).
-    #[arg(long, value_parser = crate::classify::positive)]
-    pub decode_split: Option<usize>,
+    /// Column blocks per decoding product (see `generate --decode-split`).
+    #[arg(long, default_value_t = 1, value_parser = crate::classify::positive)]
+    pub decode_split: usize,
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux; `None` elsewhere).
@@ -375,8 +374,8 @@ impl Job for BenchArgs {
             crate::output::check_writable(path)?;
         }
         let threads = rayon::current_num_threads();
-        let split = decode_split(backend, self.decode_split);
-        let huge_pages = std::env::var_os("LLAMA_HUGE_PAGES").is_none_or(|v| v != "0");
+        let split = self.decode_split;
+        let huge_pages = crate::huge_pages::enabled();
         reset_peak_rss();
         let model = load_model::<B::InnerBackend>(&self, &device)?;
         let load_rss = peak_rss_mb();

@@ -50,16 +50,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value = ".", conflicts_with = "temperature")]
     pub out_dir: PathBuf,
     /// Split each weight product of a decoding step into N column blocks run in parallel on
-    /// the CPU thread pool (default 1: off; measured slower on 2 cores, see the README).
-    #[arg(long, value_parser = crate::classify::positive)]
-    pub decode_split: Option<usize>,
-}
-
-/// Column blocks per decoding product: `flag`, else 1. Splitting is off by default: on the
-/// 2-core machine of the README's figures it slowed flex's decoding of the 42M shape from 85
-/// to 58 tokens/s (the per-product thread hand-offs cost more than the second core gains).
-pub(crate) fn decode_split(_kind: BackendKind, flag: Option<usize>) -> usize {
-    flag.unwrap_or(1)
+    /// the CPU thread pool. Off (1) by default: on the README's 2-core machine it slowed flex's
+    /// decoding of the 42M shape from 85 to 58 tokens/s.
+    #[arg(long, default_value_t = 1, value_parser = crate::classify::positive)]
+    pub decode_split: usize,
 }
 
 fn parse_temperature(s: &str) -> Result<f64, String> {
@@ -123,7 +117,7 @@ impl Job for GenerateArgs {
                 .with_stop_at_bos(self.stop_at_bos)
                 .with_bos_id(tokenizer.bos_id())
                 .with_eos_id(tokenizer.eos_id())
-                .with_decode_split(decode_split(backend, self.decode_split));
+                .with_decode_split(self.decode_split);
             eprintln!("--- temperature {temperature}");
             write!(stdout, "{prompt_text}")?;
             stdout.flush()?;

@@ -28,7 +28,8 @@ pub struct HugePageAlloc;
 /// 0: not decided yet, 1: on, 2: off (from `LLAMA_HUGE_PAGES`).
 static STATE: AtomicU8 = AtomicU8::new(0);
 
-fn enabled() -> bool {
+/// Whether large buffers go on huge pages (`LLAMA_HUGE_PAGES` is not `0`).
+pub fn enabled() -> bool {
     match STATE.load(Ordering::Relaxed) {
         1 => true,
         2 => false,

@@ -250,18 +250,9 @@ impl<B: Backend> Llama<B> {
         cache: &mut LlamaCache<B>,
     ) -> Tensor<B, 2> {
         let split = cache.split();
-        let step = || {
-            let (_, hidden) = self.run(tokens, angles, mask, Some(cache), None);
-            let [batch, seq, _] = hidden.dims();
-            let logits = self.project_split(hidden.narrow(1, seq - 1, 1), split);
-            logits.reshape([batch, self.vocab_size()])
-        };
-        if split > 1 {
-            // Run the whole step on rayon's pool: the split products then start on a worker
-            // that is already awake, instead of waking the pool once per product.
-            rayon::scope(|_| step())
-        } else {
-            step()
-        }
+        let (_, hidden) = self.run(tokens, angles, mask, Some(cache), None);
+        let [batch, seq, _] = hidden.dims();
+        let logits = self.project_split(hidden.narrow(1, seq - 1, 1), split);
+        logits.reshape([batch, self.vocab_size()])
     }
 }

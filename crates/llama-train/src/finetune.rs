@@ -328,8 +328,8 @@ pub struct Evaluation {
 }
 
 /// Metric values of one epoch (epoch means; percentages for accuracy and macro-F1), by
-/// metric name ([`LOSS`], [`ACCURACY`], [`MACRO_F1`], [`LEARNING_RATE`],
-/// [`ITERATION_SPEED`]).
+/// metric name: [`LOSS`], [`ACCURACY`], [`MACRO_F1`] for both splits, and
+/// [`LEARNING_RATE`] for training.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochSummary {
     /// 1-based epoch.
@@ -738,7 +738,7 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Class ids of an `Int` tensor `[n]` (argmax results are never negative).
-fn class_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<usize> {
+pub(crate) fn class_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<usize> {
     ids.into_data()
         .iter::<i64>()
         .map(|id| usize::try_from(id).unwrap_or_default())

@@ -40,8 +40,8 @@ use rand::SeedableRng;
 use crate::classifier::LlamaEmbeddingClassifier;
 use crate::data::{SentenceDataset, SentenceItem};
 use crate::finetune::{
-    ClassifierRecorder, EpochSummary, ACCURACY, CLASSIFIER_RECORD_STEM, LEARNING_RATE, LOSS,
-    MACRO_F1,
+    class_ids, ClassifierRecorder, EpochSummary, ACCURACY, CLASSIFIER_RECORD_STEM, LEARNING_RATE,
+    LOSS, MACRO_F1,
 };
 use crate::metrics::ConfusionMatrix;
 use crate::resume::{BestEpoch, Position, ResumeState, Tally};
@@ -219,13 +219,6 @@ impl Tally {
     }
 }
 
-fn class_ids<Bk: Backend>(ids: burn::tensor::Tensor<Bk, 1, burn::tensor::Int>) -> Vec<usize> {
-    ids.into_data()
-        .iter::<i64>()
-        .map(|id| usize::try_from(id).unwrap_or_default())
-        .collect()
-}
-
 impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for ResumableLoop<B> {
     fn fit(
         &self,
@@ -351,7 +344,7 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
             };
             let accuracy = summary.dev_accuracy().unwrap_or(f64::NAN) / 100.0;
             if state.best.is_none_or(|best| accuracy > best.dev_accuracy) {
-                if let Err(e) = save_best(&learner.model().valid(), &self.dir) {
+                if let Err(e) = save_best(&model, &self.dir) {
                     self.finish(LoopEnd::Failed(e));
                     return (learner.model(), processor);
                 }
