@@ -84,9 +84,10 @@ pub struct BenchArgs {
     /// Seed of the random weights and prompt.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// Column blocks per decoding product (see `generate --decode-split`).
-    #[arg(long, default_value_t = 1, value_parser = crate::classify::positive)]
-    pub decode_split: usize,
+    /// Column blocks per decoding product (see `generate --decode-split`; default: one per
+    /// thread on ndarray and flex for models of dim 512 and more, else 1).
+    #[arg(long, value_parser = crate::classify::positive)]
+    pub decode_split: Option<usize>,
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux; `None` elsewhere).
@@ -374,10 +375,10 @@ impl Job for BenchArgs {
             crate::output::check_writable(path)?;
         }
         let threads = rayon::current_num_threads();
-        let split = self.decode_split;
         let huge_pages = crate::huge_pages::enabled();
         reset_peak_rss();
         let model = load_model::<B::InnerBackend>(&self, &device)?;
+        let split = backend.decode_split(self.decode_split, model.config.dim);
         let load_rss = peak_rss_mb();
         let wants = |p: Phase| self.only.is_none_or(|only| only == p);
         let mut f = Figures::default();

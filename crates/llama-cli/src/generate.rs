@@ -50,10 +50,10 @@ pub struct GenerateArgs {
     #[arg(long, default_value = ".", conflicts_with = "temperature")]
     pub out_dir: PathBuf,
     /// Split each weight product of a decoding step into N column blocks run in parallel on
-    /// the CPU thread pool. Off (1) by default: on the README's 2-core machine it slowed flex's
-    /// decoding of the 42M shape from 85 to 58 tokens/s.
-    #[arg(long, default_value_t = 1, value_parser = crate::classify::positive)]
-    pub decode_split: usize,
+    /// the CPU thread pool (default: one per thread on ndarray and flex for models of dim
+    /// 512 and more, else 1).
+    #[arg(long, value_parser = crate::classify::positive)]
+    pub decode_split: Option<usize>,
 }
 
 fn parse_temperature(s: &str) -> Result<f64, String> {
@@ -106,6 +106,7 @@ impl Job for GenerateArgs {
             );
         }
         let prompt_text = tokenizer.decode(&prompt)?;
+        let split = backend.decode_split(self.decode_split, config.dim);
         let mut stdout = std::io::stdout().lock();
         for (temperature, out) in runs {
             let config = GenerateConfig::new()
@@ -117,7 +118,7 @@ impl Job for GenerateArgs {
                 .with_stop_at_bos(self.stop_at_bos)
                 .with_bos_id(tokenizer.bos_id())
                 .with_eos_id(tokenizer.eos_id())
-                .with_decode_split(self.decode_split);
+                .with_decode_split(split);
             eprintln!("--- temperature {temperature}");
             write!(stdout, "{prompt_text}")?;
             stdout.flush()?;

@@ -70,11 +70,22 @@ fn catch_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
     })
 }
 
+/// Run `f` on a worker of rayon's global pool, the main thread waiting.
+///
+/// A parallel loop started from a thread outside the pool hands all of its work to the
+/// pool and sleeps until it is done: two thread wake-ups per loop. While decoding that is
+/// dozens of small products per token, so the command itself runs on a worker: there a
+/// parallel loop runs one part on the calling thread and the other worker takes the rest.
+fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::join(f, || ()).0
+}
+
 fn main() -> ExitCode {
     huge_pages::keep_freed_memory();
     let cli = Cli::parse(); // usage errors exit with status 2
     let result = catch_panics(|| {
-        backend::set_threads(cli.threads).and_then(|()| match cli.command {
+        backend::set_threads(cli.threads)?;
+        on_pool(|| match cli.command {
             Command::Sanity(args) => run_on(cli.backend, cli.device, args),
             Command::Generate(args) => run_on(cli.backend, cli.device, args),
             Command::Bench(args) => run_on(cli.backend, cli.device, args),
