@@ -241,11 +241,14 @@ pub fn run_on<J: Job>(kind: BackendKind, device: usize, job: J) -> Result<J::Out
 /// Size the CPU thread pools (rayon's, used by ndarray and flex, and libtorch's). Must run
 /// before any tensor work; `0` keeps the defaults (one thread per core).
 pub fn set_threads(threads: usize) -> Result<()> {
+    // Commands run on a thread of this pool (see `main::on_pool`): give its threads the main
+    // thread's usual 8 MiB of stack rather than the 2 MiB of spawned threads.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads) // 0: rayon's default, one per core
+        .stack_size(8 << 20)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot size the thread pool to {threads}: {e}"))?;
     if threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
-            .map_err(|e| anyhow::anyhow!("cannot size the thread pool to {threads}: {e}"))?;
         // libtorch keeps its own (OpenMP) pool, one thread per core by default.
         #[cfg(feature = "tch")]
         tch::set_num_threads(
