@@ -347,6 +347,34 @@ fn prompt_finetune_and_eval_write_prediction_files() {
     assert!(!d.join("x.txt").exists());
 }
 
+/// `finetune` of stories260K on `train`/`dev` at batch 8 and 16 tokens a sentence, the run
+/// kept in `out_dir`, dev predictions written to `dev_out`.
+fn finetune_args(train: &str, dev: &str, out_dir: &str, dev_out: &str, epochs: u32) -> Vec<String> {
+    let epochs = epochs.to_string();
+    let checkpoint = stories260k();
+    [
+        "finetune",
+        "--checkpoint",
+        &checkpoint,
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--epochs",
+        &epochs,
+        "--batch-size",
+        "8",
+        "--max-sentence-len",
+        "16",
+        "--dev-out",
+        dev_out,
+        "--out-dir",
+        out_dir,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// Ctrl-C during fine-tuning: the step finishes, the run is saved, the message says how to
 /// resume, the exit status is 130 and no predictions file appears; the printed command then
 /// finishes the run.
@@ -361,31 +389,17 @@ fn ctrl_c_saves_the_run_and_resume_finishes_it() {
     let train = head(d, "cfimdb-train.txt", 32);
     let model_dir = path(d.join("run"));
     let ft_out = d.join("ft-dev.txt");
-    let args = [
-        "--backend",
-        "ndarray",
-        "finetune",
-        "--checkpoint",
-        &stories260k(),
-        "--train",
+    let mut args: Vec<String> = ["--backend", "ndarray"].map(String::from).to_vec();
+    args.extend(finetune_args(
         &train,
-        "--dev",
         &dev,
-        "--epochs",
-        "3",
-        "--batch-size",
-        "8",
-        "--lr",
-        "1e-3",
-        "--max-sentence-len",
-        "16",
-        "--dev-out",
-        &path(ft_out.clone()),
-        "--out-dir",
         &model_dir,
-    ];
+        &path(ft_out.clone()),
+        3,
+    ));
+    args.extend(["--lr", "1e-3"].map(String::from));
     let mut child = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
-        .args(args)
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -419,8 +433,8 @@ fn ctrl_c_saves_the_run_and_resume_finishes_it() {
     assert!(d.join("run").join("resume.json").exists());
     assert!(!ft_out.exists(), "no predictions from an interrupted run");
 
-    let mut resumed: Vec<&str> = args.to_vec();
-    resumed.push("--resume");
+    let mut resumed = args.clone();
+    resumed.push("--resume".into());
     let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
         .args(&resumed)
         .output()
@@ -450,28 +464,7 @@ fn max_steps_stops_saved_and_resume_refuses_other_settings() {
     let train = head(d, "cfimdb-train.txt", 16);
     let model_dir = path(d.join("run"));
     let base = |extra: &[&str]| {
-        let mut args = vec![
-            "finetune",
-            "--checkpoint",
-            &stories260k(),
-            "--train",
-            &train,
-            "--dev",
-            &dev,
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--max-sentence-len",
-            "16",
-            "--dev-out",
-            "/dev/null",
-            "--out-dir",
-            &model_dir,
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+        let mut args = finetune_args(&train, &dev, &model_dir, "/dev/null", 1);
         args.extend(extra.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         cli(&refs)
