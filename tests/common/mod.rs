@@ -94,3 +94,12 @@ pub fn tok512() -> llama_model::Tokenizer {
     llama_model::Tokenizer::from_file(fixture("models/stories260K/tok512.bin"))
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// A JSON list of token ids from a reference file.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}

@@ -26,6 +26,7 @@ use serde_json::json;
 use crate::backend::{BackendKind, Job};
 use crate::model_args::find_tokenizer;
 use crate::output::write_atomic;
+use crate::weight_dtype::WeightDtype;
 
 /// A benchmark phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +89,12 @@ pub struct BenchArgs {
     /// thread on ndarray and flex for models of dim 512 and more, else 1).
     #[arg(long, value_parser = crate::classify::positive)]
     pub decode_split: Option<usize>,
+    /// Precision of the weight matrices in the generation phase (see `generate
+    /// --weight-dtype`; flex only). Prompting and training run on the f32 weights: f16 only
+    /// pays where products read each weight once per row (decoding); batched products ran
+    /// slower in f16 (42M prompting: 32 → 24 sentences/s).
+    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
+    pub weight_dtype: WeightDtype,
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux; `None` elsewhere).
@@ -224,6 +231,7 @@ fn time_generation<B: Backend>(
 fn bench_generate<B: Backend>(
     args: &BenchArgs,
     model: &Model<B>,
+    llama: &Llama<B>,
     split: usize,
     f: &mut Figures,
 ) -> Result<()> {
@@ -242,12 +250,11 @@ fn bench_generate<B: Backend>(
     let mut prompt = vec![1u32];
     prompt.extend((1..n).map(|_| rng.random_range(low..model.config.vocab_size as u32)));
     reset_peak_rss();
-    time_generation(&model.llama, &prompt, 8, split)?; // warm-up
+    time_generation(llama, &prompt, 8, split)?; // warm-up
     let mut ttft = vec![];
     let mut decode = vec![];
     for _ in 0..args.runs {
-        let (first, speed) =
-            time_generation(&model.llama, &prompt, args.new_tokens as usize, split)?;
+        let (first, speed) = time_generation(llama, &prompt, args.new_tokens as usize, split)?;
         ttft.push(first.as_secs_f64());
         decode.push(speed);
     }
@@ -261,7 +268,7 @@ fn bench_generate<B: Backend>(
 
 fn bench_prompt<B: Backend>(
     args: &BenchArgs,
-    model: &Model<B>,
+    llama: &Llama<B>,
     tokenizer: &Tokenizer,
     device: &B::Device,
     f: &mut Figures,
@@ -279,7 +286,7 @@ fn bench_prompt<B: Backend>(
     let mut chunks = items.chunks(chunk);
     if let Some(warm) = chunks.next() {
         classifier.classify_items(
-            &model.llama,
+            llama,
             &warm[..warm.len().min(config.batch_size)],
             &config,
             device,
@@ -288,7 +295,7 @@ fn bench_prompt<B: Backend>(
     let mut rates = vec![];
     for part in items.chunks(chunk).take(args.runs as usize) {
         let start = Instant::now();
-        classifier.classify_items(&model.llama, part, &config, device)?;
+        classifier.classify_items(llama, part, &config, device)?;
         rates.push(part.len() as f64 / start.elapsed().as_secs_f64());
     }
     f.prompt_sentences_per_s = Some(median(rates));
@@ -374,6 +381,7 @@ impl Job for BenchArgs {
         if let Some(path) = &self.json {
             crate::output::check_writable(path)?;
         }
+        self.weight_dtype.check(backend)?;
         let threads = rayon::current_num_threads();
         let huge_pages = crate::huge_pages::enabled();
         reset_peak_rss();
@@ -381,17 +389,23 @@ impl Job for BenchArgs {
         let split = backend.decode_split(self.decode_split, model.config.dim);
         let load_rss = peak_rss_mb();
         let wants = |p: Phase| self.only.is_none_or(|only| only == p);
+        // The generation phase's weights (`--weight-dtype`).
+        let decoding = if wants(Phase::Generate) {
+            Some(self.weight_dtype.apply(model.llama.clone(), backend)?)
+        } else {
+            None
+        };
         let mut f = Figures::default();
         let tokenizer = if wants(Phase::Prompt) || wants(Phase::Train) {
             Some(tokenizer_for(&self, &model.config)?)
         } else {
             None
         };
-        if wants(Phase::Generate) {
-            bench_generate(&self, &model, split, &mut f).context("generation phase")?;
+        if let Some(llama) = &decoding {
+            bench_generate(&self, &model, llama, split, &mut f).context("generation phase")?;
         }
         if let (true, Some(tok)) = (wants(Phase::Prompt), &tokenizer) {
-            bench_prompt(&self, &model, tok, &device, &mut f).context("prompting phase")?;
+            bench_prompt(&self, &model.llama, tok, &device, &mut f).context("prompting phase")?;
         }
         if let (true, Some(tok)) = (wants(Phase::Train), &tokenizer) {
             bench_train::<B>(&self, &model, tok, &device, &mut f).context("training phase")?;
@@ -400,13 +414,14 @@ impl Job for BenchArgs {
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         println!("llama-cli bench: {}", model.source);
         println!(
-            "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; median of {} runs after a warm-up",
+            "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; decode weights {}; median of {} runs after a warm-up",
             cpu_model(),
             if huge_pages { "advised" } else { "off" },
+            self.weight_dtype.name(),
             self.runs
         );
-        // A decoded token reads every weight once (f32).
-        let weight_bytes = model.llama.num_params() as f64 * 4.0;
+        // A decoded token reads every weight once (norms are f32 either way, a rounding error).
+        let weight_bytes = model.llama.num_params() as f64 * self.weight_dtype.bytes();
         println!("| phase | figure | value |");
         println!("|---|---|---|");
         println!("| load | seconds | {:.3} |", model.load_seconds);
@@ -476,6 +491,7 @@ impl Job for BenchArgs {
                 "threads": threads,
                 "decode_split": split,
                 "huge_pages": huge_pages,
+                "weight_dtype": self.weight_dtype.name(),
                 "decode_weight_gb_per_s": f.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9),
                 "machine": cpu_model(),
                 "cores": cores,

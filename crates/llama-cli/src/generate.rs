@@ -11,6 +11,7 @@ use llama_model::generate::{generate_text, GenerateConfig};
 use crate::backend::{BackendKind, Job};
 use crate::model_args::ModelArgs;
 use crate::output::{check_writable, write_atomic};
+use crate::weight_dtype::WeightDtype;
 
 /// The exercise's default prompt.
 pub const DEFAULT_PROMPT: &str = "I have wanted to see this thriller for a while, and it didn't disappoint. Keanu Reeves, playing the hero John Wick, is";
@@ -54,6 +55,10 @@ pub struct GenerateArgs {
     /// 512 and more, else 1).
     #[arg(long, value_parser = crate::classify::positive)]
     pub decode_split: Option<usize>,
+    /// Precision of the weight matrices while generating: f16 halves the bytes each decoded
+    /// token reads (faster decoding; logits within ~1e-3 of f32's). flex only.
+    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
+    pub weight_dtype: WeightDtype,
 }
 
 fn parse_temperature(s: &str) -> Result<f64, String> {
@@ -94,9 +99,11 @@ impl Job for GenerateArgs {
         for path in runs.iter().filter_map(|(_, p)| p.as_deref()) {
             check_writable(path)?;
         }
+        self.weight_dtype.check(backend)?;
 
         let (model, config, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
-        eprintln!("backend {backend}");
+        let model = self.weight_dtype.apply(model, backend)?;
+        eprintln!("backend {backend}; weights {}", self.weight_dtype.name());
         let prompt = tokenizer.encode(&self.prompt, true, false)?;
         let context = config.max_seq_len;
         if prompt.len() >= context {

@@ -8,6 +8,7 @@ mod huge_pages;
 mod model_args;
 mod output;
 mod sanity;
+mod weight_dtype;
 
 use std::process::ExitCode;
 

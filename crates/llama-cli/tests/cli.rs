@@ -232,6 +232,64 @@ fn generate_rejects_bad_flags_and_leaves_no_file() {
     );
 }
 
+#[test]
+fn f16_weights_generate_on_flex_and_are_refused_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("f16.txt");
+    let args = |backend: &'static str| {
+        vec![
+            "--backend".to_string(),
+            backend.to_string(),
+            "generate".into(),
+            "--checkpoint".into(),
+            stories260k(),
+            "--weight-dtype".into(),
+            "f16".into(),
+            "--prompt".into(),
+            "Once upon a time".into(),
+            "--temperature".into(),
+            "0".into(),
+            "--max-new-tokens".into(),
+            "32".into(),
+            "--out".into(),
+            path(target.clone()),
+        ]
+    };
+    let run = |args: Vec<String>| {
+        Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+            .args(args)
+            .output()
+            .expect("llama-cli runs")
+    };
+    // ndarray has no f16 tensors: one line, exit 1, nothing written.
+    let out = run(args("ndarray"));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("flex backend only"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!target.exists());
+    // On flex, greedy text with f16 weights is the f32 reference's (first 32 of 64 tokens).
+    let out = run(args("flex"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("weights f16"),
+        "{}",
+        text(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&target).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("reference/generate-stories260K.json")).unwrap(),
+    )
+    .unwrap();
+    let full = reference["prompts"][0]["text"].as_str().unwrap();
+    assert!(
+        written.len() > "Once upon a time".len() + 40 && full.starts_with(written.trim_end()),
+        "{written:?} is not a prefix of {full:?}"
+    );
+}
+
 /// The first `n` lines of a fixture data file, written to `dir`.
 fn head(dir: &std::path::Path, name: &str, n: usize) -> String {
     let lines: Vec<String> = std::fs::read_to_string(fixture(&format!("data/{name}")))

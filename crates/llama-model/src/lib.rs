@@ -11,6 +11,7 @@ pub mod config;
 pub mod feed_forward;
 pub mod fixtures;
 pub mod generate;
+pub mod half_weights;
 pub mod kv_cache;
 pub mod layer;
 pub mod llama;

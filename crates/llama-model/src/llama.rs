@@ -163,7 +163,13 @@ impl<B: Backend> Llama<B> {
         mut cache: Option<&mut LlamaCache<B>>,
         mut trace: Option<&mut Vec<(Tensor<B, 3>, Tensor<B, 3>)>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let embeddings = self.tok_embeddings.forward(tokens);
+        let mut embeddings = self.tok_embeddings.forward(tokens);
+        // With f16 weights (`half_weights`) the lookup gives f16 rows; compute in the
+        // norms' dtype.
+        let dtype = self.norm.weight.val().dtype();
+        if embeddings.dtype() != dtype {
+            embeddings = embeddings.cast(dtype);
+        }
         let mut x = self.dropout.forward(embeddings.clone());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers_mut()[i]);

@@ -26,23 +26,39 @@ const MIN_COLUMNS: usize = 64;
 
 /// `x · w` for `x` `[batch, seq, k]` and `w` `[k, n]`: `[batch, seq, n]`, computed as `parts`
 /// column blocks in parallel when `batch * seq` is small (decoding), else in one product.
+///
+/// A weight of another float dtype than `x` (f16, see [`crate::half_weights`]) gets `x` cast
+/// to its dtype, and the result is cast back to `x`'s.
 pub fn matmul_split<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, parts: usize) -> Tensor<B, 3> {
     let [batch, seq, k] = x.dims();
     let n = w.dims()[1];
     let rows = batch * seq;
     let parts = parts.min(n / MIN_COLUMNS);
+    let dtype = x.dtype();
     let x = x.reshape([rows, k]);
-    if parts <= 1 || rows > MAX_ROWS {
-        return x.matmul(w).reshape([batch, seq, n]);
-    }
-    let blocks: Vec<Tensor<B, 2>> = (0..parts)
-        .into_par_iter()
-        .map(|p| {
-            let (start, end) = (p * n / parts, (p + 1) * n / parts);
-            x.clone().matmul(w.clone().slice([0..k, start..end]))
-        })
-        .collect();
-    Tensor::cat(blocks, 1).reshape([batch, seq, n])
+    let x = if w.dtype() == dtype {
+        x
+    } else {
+        x.cast(w.dtype())
+    };
+    let out = if parts <= 1 || rows > MAX_ROWS {
+        x.matmul(w)
+    } else {
+        let blocks: Vec<Tensor<B, 2>> = (0..parts)
+            .into_par_iter()
+            .map(|p| {
+                let (start, end) = (p * n / parts, (p + 1) * n / parts);
+                x.clone().matmul(w.clone().slice([0..k, start..end]))
+            })
+            .collect();
+        Tensor::cat(blocks, 1)
+    };
+    let out = if out.dtype() == dtype {
+        out
+    } else {
+        out.cast(dtype)
+    };
+    out.reshape([batch, seq, n])
 }
 
 /// [`Linear::forward`] through [`matmul_split`] (a two-dimensional product, `parts` column

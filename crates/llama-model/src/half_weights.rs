@@ -1,0 +1,69 @@
+//! Opt-in half-precision (f16) weight matrices, for decoding faster than f32 allows.
+//!
+//! A decoded token reads every weight matrix once and does two flops per weight, so on a CPU
+//! decoding is bound by how fast memory streams the weights: the 42M model's 168 MB of f32
+//! weights at ~20–40 GB/s caps it near 120–240 tokens/s whatever the arithmetic. The only way
+//! past that wall is fewer bytes per weight. Here the weight matrices (the seven products of
+//! every layer and the embedding table, which is also the tied output projection) are stored
+//! as IEEE f16, half the bytes; norms stay f32.
+//!
+//! Each product casts its activations to the weight's dtype and its result back
+//! ([`crate::split_matmul`]), so everything between the products (norms, RoPE, attention
+//! over the f32 KV cache, softmax, residuals) still runs in f32. The cost is precision: the
+//! weights and each product's inputs and outputs are rounded to f16's 11 significant bits
+//! (relative error ≤ 2⁻¹¹ ≈ 4.9e-4), so logits move by about 1e-3 and greedy decoding follows
+//! the f32 run until two candidate tokens are that close. It is an inference mode: training
+//! needs the f32 weights.
+//!
+//! Backends differ in what they do with f16 products: burn-flex hands them to gemm's f16
+//! kernels, which read f16 and accumulate in f32 on the CPU's SIMD units.
+
+use burn::nn::Linear;
+use burn::tensor::backend::Backend;
+use burn::tensor::{FloatDType, Tensor};
+
+use crate::Llama;
+
+/// A linear layer's weight (`[d_in, d_out]`, held as a transposed view of PyTorch's
+/// `[d_out, d_in]` storage) in f16, kept in that storage order.
+fn half_linear<B: Backend>(linear: Linear<B>) -> Linear<B> {
+    Linear {
+        // Casting copies into contiguous storage of the tensor's logical order; cast the
+        // `[d_out, d_in]` view so each output's weights stay one contiguous row, the order
+        // single-row products read fastest.
+        weight: linear
+            .weight
+            .map(|w| w.transpose().cast(FloatDType::F16).transpose()),
+        bias: linear.bias,
+    }
+}
+
+impl<B: Backend> Llama<B> {
+    /// The model with its weight matrices (every linear layer, the embedding table and the
+    /// output projection) stored in f16; see [`crate::half_weights`]. Outputs keep the model's
+    /// float dtype.
+    pub fn with_half_weights(mut self) -> Self {
+        self.tok_embeddings.weight = self
+            .tok_embeddings
+            .weight
+            .map(|e: Tensor<B, 2>| e.cast(FloatDType::F16));
+        self.output = self.output.map(half_linear);
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|mut layer| {
+                let attention = &mut layer.attention;
+                attention.compute_query = half_linear(attention.compute_query.clone());
+                attention.compute_key = half_linear(attention.compute_key.clone());
+                attention.compute_value = half_linear(attention.compute_value.clone());
+                attention.compute_output = half_linear(attention.compute_output.clone());
+                let ffn = &mut layer.feed_forward;
+                ffn.w1 = half_linear(ffn.w1.clone());
+                ffn.w2 = half_linear(ffn.w2.clone());
+                ffn.w3 = half_linear(ffn.w3.clone());
+                layer
+            })
+            .collect();
+        self
+    }
+}
