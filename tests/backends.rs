@@ -10,9 +10,18 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::{fixture, read_safetensors};
 use llama_model::compare::compare;
 use llama_model::generate::{generate, GenerateConfig};
-use llama_model::{load_checkpoint, LoadOptions};
+use llama_model::{load_checkpoint, Llama, LoadOptions};
 
 fn forward_matches_reference<Bk: Backend>(name: &str, device: &Bk::Device) {
+    forward_matches_reference_with::<Bk>(name, device, |model| model);
+}
+
+/// The forward fixture on `Bk`, with the loaded model passed through `prepare` first.
+fn forward_matches_reference_with<Bk: Backend>(
+    name: &str,
+    device: &Bk::Device,
+    prepare: fn(Llama<Bk>) -> Llama<Bk>,
+) {
     let reference = read_safetensors(&fixture("reference/forward-stories260K.safetensors"));
     let ids = &reference["input_ids"];
     let tokens = Tensor::<Bk, 2, Int>::from_data(
@@ -26,7 +35,7 @@ fn forward_matches_reference<Bk: Backend>(name: &str, device: &Bk::Device) {
     )
     .unwrap()
     .model;
-    let out = model.forward(tokens);
+    let out = prepare(model).forward(tokens);
     for (key, tensor) in [("logits", out.logits), ("final_hidden", out.hidden)] {
         let actual = tensor
             .into_data()
@@ -62,6 +71,10 @@ fn note(line: &str) {
 fn forward_fixture_passes_on_ndarray_and_flex() {
     forward_matches_reference::<NdArray>("ndarray", &Default::default());
     forward_matches_reference::<Flex>("flex", &Default::default());
+    // The layout `llama-cli prompt` uses on flex.
+    forward_matches_reference_with::<Flex>("flex, batch layout", &Default::default(), |m| {
+        m.with_batch_layout()
+    });
 }
 
 #[test]

@@ -7,8 +7,9 @@
 
 #[allow(unused_imports)]
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::ValueEnum;
+use llama_model::Llama;
 
 /// The backends a user can ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -36,6 +37,16 @@ impl BackendKind {
             Self::Ndarray | Self::Flex if dim >= 512 => rayon::current_num_threads(),
             _ => 1,
         })
+    }
+
+    /// `model` laid out for batched inference (prompting): on flex, every linear weight is
+    /// copied into `[d_in, d_out]` order, which its many-row products read faster
+    /// (`llama_model::weight_layout`); other backends keep the loaded layout.
+    pub fn layout_for_batches<B: Backend>(self, model: Llama<B>) -> Llama<B> {
+        match self {
+            Self::Flex => model.with_batch_layout(),
+            _ => model,
+        }
     }
 
     /// The name used on the command line.

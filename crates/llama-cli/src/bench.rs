@@ -405,7 +405,9 @@ impl Job for BenchArgs {
             bench_generate(&self, &model, llama, split, &mut f).context("generation phase")?;
         }
         if let (true, Some(tok)) = (wants(Phase::Prompt), &tokenizer) {
-            bench_prompt(&self, &model.llama, tok, &device, &mut f).context("prompting phase")?;
+            // The layout `llama-cli prompt` uses.
+            let llama = backend.layout_for_batches(model.llama.clone());
+            bench_prompt(&self, &llama, tok, &device, &mut f).context("prompting phase")?;
         }
         if let (true, Some(tok)) = (wants(Phase::Train), &tokenizer) {
             bench_train::<B>(&self, &model, tok, &device, &mut f).context("training phase")?;

@@ -116,6 +116,7 @@ impl Job for PromptArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let (dev_out, test_out) = self.sets.outputs("prompting")?;
         let (model, _, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
+        let model = backend.layout_for_batches(model);
         let options = DataOptions::default().with_max_sentence_len(self.max_sentence_len);
         let names = llama_train::data::read_label_names(&self.label_names)?;
         let classifier = ZeroShotClassifier::new(&tokenizer, names)?;

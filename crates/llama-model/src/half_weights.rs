@@ -47,23 +47,6 @@ impl<B: Backend> Llama<B> {
             .tok_embeddings
             .weight
             .map(|e: Tensor<B, 2>| e.cast(FloatDType::F16));
-        self.output = self.output.map(half_linear);
-        self.layers = self
-            .layers
-            .into_iter()
-            .map(|mut layer| {
-                let attention = &mut layer.attention;
-                attention.compute_query = half_linear(attention.compute_query.clone());
-                attention.compute_key = half_linear(attention.compute_key.clone());
-                attention.compute_value = half_linear(attention.compute_value.clone());
-                attention.compute_output = half_linear(attention.compute_output.clone());
-                let ffn = &mut layer.feed_forward;
-                ffn.w1 = half_linear(ffn.w1.clone());
-                ffn.w2 = half_linear(ffn.w2.clone());
-                ffn.w3 = half_linear(ffn.w3.clone());
-                layer
-            })
-            .collect();
-        self
+        self.map_linears(half_linear)
     }
 }

@@ -21,6 +21,7 @@ pub mod sampling;
 pub mod split_matmul;
 pub mod text_stream;
 pub mod tokenizer;
+pub mod weight_layout;
 
 pub use adamw::{AdamW, AdamWConfig};
 

@@ -136,6 +136,27 @@ impl<B: Backend> Llama<B> {
         )
     }
 
+    /// The model with `f` applied to every linear layer: the seven of each layer and the
+    /// separate output projection, if any (not the embedding table).
+    pub fn map_linears(mut self, f: impl Fn(Linear<B>) -> Linear<B>) -> Self {
+        self.output = self.output.map(&f);
+        for layer in &mut self.layers {
+            let attention = &mut layer.attention;
+            for linear in [
+                &mut attention.compute_query,
+                &mut attention.compute_key,
+                &mut attention.compute_value,
+                &mut attention.compute_output,
+                &mut layer.feed_forward.w1,
+                &mut layer.feed_forward.w2,
+                &mut layer.feed_forward.w3,
+            ] {
+                *linear = f(linear.clone());
+            }
+        }
+        self
+    }
+
     /// Project hidden states `[batch, seq, dim]` to logits `[batch, seq, vocab]`.
     pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         self.project_split(hidden, 1)
