@@ -383,7 +383,7 @@ impl Job for BenchArgs {
         }
         self.weight_dtype.check(backend)?;
         let threads = rayon::current_num_threads();
-        let huge_pages = crate::huge_pages::enabled();
+        let huge_pages = crate::allocator::huge_pages_enabled();
         reset_peak_rss();
         let model = load_model::<B::InnerBackend>(&self, &device)?;
         let split = backend.decode_split(self.decode_split, model.config.dim);

@@ -1,10 +1,10 @@
 //! `llama-cli`: load Llama 2 checkpoints, check them, generate text, classify sentences.
 
+mod allocator;
 mod backend;
 mod bench;
 mod classify;
 mod generate;
-mod huge_pages;
 mod model_args;
 mod output;
 mod sanity;
@@ -17,9 +17,9 @@ use clap::{Parser, Subcommand};
 use backend::{run_on, BackendKind};
 use llama_train::finetune::FinetuneError;
 
-/// Large buffers (weights above all) on transparent huge pages: see [`huge_pages`].
+/// jemalloc keeping freed memory, large buffers on transparent huge pages: see [`allocator`].
 #[global_allocator]
-static ALLOCATOR: huge_pages::HugePageAlloc = huge_pages::HugePageAlloc;
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 /// Llama 2 on Burn: the minllama exercise as a tool.
 #[derive(Debug, Parser)]
@@ -82,7 +82,7 @@ fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn main() -> ExitCode {
-    huge_pages::keep_freed_memory();
+    allocator::keep_freed_memory();
     let cli = Cli::parse(); // usage errors exit with status 2
     let result = catch_panics(|| {
         backend::set_threads(cli.threads)?;
