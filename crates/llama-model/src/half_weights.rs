@@ -18,25 +18,10 @@
 //! Backends differ in what they do with f16 products: burn-flex hands them to gemm's f16
 //! kernels, which read f16 and accumulate in f32 on the CPU's SIMD units.
 
-use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 
 use crate::Llama;
-
-/// A linear layer's weight (`[d_in, d_out]`, held as a transposed view of PyTorch's
-/// `[d_out, d_in]` storage) in f16, kept in that storage order.
-fn half_linear<B: Backend>(linear: Linear<B>) -> Linear<B> {
-    Linear {
-        // Casting copies into contiguous storage of the tensor's logical order; cast the
-        // `[d_out, d_in]` view so each output's weights stay one contiguous row, the order
-        // single-row products read fastest.
-        weight: linear
-            .weight
-            .map(|w| w.transpose().cast(FloatDType::F16).transpose()),
-        bias: linear.bias,
-    }
-}
 
 impl<B: Backend> Llama<B> {
     /// The model with its weight matrices (every linear layer, the embedding table and the
@@ -47,6 +32,10 @@ impl<B: Backend> Llama<B> {
             .tok_embeddings
             .weight
             .map(|e: Tensor<B, 2>| e.cast(FloatDType::F16));
-        self.map_linears(half_linear)
+        // A linear weight `[d_in, d_out]` is a transposed view of PyTorch's `[d_out, d_in]`
+        // storage. Casting copies into contiguous storage of the tensor's logical order, so
+        // cast the `[d_out, d_in]` view: each output's weights stay one contiguous row, the
+        // order single-row products read fastest.
+        self.map_linear_weights(|w| w.transpose().cast(FloatDType::F16).transpose())
     }
 }

@@ -136,13 +136,13 @@ impl<B: Backend> Llama<B> {
         )
     }
 
-    /// The model with `f` applied to every linear layer: the seven of each layer and the
-    /// separate output projection, if any (not the embedding table).
-    pub fn map_linears(mut self, f: impl Fn(Linear<B>) -> Linear<B>) -> Self {
-        self.output = self.output.map(&f);
-        for layer in &mut self.layers {
+    /// The model with `f` applied to the weight `[d_in, d_out]` of every linear layer: the
+    /// seven of each layer and the separate output projection, if any (not the embedding
+    /// table).
+    pub fn map_linear_weights(mut self, f: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>) -> Self {
+        let layers = self.layers.iter_mut().flat_map(|layer| {
             let attention = &mut layer.attention;
-            for linear in [
+            [
                 &mut attention.compute_query,
                 &mut attention.compute_key,
                 &mut attention.compute_value,
@@ -150,9 +150,10 @@ impl<B: Backend> Llama<B> {
                 &mut layer.feed_forward.w1,
                 &mut layer.feed_forward.w2,
                 &mut layer.feed_forward.w3,
-            ] {
-                *linear = f(linear.clone());
-            }
+            ]
+        });
+        for linear in layers.chain(self.output.as_mut()) {
+            linear.weight = linear.weight.clone().map(&f);
         }
         self
     }
@@ -184,13 +185,12 @@ impl<B: Backend> Llama<B> {
         mut cache: Option<&mut LlamaCache<B>>,
         mut trace: Option<&mut Vec<(Tensor<B, 3>, Tensor<B, 3>)>>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let mut embeddings = self.tok_embeddings.forward(tokens);
         // With f16 weights (`half_weights`) the lookup gives f16 rows; compute in the
-        // norms' dtype.
-        let dtype = self.norm.weight.val().dtype();
-        if embeddings.dtype() != dtype {
-            embeddings = embeddings.cast(dtype);
-        }
+        // norms' dtype (a no-op cast otherwise).
+        let embeddings = self
+            .tok_embeddings
+            .forward(tokens)
+            .cast(self.norm.weight.val().dtype());
         let mut x = self.dropout.forward(embeddings.clone());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers_mut()[i]);

@@ -28,19 +28,14 @@ const MIN_COLUMNS: usize = 64;
 /// column blocks in parallel when `batch * seq` is small (decoding), else in one product.
 ///
 /// A weight of another float dtype than `x` (f16, see [`crate::half_weights`]) gets `x` cast
-/// to its dtype, and the result is cast back to `x`'s.
+/// to its dtype, and the result is cast back to `x`'s (a cast to the same dtype is a no-op).
 pub fn matmul_split<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, parts: usize) -> Tensor<B, 3> {
     let [batch, seq, k] = x.dims();
     let n = w.dims()[1];
     let rows = batch * seq;
     let parts = parts.min(n / MIN_COLUMNS);
     let dtype = x.dtype();
-    let x = x.reshape([rows, k]);
-    let x = if w.dtype() == dtype {
-        x
-    } else {
-        x.cast(w.dtype())
-    };
+    let x = x.reshape([rows, k]).cast(w.dtype());
     let out = if parts <= 1 || rows > MAX_ROWS {
         x.matmul(w)
     } else {
@@ -53,12 +48,7 @@ pub fn matmul_split<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, parts: usize) 
             .collect();
         Tensor::cat(blocks, 1)
     };
-    let out = if out.dtype() == dtype {
-        out
-    } else {
-        out.cast(dtype)
-    };
-    out.reshape([batch, seq, n])
+    out.cast(dtype).reshape([batch, seq, n])
 }
 
 /// [`Linear::forward`] through [`matmul_split`] (a two-dimensional product, `parts` column
