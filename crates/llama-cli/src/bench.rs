@@ -20,6 +20,7 @@ use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
 use llama_train::classifier::ClassifierConfig;
 use llama_train::data::{make_batch, read_label_names, DataOptions, SentenceDataset};
 use llama_train::prompting::{PromptingConfig, ZeroShotClassifier};
+use llama_train::training_loop::step_seed;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -334,11 +335,10 @@ fn bench_train<B: AutodiffBackend>(
     }
     let num_labels = items.iter().map(|i| i.label).max().unwrap_or(0) + 1;
     let config = ClassifierConfig::new(model.config.clone(), num_labels);
-    B::seed(device, args.seed);
     // `from_inner` keeps the inner parameters' "no gradient" flag: mark every weight
     // trainable, as a checkpoint loaded for fine-tuning is (otherwise only the head trains).
     let llama = Llama::<B>::from_inner(model.llama.clone()).map(&mut Trainable);
-    let mut classifier = config.init_with_llama(llama)?;
+    let mut classifier = config.init_with_llama(llama, args.seed)?;
     let mut optim =
         AdamWConfig::new().init::<B, llama_train::classifier::LlamaEmbeddingClassifier<B>>()?;
     reset_peak_rss();
@@ -352,7 +352,9 @@ fn bench_train<B: AutodiffBackend>(
         let tokens: Vec<&[u32]> = rows.iter().map(|r| r.tokens.as_slice()).collect();
         let labels: Vec<usize> = rows.iter().map(|r| r.label).collect();
         let start = Instant::now();
-        let batch = make_batch::<B, _>(&tokens, &labels, tokenizer.pad_id(), device);
+        let mut batch = make_batch::<B, _>(&tokens, &labels, tokenizer.pad_id(), device);
+        // The mask as fine-tuning draws it (on the host, from the step's seed).
+        batch.dropout_seed = Some(step_seed(args.seed, 1, step));
         let output = classifier.forward_classification(batch);
         let loss = output.loss.mean();
         let grads = GradientsParams::from_grads(loss.backward(), &classifier);

@@ -22,15 +22,18 @@ use std::str::FromStr;
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use llama_model::{Llama, LlamaConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::SentenceBatch;
+use crate::dropout::seeded_dropout;
 
 /// Why a classifier could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -160,17 +163,18 @@ impl ClassifierConfig {
         device: &B::Device,
     ) -> Result<LlamaEmbeddingClassifier<B>, ClassifierError> {
         self.check()?;
-        self.init_with_llama(self.llama.init(device))
+        self.init_with_llama(self.llama.init(device), 0)
     }
 
     /// A classifier over a given (pre-trained) Llama with a freshly initialised head.
     ///
     /// The head is initialised as PyTorch's `nn.Linear` (weight and bias uniform in
-    /// `±1/sqrt(dim)`) from the backend's random generator: seed it (`B::seed`) first for a
-    /// reproducible head.
+    /// `±1/sqrt(dim)`, Burn's default `Linear` initialiser too), drawn from `seed` alone:
+    /// the same seed gives the same head whatever else uses the backend's generator.
     pub fn init_with_llama<B: Backend>(
         &self,
         llama: Llama<B>,
+        seed: u64,
     ) -> Result<LlamaEmbeddingClassifier<B>, ClassifierError> {
         self.check()?;
         if llama.dim() != self.llama.dim {
@@ -180,15 +184,45 @@ impl ClassifierConfig {
             });
         }
         let device = llama.tok_embeddings.weight.device();
-        // Burn's default Linear initialiser (Kaiming-uniform with gain 1/sqrt(3)) is
-        // U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias: PyTorch's nn.Linear default.
-        let classifier_head = LinearConfig::new(self.llama.dim, self.num_labels).init(&device);
+        let (weight, bias) = head_init(self.llama.dim, self.num_labels, seed);
         Ok(LlamaEmbeddingClassifier {
             llama,
-            classifier_head,
+            classifier_head: pytorch_linear(&weight, &bias, self.llama.dim, &device),
             dropout: DropoutConfig::new(self.hidden_dropout_prob).init(),
             position: self.position,
         })
+    }
+}
+
+/// PyTorch's `nn.Linear(dim, labels)` initialisation drawn from `seed`: weight row-major
+/// `[labels, dim]` and bias `[labels]`, each uniform in `±1/sqrt(dim)`.
+fn head_init(dim: usize, labels: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+    let bound = 1.0 / (dim.max(1) as f32).sqrt();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut draw = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| (2.0 * rng.random::<f32>() - 1.0) * bound)
+            .collect()
+    };
+    let weight = draw(dim * labels);
+    (weight, draw(labels))
+}
+
+/// A Burn [`Linear`] from PyTorch-layout values: `weight` row-major `[labels, dim]` (stored
+/// transposed, `[dim, labels]`), `bias` `[labels]`. The lengths are checked by the callers.
+fn pytorch_linear<B: Backend>(
+    weight: &[f32],
+    bias: &[f32],
+    dim: usize,
+    device: &B::Device,
+) -> Linear<B> {
+    let labels = bias.len();
+    let weight = Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [labels, dim]), device)
+        .transpose();
+    let bias = Tensor::<B, 1>::from_data(TensorData::new(bias.to_vec(), [labels]), device);
+    Linear {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
     }
 }
 
@@ -232,16 +266,8 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
             });
         }
         let device = self.classifier_head.weight.device();
-        // PyTorch [out, in] -> Burn [in, out].
-        let weight =
-            Tensor::<B, 2>::from_data(TensorData::new(weight.to_vec(), [labels, dim]), &device)
-                .transpose();
-        let bias = Tensor::<B, 1>::from_data(TensorData::new(bias.to_vec(), [labels]), &device);
         Ok(Self {
-            classifier_head: Linear {
-                weight: Param::from_tensor(weight),
-                bias: Some(Param::from_tensor(bias)),
-            },
+            classifier_head: pytorch_linear(weight, bias, dim, &device),
             ..self
         })
     }
@@ -290,11 +316,25 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
     }
 
     /// Class log-probabilities `[batch, num_labels]` of `tokens` `[batch, seq]` with real
-    /// lengths `lengths` `[batch]` (see [`Self::sentence_embedding`]).
+    /// lengths `lengths` `[batch]` (see [`Self::sentence_embedding`]). In training (an
+    /// autodiff backend) the dropout mask comes from the backend's generator.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>, lengths: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        let embedding = self
-            .dropout
-            .forward(self.sentence_embedding(tokens, lengths));
+        self.forward_with_dropout_seed(tokens, lengths, None)
+    }
+
+    /// [`Self::forward`] with the training dropout mask drawn from `dropout_seed` when given
+    /// ([`seeded_dropout`]), so that the step does not depend on the backend's generator.
+    pub fn forward_with_dropout_seed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        lengths: Tensor<B, 1, Int>,
+        dropout_seed: Option<u64>,
+    ) -> Tensor<B, 2> {
+        let embedding = self.sentence_embedding(tokens, lengths);
+        let embedding = match dropout_seed {
+            Some(seed) => seeded_dropout(embedding, self.dropout.prob, seed),
+            None => self.dropout.forward(embedding),
+        };
         log_softmax(self.classifier_head.forward(embedding), 1)
     }
 
@@ -303,8 +343,10 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
     /// `loss` holds the NLL of each row, `[batch]` (Burn's loss metric averages it and
     /// weights batches by their size, so epoch means are per sentence); the exercise's batch
     /// loss is its mean ([`nll_loss`]). `output` is the log-probabilities `[batch, labels]`.
+    /// The batch's `dropout_seed` chooses the training dropout mask.
     pub fn forward_classification(&self, batch: SentenceBatch<B>) -> ClassificationOutput<B> {
-        let log_probs = self.forward(batch.tokens, batch.lengths);
+        let log_probs =
+            self.forward_with_dropout_seed(batch.tokens, batch.lengths, batch.dropout_seed);
         let losses = nll_per_example(log_probs.clone(), batch.labels.clone());
         ClassificationOutput::new(losses, log_probs, batch.labels)
     }
@@ -392,6 +434,7 @@ mod tests {
             tokens,
             lengths: Tensor::from_data(TensorData::new(vec![3i64, 5], [2]), device),
             labels: Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), device),
+            dropout_seed: None,
         }
     }
 
@@ -415,7 +458,7 @@ mod tests {
         let device = Default::default();
         let llama = LlamaConfig::new(32, 1, 2, 32).init::<TB>(&device);
         assert!(matches!(
-            tiny().init_with_llama(llama),
+            tiny().init_with_llama(llama, 0),
             Err(ClassifierError::WidthMismatch {
                 expected: 16,
                 found: 32
@@ -469,5 +512,55 @@ mod tests {
         let emb = model.llama.tok_embeddings.weight.id;
         assert!(grads.get::<NdArray, 2>(head).is_some());
         assert!(grads.get::<NdArray, 2>(emb).is_none());
+    }
+
+    fn floats<const D: usize>(t: Tensor<TB, D>) -> Vec<f32> {
+        t.into_data().to_vec().expect("f32")
+    }
+
+    #[test]
+    fn head_init_is_pytorch_uniform_fixed_by_the_seed() {
+        let device = Default::default();
+        let config = tiny();
+        let head = |seed| {
+            let llama = config.llama.init::<TB>(&device);
+            let model = config.init_with_llama(llama, seed).expect("classifier");
+            let head = model.classifier_head;
+            (
+                floats(head.weight.val()),
+                floats(head.bias.expect("bias").val()),
+            )
+        };
+        let (w, b) = head(7);
+        assert_eq!((w.len(), b.len()), (16 * 3, 3));
+        let bound = 1.0 / 16f32.sqrt();
+        assert!(w.iter().chain(&b).all(|v| v.abs() <= bound));
+        // Spread over the range, not a constant.
+        assert!(w.iter().any(|&v| v > bound / 2.0) && w.iter().any(|&v| v < -bound / 2.0));
+        // The backend's generator plays no part.
+        TB::seed(&device, 12345);
+        assert_eq!(head(7), (w.clone(), b.clone()));
+        assert_ne!(head(8).0, w);
+    }
+
+    #[test]
+    fn a_seeded_training_step_ignores_the_backend_generator() {
+        let device = Default::default();
+        let model = tiny()
+            .with_hidden_dropout_prob(0.5)
+            .init::<TB>(&device)
+            .expect("valid config");
+        let seeded = |seed| {
+            let mut b = batch(&device);
+            b.dropout_seed = Some(seed);
+            floats(model.forward_classification(b).output)
+        };
+        TB::seed(&device, 1);
+        let a = seeded(3);
+        TB::seed(&device, 2);
+        assert_eq!(seeded(3), a);
+        // The mask is in effect: another seed, other log-probabilities (dropout 0.5 on a
+        // 16-wide representation).
+        assert_ne!(seeded(4), a);
     }
 }

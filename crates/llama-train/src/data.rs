@@ -49,6 +49,10 @@ pub struct SentenceBatch<B: Backend> {
     pub lengths: Tensor<B, 1, Int>,
     /// `[batch]`: class index of each row.
     pub labels: Tensor<B, 1, Int>,
+    /// Seed of this batch's dropout mask in training ([`crate::dropout::seeded_dropout`]);
+    /// `None` (what the batcher gives) draws the mask from the backend's generator. The
+    /// fine-tuning loop sets it from `(seed, epoch, batch)`.
+    pub dropout_seed: Option<u64>,
 }
 
 /// What is wrong with one line of a `label ||| sentence` file.
@@ -500,6 +504,7 @@ pub fn make_batch<B: Backend, R: AsRef<[u32]>>(
         tokens: Tensor::from_data(TensorData::new(data, [n, width]), device),
         lengths: Tensor::from_data(TensorData::new(lengths, [n]), device),
         labels: Tensor::from_data(TensorData::new(labels, [n_labels]), device),
+        dropout_seed: None,
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! # Flow of [`finetune`]
 //!
-//! 1. Seed the backend (`B::seed`: head initialisation) and build the classifier over the
-//!    given Llama; with [`FinetuneOption::Pretrain`] the Llama is frozen.
+//! 1. Build the classifier over the given Llama, its head initialised from the seed; with
+//!    [`FinetuneOption::Pretrain`] the Llama is frozen.
 //! 2. Train for `epochs` epochs with Burn's [`SupervisedTraining`] and `Learner`, driven by
 //!    [`crate::training_loop`]: each epoch's batch order comes from `(seed, epoch)` and each
 //!    step's dropout masks from `(seed, epoch, batch)`, AdamW at a constant learning rate, dev
@@ -36,8 +36,9 @@
 //!
 //! The same seed on the same backend gives the same run (same batches, same dropout masks,
 //! same head, hence the same weights and predictions) provided `num_workers <= 1` (with more
-//! workers, batches arrive in thread order) and nothing else draws from the backend's random
-//! generator during a step (ndarray's generator is global to the process).
+//! workers, batches arrive in thread order). Nothing is drawn from the backend's random
+//! generator (global to the process on ndarray and flex), so other runs or tests in the same
+//! process, on other threads, do not change a run.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -452,12 +453,10 @@ pub fn finetune_with<B: AutodiffBackend>(
         ResumeState::start(settings)
     };
 
-    // Seed before building the head, whose initialisation draws from the backend generator.
-    B::seed(device, config.seed);
     let classifier_config = ClassifierConfig::new(llama_config.clone(), data.num_labels)
         .with_hidden_dropout_prob(config.hidden_dropout_prob)
         .with_position(config.position);
-    let mut model = classifier_config.init_with_llama(llama)?;
+    let mut model = classifier_config.init_with_llama(llama, config.seed)?;
     let recorder = ClassifierRecorder::new();
     let checkpoint = |kind: &str| {
         dir.join("checkpoint")
@@ -521,12 +520,12 @@ pub fn finetune_with<B: AutodiffBackend>(
     let end = Arc::new(Mutex::new(None));
     let strategy = ResumableLoop::<B> {
         dir: dir.clone(),
-        device: device.clone(),
         train,
         seed: config.seed,
         max_steps: control.max_steps,
         state: state.clone(),
         end: end.clone(),
+        backend: std::marker::PhantomData,
     };
     let renderer = ProgressRenderer::new(config.epochs, config.log_every);
     let training = SupervisedTraining::new(dir, train_loader, valid_loader)

@@ -3,6 +3,7 @@
 
 pub mod classifier;
 pub mod data;
+pub mod dropout;
 pub mod finetune;
 pub mod metrics;
 pub mod predictions;

@@ -3,11 +3,13 @@
 //! any step and resume exactly.
 //!
 //! Burn's default loop shuffles with one generator that every epoch advances, and dropout
-//! draws from the backend's global generator; neither state can be saved, so a resumed run
-//! would see other batches and other dropout masks than an uninterrupted one. Here each
-//! epoch's order is drawn from `(seed, epoch)` ([`epoch_order`]) and the backend generator is
-//! reseeded from `(seed, epoch, batch)` before every step ([`step_seed`]): the position in
-//! the run *is* its random state, and `resume.json` records it.
+//! draws from the backend's generator, global to the process; neither state can be saved,
+//! so a resumed run would see other batches and other dropout masks than an uninterrupted
+//! one, and anything else drawing from that generator (a run on another thread) would change
+//! the masks. Here each epoch's order is drawn from `(seed, epoch)` ([`epoch_order`]) and each
+//! step's dropout mask from `(seed, epoch, batch)` ([`step_seed`], carried by the batch to
+//! [`crate::dropout::seeded_dropout`]): the position in the run *is* its random state, and
+//! `resume.json` records it.
 //!
 //! After every epoch (training pass, then dev) the loop saves, in this order: the best model
 //! so far as `classifier.mpk` when the dev accuracy improved (strictly: a tie keeps the
@@ -15,6 +17,7 @@
 //! the [`Interrupter`](burn::train::Interrupter) fires (Ctrl-C) or the step budget is spent, the current step finishes
 //! and the same checkpoint is saved mid-epoch.
 
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
@@ -82,7 +85,7 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     order
 }
 
-/// Seed of the backend generator (dropout masks) for step `batch` (0-based) of `epoch`.
+/// Seed of the dropout mask of step `batch` (0-based) of `epoch`.
 pub fn step_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
     mix(seed, epoch as u64, batch as u64)
 }
@@ -175,7 +178,6 @@ pub(crate) enum LoopEnd {
 /// The loop of [`crate::finetune`]; see the [module docs](self).
 pub(crate) struct ResumableLoop<B: AutodiffBackend> {
     pub(crate) dir: PathBuf,
-    pub(crate) device: B::Device,
     pub(crate) train: EpochOrdered,
     pub(crate) seed: u64,
     /// Stop after this many steps of this call.
@@ -183,6 +185,7 @@ pub(crate) struct ResumableLoop<B: AutodiffBackend> {
     /// State in, final state out.
     pub(crate) state: Arc<Mutex<ResumeState>>,
     pub(crate) end: Arc<Mutex<Option<LoopEnd>>>,
+    pub(crate) backend: PhantomData<B>,
 }
 
 impl<B: AutodiffBackend> ResumableLoop<B> {
@@ -269,12 +272,12 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
             let mut iterator = dataloader_train.iter();
             let mut batch = 0;
             let mut stop = None;
-            while let Some(item) = iterator.next() {
+            while let Some(mut item) = iterator.next() {
                 batch += 1;
                 if batch <= skip {
                     continue; // trained before the interruption
                 }
-                B::seed(&self.device, step_seed(self.seed, epoch, batch - 1));
+                item.dropout_seed = Some(step_seed(self.seed, epoch, batch - 1));
                 learner.lr_step();
                 let output = learner.train_step(item);
                 learner.optimizer_step(output.grads);

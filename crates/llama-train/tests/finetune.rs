@@ -2,10 +2,12 @@
 //! is saved and reproduces its dev predictions when reloaded, and a seed fixes the run.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Distribution, Tensor};
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use llama_train::classifier::FinetuneOption;
@@ -19,9 +21,36 @@ use llama_train::resume::{Position, ResumeError};
 type TB = Autodiff<NdArray>;
 type Inner = <TB as AutodiffBackend>::InnerBackend;
 
-/// NdArray's random generator is global to the process: runs must not overlap for a seed to
-/// fix their dropout masks and head initialisation.
+/// Runs one at a time: each uses every core. (Not for reproducibility: a run draws nothing
+/// from the backend's generator, which is global to the process on ndarray.)
 static RUN: Mutex<()> = Mutex::new(());
+
+/// Seeds and draws from the backend's generator on another thread while `f` runs, as
+/// another run or test in the same process may.
+fn with_generator_busy<T>(f: impl FnOnce() -> T) -> T {
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let device = Default::default();
+            let mut draws = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                TB::seed(&device, draws);
+                let _ = Tensor::<TB, 1>::random([64], Distribution::Default, &device);
+                draws += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+            assert!(draws > 0);
+        });
+        let _stop = StopOnDrop(&stop);
+        f()
+    })
+}
 
 fn slice(file: &str, n: usize, tokenizer: &Tokenizer, config: &FinetuneConfig) -> SentenceDataset {
     let path = fixture(&format!("data/{file}"));
@@ -209,10 +238,11 @@ fn finetune_learns_saves_the_best_model_and_is_reproducible() {
     let (l1, l2) = (again.loss.expect("loss"), a.dev.loss.expect("loss"));
     assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
 
-    // Same seed, same backend: the same run (same shuffles, dropout masks and head). Compared
-    // up to float rounding, because ndarray's optional SIMD kernels (kept off in this
-    // workspace) round differently from run to run depending on memory alignment.
-    let b = run(&config(second.path()), &data);
+    // Same seed, same backend: the same run (same shuffles, dropout masks and head), even
+    // with another thread seeding and drawing from the backend's generator meanwhile.
+    // Compared up to float rounding, because ndarray's optional SIMD kernels (kept off in
+    // this workspace) round differently from run to run depending on memory alignment.
+    let b = with_generator_busy(|| run(&config(second.path()), &data));
     assert_eq!(b.epochs.len(), a.epochs.len());
     let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
         (Some(x), Some(y)) => (x - y).abs() <= 1e-4 * x.abs().max(1.0),

@@ -96,7 +96,7 @@ fn classifier(fx: &Value, position: SentencePosition) -> LlamaEmbeddingClassifie
     ClassifierConfig::new(loaded.config, 5)
         .with_hidden_dropout_prob(0.0)
         .with_position(position)
-        .init_with_llama(loaded.model)
+        .init_with_llama(loaded.model, 0)
         .expect("classifier")
         .with_head_weights(&floats(&head["weight"]), &floats(&head["bias"]))
         .expect("head weights")
