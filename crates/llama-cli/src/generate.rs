@@ -56,7 +56,7 @@ pub struct GenerateArgs {
     #[arg(long, value_parser = crate::classify::positive)]
     pub decode_split: Option<usize>,
     /// Precision of the weight matrices while generating: f16 halves the bytes each decoded
-    /// token reads (faster decoding; logits within ~1e-3 of f32's). flex only.
+    /// token reads (faster decoding; logits within ~2e-2 of f32's). flex only.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub weight_dtype: WeightDtype,
 }

@@ -13,7 +13,8 @@ pub enum WeightDtype {
     /// As loaded: f32, exact.
     #[default]
     F32,
-    /// IEEE half precision: half the bytes a decoded token reads, logits within ~1e-3.
+    /// IEEE half precision: half the bytes a decoded token reads, logits within ~2e-2
+    /// (1.9e-2 on the stories260K forward fixture).
     F16,
 }
 
