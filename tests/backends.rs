@@ -1,6 +1,7 @@
 //! The same numbers on every backend of the test build: the stories260K forward fixture and a
-//! greedy generation, on ndarray and flex, and with `--features tch` on libtorch (CPU) and
-//! `--features wgpu` on wgpu (skipped, with the reason, where wgpu finds no adapter).
+//! greedy generation, on ndarray, flex and wgpu (a default feature of this package), and with
+//! `--features tch` on libtorch (CPU). Where wgpu finds no adapter its test is skipped with
+//! the reason, unless `LLAMA_REQUIRE_WGPU=1` (as in CI) makes that a failure.
 
 mod common;
 
@@ -129,9 +130,18 @@ fn wgpu_unavailable() -> Option<String> {
 fn wgpu_matches_the_reference_and_ndarray() {
     use burn::backend::wgpu::{Wgpu, WgpuDevice};
     if let Some(why) = wgpu_unavailable() {
+        let why = format!(
+            "{why} (install a Vulkan driver; without a GPU, Debian's mesa-vulkan-drivers \
+             provides lavapipe)"
+        );
+        // CI sets LLAMA_REQUIRE_WGPU=1: there a missing adapter is a failure, not a skip.
+        assert!(
+            std::env::var_os("LLAMA_REQUIRE_WGPU").is_none_or(|v| v == "0"),
+            "LLAMA_REQUIRE_WGPU is set and wgpu cannot run: {why}"
+        );
         note(&format!(
-            "wgpu_matches_the_reference_and_ndarray: skipped: {why} (install a Vulkan driver; \
-             without a GPU, Debian's mesa-vulkan-drivers provides lavapipe)"
+            "wgpu_matches_the_reference_and_ndarray: skipped: {why}; set LLAMA_REQUIRE_WGPU=1 \
+             to make this a failure"
         ));
         return;
     }

@@ -1,0 +1,523 @@
+//! `llama-cli bench`: generation, prompting and fine-tuning speed and memory, as one table
+//! (and optionally JSON), for a checkpoint or a preset config with seeded random weights.
+//!
+//! Every figure is the median of several timed runs after a warm-up run. Peak resident
+//! memory is measured per phase by resetting the kernel's high-water mark
+//! (`/proc/self/clear_refs`) before the phase and reading `VmHWM` after it.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::{Args, ValueEnum};
+use llama_model::adamw::AdamWConfig;
+use llama_model::generate::{GenerateConfig, Generator};
+
+use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
+use llama_train::classifier::ClassifierConfig;
+use llama_train::data::{make_batch, read_label_names, DataOptions, SentenceDataset};
+use llama_train::prompting::{PromptingConfig, ZeroShotClassifier};
+use llama_train::training_loop::step_seed;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::backend::{BackendKind, Job};
+use crate::model_args::find_tokenizer;
+use crate::output::write_atomic;
+use crate::weight_dtype::WeightDtype;
+
+/// A benchmark phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Phase {
+    Generate,
+    Prompt,
+    Train,
+}
+
+/// Arguments of `llama-cli bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Checkpoint to measure (its weights and config).
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    pub checkpoint: Option<PathBuf>,
+    /// Preset config (e.g. configs/stories42M.json): random weights, seeded.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Tokenizer for the prompting and training phases (default: beside the checkpoint;
+    /// for a preset, the Llama 2 tokenizer of the fixtures when the vocabulary is 32000).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Sentences scored by the prompting phase.
+    #[arg(long, default_value = "../shared/fixtures/data/sst-dev.txt")]
+    pub data: PathBuf,
+    /// Label names of the prompting phase.
+    #[arg(long, default_value = "../shared/fixtures/data/sst-label-mapping.json")]
+    pub label_names: PathBuf,
+    /// Sentences of the training phase.
+    #[arg(long, default_value = "../shared/fixtures/data/sst-train.txt")]
+    pub train_data: PathBuf,
+    /// Run one phase only.
+    #[arg(long, value_enum)]
+    pub only: Option<Phase>,
+    /// Also write the figures as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Timed runs per figure (after one warm-up run).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
+    /// Prompt length of the generation phase.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prompt_tokens: u64,
+    /// Tokens decoded by the generation phase.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(2..))]
+    pub new_tokens: u64,
+    /// Batch size of the prompting phase.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prompt_batch: u64,
+    /// Sentences scored per timed prompting run.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prompt_sentences: u64,
+    /// Batch size of the training phase.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(1..))]
+    pub train_batch: u64,
+    /// Seed of the random weights and prompt.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Column blocks per decoding product (see `generate --decode-split`; default: one per
+    /// thread on ndarray and flex for models of dim 512 and more, else 1).
+    #[arg(long, value_parser = crate::classify::positive)]
+    pub decode_split: Option<usize>,
+    /// Precision of the weight matrices in the generation phase (see `generate
+    /// --weight-dtype`; flex only). Prompting and training run on the f32 weights: f16 only
+    /// pays where products read each weight once per row (decoding); batched products ran
+    /// slower in f16 (42M prompting: 32 → 24 sentences/s).
+    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
+    pub weight_dtype: WeightDtype,
+}
+
+/// Peak resident memory since the last reset, in MiB (Linux; `None` elsewhere).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Reset the peak-RSS mark to the current RSS (best effort).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+struct Model<B: Backend> {
+    llama: Llama<B>,
+    config: LlamaConfig,
+    load_seconds: f64,
+    source: String,
+}
+
+fn load_model<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<Model<B>> {
+    let start = Instant::now();
+    let (llama, config, source) = match (&args.checkpoint, &args.config) {
+        (Some(path), _) => {
+            let loaded = load_checkpoint::<B>(path, &LoadOptions::default(), device)?;
+            (loaded.model, loaded.config, path.display().to_string())
+        }
+        (None, Some(path)) => {
+            let config = LlamaConfig::from_json_file(path)?;
+            B::seed(device, args.seed);
+            let llama = config.init::<B>(device);
+            (
+                llama,
+                config,
+                format!("{} (random weights, seed {})", path.display(), args.seed),
+            )
+        }
+        (None, None) => bail!("pass --checkpoint or --config"),
+    };
+    // One single-token pass, so that first-use costs (kernel set-up, allocator warm-up) fall
+    // in the load time and not in the first timed run.
+    let one = burn::tensor::Tensor::<B, 2, burn::tensor::Int>::ones([1, 1], device);
+    let _ = llama.forward_last(one).logits.sum().into_scalar();
+    Ok(Model {
+        llama,
+        config,
+        load_seconds: start.elapsed().as_secs_f64(),
+        source,
+    })
+}
+
+fn tokenizer_for(args: &BenchArgs, config: &LlamaConfig) -> Result<Tokenizer> {
+    let path = match (&args.tokenizer, &args.checkpoint) {
+        (Some(p), _) => p.clone(),
+        (None, Some(checkpoint)) => find_tokenizer(checkpoint),
+        (None, None) if config.vocab_size == 32000 => {
+            PathBuf::from("../shared/fixtures/tokenizers/llama2-tokenizer.model")
+        }
+        (None, None) => bail!(
+            "pass --tokenizer for a model with a {}-token vocabulary",
+            config.vocab_size
+        ),
+    };
+    let tokenizer = Tokenizer::from_file(&path)?;
+    if tokenizer.vocab_size() != config.vocab_size {
+        bail!(
+            "tokenizer {} has {} tokens, the model {}",
+            path.display(),
+            tokenizer.vocab_size(),
+            config.vocab_size
+        );
+    }
+    Ok(tokenizer)
+}
+
+#[derive(Default)]
+struct Figures {
+    prefill_tokens_per_s: Option<f64>,
+    decode_tokens_per_s: Option<f64>,
+    time_to_first_token_s: Option<f64>,
+    generate_peak_rss_mb: Option<f64>,
+    prompt_sentences_per_s: Option<f64>,
+    prompt_peak_rss_mb: Option<f64>,
+    train_step_seconds: Option<f64>,
+    train_sentences_per_s: Option<f64>,
+    train_peak_rss_mb: Option<f64>,
+}
+
+/// One greedy generation: `(time to first token, decode tokens/s)`.
+fn time_generation<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    new_tokens: usize,
+    split: usize,
+) -> Result<(Duration, f64)> {
+    let config = GenerateConfig::greedy(new_tokens).with_decode_split(split);
+    let mut generator = Generator::new(model, prompt, &config)?;
+    for token in generator.by_ref() {
+        token?;
+    }
+    let stats = generator.stats();
+    Ok((
+        stats.time_to_first_token.unwrap_or_default(),
+        stats.tokens_per_second().unwrap_or(f64::NAN),
+    ))
+}
+
+fn bench_generate<B: Backend>(
+    args: &BenchArgs,
+    model: &Model<B>,
+    llama: &Llama<B>,
+    split: usize,
+    f: &mut Figures,
+) -> Result<()> {
+    let n = args.prompt_tokens as usize;
+    if n + args.new_tokens as usize > model.config.max_seq_len {
+        bail!(
+            "{} prompt + {} new tokens exceed the model's context of {}",
+            n,
+            args.new_tokens,
+            model.config.max_seq_len
+        );
+    }
+    // A seeded random prompt of ordinary tokens (ids past BOS/EOS/byte pieces).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let low = 259.min(model.config.vocab_size as u32 - 1);
+    let mut prompt = vec![1u32];
+    prompt.extend((1..n).map(|_| rng.random_range(low..model.config.vocab_size as u32)));
+    reset_peak_rss();
+    time_generation(llama, &prompt, 8, split)?; // warm-up
+    let mut ttft = vec![];
+    let mut decode = vec![];
+    for _ in 0..args.runs {
+        let (first, speed) = time_generation(llama, &prompt, args.new_tokens as usize, split)?;
+        ttft.push(first.as_secs_f64());
+        decode.push(speed);
+    }
+    let ttft = median(ttft);
+    f.time_to_first_token_s = Some(ttft);
+    f.prefill_tokens_per_s = Some(n as f64 / ttft);
+    f.decode_tokens_per_s = Some(median(decode));
+    f.generate_peak_rss_mb = peak_rss_mb();
+    Ok(())
+}
+
+fn bench_prompt<B: Backend>(
+    args: &BenchArgs,
+    llama: &Llama<B>,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+    f: &mut Figures,
+) -> Result<()> {
+    let names = read_label_names(&args.label_names)?;
+    let classifier = ZeroShotClassifier::new(tokenizer, names)?;
+    let dataset = classifier.load_dataset(&args.data, tokenizer, &DataOptions::default())?;
+    let items = dataset.items();
+    let chunk = (args.prompt_sentences as usize).min(items.len());
+    let config = PromptingConfig {
+        batch_size: args.prompt_batch as usize,
+        pad_position_scoring: false,
+    };
+    reset_peak_rss();
+    let mut chunks = items.chunks(chunk);
+    if let Some(warm) = chunks.next() {
+        classifier.classify_items(
+            llama,
+            &warm[..warm.len().min(config.batch_size)],
+            &config,
+            device,
+        )?;
+    }
+    let mut rates = vec![];
+    for part in items.chunks(chunk).take(args.runs as usize) {
+        let start = Instant::now();
+        classifier.classify_items(llama, part, &config, device)?;
+        rates.push(part.len() as f64 / start.elapsed().as_secs_f64());
+    }
+    f.prompt_sentences_per_s = Some(median(rates));
+    f.prompt_peak_rss_mb = peak_rss_mb();
+    Ok(())
+}
+
+/// Marks every float parameter as requiring gradients.
+struct Trainable;
+
+impl<B: Backend> burn::module::ModuleMapper<B> for Trainable {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: burn::module::Param<burn::tensor::Tensor<B, D>>,
+    ) -> burn::module::Param<burn::tensor::Tensor<B, D>> {
+        param.set_require_grad(true)
+    }
+}
+
+fn bench_train<B: AutodiffBackend>(
+    args: &BenchArgs,
+    model: &Model<B::InnerBackend>,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+    f: &mut Figures,
+) -> Result<()> {
+    let dataset = SentenceDataset::from_file(&args.train_data, tokenizer, &DataOptions::default())?;
+    let items = dataset.items();
+    let batch = args.train_batch as usize;
+    if items.len() < batch {
+        bail!(
+            "{} has {} sentences, fewer than one batch of {batch}",
+            args.train_data.display(),
+            items.len()
+        );
+    }
+    let num_labels = items.iter().map(|i| i.label).max().unwrap_or(0) + 1;
+    let config = ClassifierConfig::new(model.config.clone(), num_labels);
+    // `from_inner` keeps the inner parameters' "no gradient" flag: mark every weight
+    // trainable, as a checkpoint loaded for fine-tuning is (otherwise only the head trains).
+    let llama = Llama::<B>::from_inner(model.llama.clone()).map(&mut Trainable);
+    let mut classifier = config.init_with_llama(llama, args.seed)?;
+    let mut optim =
+        AdamWConfig::new().init::<B, llama_train::classifier::LlamaEmbeddingClassifier<B>>()?;
+    reset_peak_rss();
+    let mut times = vec![];
+    // Consecutive training batches (the exercise's batches are padded to 59–93 tokens).
+    for (step, rows) in items
+        .chunks_exact(batch)
+        .take(args.runs as usize + 1)
+        .enumerate()
+    {
+        let tokens: Vec<&[u32]> = rows.iter().map(|r| r.tokens.as_slice()).collect();
+        let labels: Vec<usize> = rows.iter().map(|r| r.label).collect();
+        let start = Instant::now();
+        let mut batch = make_batch::<B, _>(&tokens, &labels, tokenizer.pad_id(), device);
+        // The mask as fine-tuning draws it (on the host, from the step's seed).
+        batch.dropout_seed = Some(step_seed(args.seed, 1, step));
+        let output = classifier.forward_classification(batch);
+        let loss = output.loss.mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &classifier);
+        classifier = optim.step(2e-5, classifier, grads);
+        // Force the update to finish before the clock stops.
+        let _ = classifier.classifier_head.weight.val().sum().into_scalar();
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let step = median(times);
+    f.train_step_seconds = Some(step);
+    f.train_sentences_per_s = Some(batch as f64 / step);
+    f.train_peak_rss_mb = peak_rss_mb();
+    Ok(())
+}
+
+fn fmt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+impl Job for BenchArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        if let Some(path) = &self.json {
+            crate::output::check_writable(path)?;
+        }
+        self.weight_dtype.check(backend)?;
+        let threads = rayon::current_num_threads();
+        let huge_pages = crate::allocator::huge_pages_enabled();
+        reset_peak_rss();
+        let model = load_model::<B::InnerBackend>(&self, &device)?;
+        let split = backend.decode_split(self.decode_split, model.config.dim);
+        let load_rss = peak_rss_mb();
+        let wants = |p: Phase| self.only.is_none_or(|only| only == p);
+        // The generation phase's weights (`--weight-dtype`).
+        let decoding = if wants(Phase::Generate) {
+            Some(self.weight_dtype.apply(model.llama.clone(), backend)?)
+        } else {
+            None
+        };
+        let mut f = Figures::default();
+        let tokenizer = if wants(Phase::Prompt) || wants(Phase::Train) {
+            Some(tokenizer_for(&self, &model.config)?)
+        } else {
+            None
+        };
+        if let Some(llama) = &decoding {
+            bench_generate(&self, &model, llama, split, &mut f).context("generation phase")?;
+        }
+        if let (true, Some(tok)) = (wants(Phase::Prompt), &tokenizer) {
+            // The layout `llama-cli prompt` uses.
+            let llama = backend.layout_for_batches(model.llama.clone());
+            bench_prompt(&self, &llama, tok, &device, &mut f).context("prompting phase")?;
+        }
+        if let (true, Some(tok)) = (wants(Phase::Train), &tokenizer) {
+            bench_train::<B>(&self, &model, tok, &device, &mut f).context("training phase")?;
+        }
+
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        println!("llama-cli bench: {}", model.source);
+        println!(
+            "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; decode weights {}; median of {} runs after a warm-up",
+            cpu_model(),
+            if huge_pages { "advised" } else { "off" },
+            self.weight_dtype.name(),
+            self.runs
+        );
+        // A decoded token reads every weight once (norms are f32 either way, a rounding error).
+        let weight_bytes = model.llama.num_params() as f64 * self.weight_dtype.bytes();
+        println!("| phase | figure | value |");
+        println!("|---|---|---|");
+        println!("| load | seconds | {:.3} |", model.load_seconds);
+        println!("| load | peak RSS MiB | {} |", fmt(load_rss, 0));
+        if wants(Phase::Generate) {
+            println!(
+                "| generate | prefill tokens/s ({}-token prompt) | {} |",
+                self.prompt_tokens,
+                fmt(f.prefill_tokens_per_s, 1)
+            );
+            println!(
+                "| generate | decode tokens/s ({} new, first excluded) | {} |",
+                self.new_tokens,
+                fmt(f.decode_tokens_per_s, 1)
+            );
+            println!(
+                "| generate | weights streamed GB/s (decode x {:.0} MB) | {} |",
+                weight_bytes / 1e6,
+                fmt(f.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9), 1)
+            );
+            println!(
+                "| generate | time to first token s | {} |",
+                fmt(f.time_to_first_token_s, 4)
+            );
+            println!(
+                "| generate | peak RSS MiB | {} |",
+                fmt(f.generate_peak_rss_mb, 0)
+            );
+        }
+        if wants(Phase::Prompt) {
+            println!(
+                "| prompt | sentences/s (batch {}) | {} |",
+                self.prompt_batch,
+                fmt(f.prompt_sentences_per_s, 1)
+            );
+            println!(
+                "| prompt | peak RSS MiB | {} |",
+                fmt(f.prompt_peak_rss_mb, 0)
+            );
+        }
+        if wants(Phase::Train) {
+            println!(
+                "| train | seconds/step (batch {}) | {} |",
+                self.train_batch,
+                fmt(f.train_step_seconds, 3)
+            );
+            println!(
+                "| train | sentences/s | {} |",
+                fmt(f.train_sentences_per_s, 1)
+            );
+            println!("| train | peak RSS MiB | {} |", fmt(f.train_peak_rss_mb, 0));
+        }
+
+        if let Some(path) = &self.json {
+            let peak = [
+                load_rss,
+                f.generate_peak_rss_mb,
+                f.prompt_peak_rss_mb,
+                f.train_peak_rss_mb,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            let value = json!({
+                "source": model.source,
+                "backend": backend.name(),
+                "threads": threads,
+                "decode_split": split,
+                "huge_pages": huge_pages,
+                "weight_dtype": self.weight_dtype.name(),
+                "decode_weight_gb_per_s": f.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9),
+                "machine": cpu_model(),
+                "cores": cores,
+                "runs": self.runs,
+                "load_seconds": model.load_seconds,
+                "prefill_tokens_per_s": f.prefill_tokens_per_s,
+                "decode_tokens_per_s": f.decode_tokens_per_s,
+                "time_to_first_token_s": f.time_to_first_token_s,
+                "prompt_sentences_per_s": f.prompt_sentences_per_s,
+                "train_step_seconds": f.train_step_seconds,
+                "train_sentences_per_s": f.train_sentences_per_s,
+                "peak_rss_mb": peak,
+                "peak_rss_mb_by_phase": {
+                    "load": load_rss,
+                    "generate": f.generate_peak_rss_mb,
+                    "prompt": f.prompt_peak_rss_mb,
+                    "train": f.train_peak_rss_mb,
+                },
+            });
+            write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+        Ok(())
+    }
+}

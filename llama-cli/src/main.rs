@@ -1,0 +1,161 @@
+//! `llama-cli`: load Llama 2 checkpoints, check them, generate text, classify sentences.
+
+mod allocator;
+mod backend;
+mod bench;
+mod check;
+mod classify;
+mod data_files;
+mod generate;
+mod model_args;
+mod output;
+mod sanity;
+mod weight_dtype;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use backend::{run_on, BackendKind};
+use llama_train::finetune::FinetuneError;
+
+/// jemalloc keeping freed memory, large buffers on transparent huge pages: see [`allocator`].
+#[global_allocator]
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
+
+/// Llama 2 on Burn: the minllama exercise as a tool.
+#[derive(Debug, Parser)]
+#[command(name = "llama-cli", version, about)]
+struct Cli {
+    /// Compute backend (those compiled into this binary; see `--help` of the build features).
+    #[arg(
+        long,
+        global = true,
+        env = "LLAMA_BACKEND",
+        value_enum,
+        default_value_t = BackendKind::default_kind()
+    )]
+    backend: BackendKind,
+    /// Device index for GPU backends.
+    #[arg(long, global = true, default_value_t = 0)]
+    device: usize,
+    /// CPU threads for ndarray, flex and libtorch (0 = one per core).
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compare the forward pass with reference outputs (the exercise's sanity check).
+    Sanity(sanity::SanityArgs),
+    /// Continue a prompt with a KV cache, streaming the text (greedy or sampled).
+    Generate(generate::GenerateArgs),
+    /// Measure generation, prompting and fine-tuning speed and memory.
+    Bench(bench::BenchArgs),
+    /// Zero-shot classification by prompting (label-name log-probabilities).
+    Prompt(classify::PromptArgs),
+    /// Fine-tune a classifier head (and the model) with Burn's Learner and our AdamW.
+    #[command(alias = "train")]
+    Finetune(classify::FinetuneArgs),
+    /// Re-run a saved classifier on a data file.
+    Eval(classify::EvalArgs),
+    /// The exercise's RoPE, optimizer and sanity checks, with its success lines.
+    Check(check::CheckArgs),
+}
+
+/// Run `f`, turning a panic inside a library (a bug, or a backend that panics on a missing
+/// device) into an error instead of a backtrace.
+fn catch_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let _ = std::panic::take_hook();
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("unknown cause");
+        Err(anyhow::anyhow!("internal error: {message}"))
+    })
+}
+
+/// Run `f` on a worker of rayon's global pool, the main thread waiting.
+///
+/// A parallel loop started from a thread outside the pool hands all of its work to the
+/// pool and sleeps until it is done: two thread wake-ups per loop. While decoding that is
+/// dozens of small products per token, so the command itself runs on a worker: there a
+/// parallel loop runs one part on the calling thread and the other worker takes the rest.
+fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    rayon::join(f, || ()).0
+}
+
+fn main() -> ExitCode {
+    allocator::keep_freed_memory();
+    let cli = Cli::parse(); // usage errors exit with status 2
+    let result = catch_panics(|| {
+        backend::set_threads(cli.threads)?;
+        on_pool(|| match cli.command {
+            Command::Sanity(args) => run_on(cli.backend, cli.device, args),
+            Command::Generate(args) => run_on(cli.backend, cli.device, args),
+            Command::Bench(args) => run_on(cli.backend, cli.device, args),
+            Command::Prompt(args) => run_on(cli.backend, cli.device, args),
+            Command::Finetune(args) => run_on(cli.backend, cli.device, args),
+            Command::Eval(args) => run_on(cli.backend, cli.device, args),
+            Command::Check(args) => run_on(cli.backend, cli.device, args),
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => match err.downcast_ref::<FinetuneError>() {
+            // A run stopped early was saved: say how to continue it.
+            Some(FinetuneError::Stopped { interrupted, .. }) => {
+                eprintln!("{err}");
+                eprintln!("resume with: {}", resume_command());
+                if *interrupted {
+                    ExitCode::from(130) // the shell's convention for SIGINT
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+            _ => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// This process's command line with `--resume` (added if missing) and without
+/// `--max-steps`.
+fn resume_command() -> String {
+    let mut args: Vec<String> = Vec::new();
+    let mut skip_value = false;
+    for arg in std::env::args() {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        if arg == "--max-steps" {
+            skip_value = true;
+            continue;
+        }
+        if arg.starts_with("--max-steps=") {
+            continue;
+        }
+        args.push(arg);
+    }
+    if !args.iter().any(|a| a == "--resume") {
+        args.push("--resume".into());
+    }
+    args.iter()
+        .map(|a| {
+            if a.is_empty() || a.contains(|c: char| c.is_whitespace() || c == '\'' || c == '"') {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}

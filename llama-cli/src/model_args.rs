@@ -1,0 +1,115 @@
+//! The `--checkpoint`, `--config` and `--tokenizer` flags, and loading what they name.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use burn::module::Module;
+use clap::Args;
+use llama_model::{load_checkpoint, LlamaConfig, LoadOptions, Tokenizer};
+
+/// The model and tokenizer flags shared by the commands that load a Llama.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Pre-trained checkpoint (.pt, .bin or .safetensors).
+    #[arg(
+        long,
+        alias = "pretrained-model-path",
+        alias = "pretrained_model_path",
+        default_value = "stories42M.pt"
+    )]
+    pub checkpoint: PathBuf,
+    /// JSON config for a safetensors checkpoint without one beside it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Tokenizer; default: the one beside the checkpoint, else tokenizer.model.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+impl ModelArgs {
+    /// Load the checkpoint and its tokenizer, checking that their vocabularies agree.
+    pub fn load<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(llama_model::Llama<B>, LlamaConfig, Tokenizer)> {
+        if !self.checkpoint.exists() {
+            bail!(missing_checkpoint_help(&self.checkpoint));
+        }
+        let start = Instant::now();
+        let options = LoadOptions {
+            config: self.config.clone(),
+        };
+        let loaded = load_checkpoint::<B>(&self.checkpoint, &options, device)?;
+        let tokenizer_path = self
+            .tokenizer
+            .clone()
+            .unwrap_or_else(|| find_tokenizer(&self.checkpoint));
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
+        if tokenizer.vocab_size() != loaded.config.vocab_size {
+            bail!(
+                "tokenizer {} has {} tokens but the model {} expects {}: pass the model's tokenizer with --tokenizer",
+                tokenizer_path.display(),
+                tokenizer.vocab_size(),
+                self.checkpoint.display(),
+                loaded.config.vocab_size
+            );
+        }
+        for warning in &loaded.warnings {
+            eprintln!("warning: {warning}");
+        }
+        eprintln!(
+            "loaded {} ({}, {} parameters) and {} in {:.2} s",
+            self.checkpoint.display(),
+            loaded.format,
+            loaded.model.num_params(),
+            tokenizer_path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        Ok((loaded.model, loaded.config, tokenizer))
+    }
+}
+
+/// The tokenizer to use for `checkpoint`: the one beside it (tokenizer.model/.bin/.json, or
+/// a single tok*.model / tok*.bin such as stories260K's tok512), else ./tokenizer.model.
+pub fn find_tokenizer(checkpoint: &Path) -> PathBuf {
+    let dir = checkpoint.parent().unwrap_or(Path::new("."));
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    for name in ["tokenizer.model", "tokenizer.bin", "tokenizer.json"] {
+        if dir.join(name).is_file() {
+            return dir.join(name);
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                let name = p
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                name.starts_with("tok") && (name.ends_with(".model") || name.ends_with(".bin"))
+            })
+            .collect();
+        found.sort(); // tok512.bin before tok512.model: both encode identically
+        if let Some(p) = found.into_iter().next() {
+            return p;
+        }
+    }
+    PathBuf::from("tokenizer.model")
+}
+
+/// Explain how to get the exercise's checkpoint when it is not there (one line).
+pub fn missing_checkpoint_help(path: &Path) -> String {
+    format!(
+        "checkpoint {} not found (--checkpoint, default stories42M.pt): pass --checkpoint PATH \
+         (any llama2.c .bin/.pt or safetensors Llama, e.g. \
+         ../shared/fixtures/models/stories260K/stories260K.bin), or download the exercise's \
+         model with `wget https://www.cs.cmu.edu/~vijayv/stories42M.pt`",
+        path.display()
+    )
+}

@@ -1,0 +1,91 @@
+//! One pre-norm transformer block of Llama:
+//! `h = x + attention(attention_norm(x))`, `out = h + feed_forward(ffn_norm(h))`.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::attention::{Attention, AttentionConfig};
+use crate::feed_forward::{FeedForward, FeedForwardConfig};
+use crate::kv_cache::KvCache;
+use crate::param_source::{join, ParamSource, RandomInit};
+use crate::rms_norm::{RmsNorm, RmsNormConfig};
+use crate::rope::RopeAngles;
+
+/// Configuration of a [`LlamaLayer`].
+#[derive(Config, Debug)]
+pub struct LlamaLayerConfig {
+    pub attention: AttentionConfig,
+    pub feed_forward: FeedForwardConfig,
+    pub norm: RmsNormConfig,
+}
+
+/// A transformer block; field names follow the exercise's checkpoints.
+#[derive(Module, Debug)]
+pub struct LlamaLayer<B: Backend> {
+    pub attention: Attention<B>,
+    pub feed_forward: FeedForward<B>,
+    pub attention_norm: RmsNorm<B>,
+    pub ffn_norm: RmsNorm<B>,
+}
+
+impl LlamaLayerConfig {
+    /// Randomly initialised block.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaLayer<B> {
+        let Ok(layer) = self.build("", &mut RandomInit::new(device));
+        layer
+    }
+
+    /// The block whose parameters `prefix.attention.…`, `prefix.feed_forward.…`,
+    /// `prefix.attention_norm.weight` and `prefix.ffn_norm.weight` come from `source`.
+    pub fn build<B: Backend, S: ParamSource<B>>(
+        &self,
+        prefix: &str,
+        source: &mut S,
+    ) -> Result<LlamaLayer<B>, S::Error> {
+        Ok(LlamaLayer {
+            attention: self.attention.build(&join(prefix, "attention"), source)?,
+            feed_forward: self
+                .feed_forward
+                .build(&join(prefix, "feed_forward"), source)?,
+            attention_norm: self.norm.build(&join(prefix, "attention_norm"), source)?,
+            ffn_norm: self.norm.build(&join(prefix, "ffn_norm"), source)?,
+        })
+    }
+}
+
+impl<B: Backend> LlamaLayer<B> {
+    /// `[batch, seq, dim] -> [batch, seq, dim]`; see [`Attention::forward`] for the
+    /// angles, mask and cache.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        angles: &RopeAngles<B>,
+        mask: Option<Tensor<B, 3>>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        self.forward_traced(x, angles, mask, cache).1
+    }
+
+    /// Like [`Self::forward`], also returning the intermediate `h` (after the attention
+    /// residual) for layer-by-layer comparisons: `(h, out)`.
+    pub fn forward_traced(
+        &self,
+        x: Tensor<B, 3>,
+        angles: &RopeAngles<B>,
+        mask: Option<Tensor<B, 3>>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let split = cache.as_ref().map_or(1, |c| c.split());
+        let attended =
+            self.attention
+                .forward(self.attention_norm.forward(x.clone()), angles, mask, cache);
+        let h = x + attended;
+        let out = h.clone()
+            + self
+                .feed_forward
+                .forward_split(self.ffn_norm.forward(h.clone()), split);
+        (h, out)
+    }
+}

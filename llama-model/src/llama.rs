@@ -1,0 +1,308 @@
+//! The Llama 2 model: token embeddings, a stack of [`LlamaLayer`]s, a final RMSNorm, and an
+//! output projection tied to the embeddings.
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::attention::AttentionConfig;
+use crate::config::LlamaConfig;
+use crate::feed_forward::FeedForwardConfig;
+use crate::kv_cache::LlamaCache;
+use crate::layer::{LlamaLayer, LlamaLayerConfig};
+use crate::param_source::{ParamSource, RandomInit};
+use crate::rms_norm::{RmsNorm, RmsNormConfig};
+use crate::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
+use crate::split_matmul::{linear_split, matmul_split};
+
+/// Added to the attention score of a hidden key. Finite (not -inf) so that a query with
+/// every key hidden (a left-padding row) gets a uniform distribution instead of NaN;
+/// `exp(MASKED - max)` is exactly 0 in f32, so visible keys see no difference.
+pub const MASKED: f32 = -1.0e9;
+
+/// Logits and final hidden states of a forward pass.
+#[derive(Debug, Clone)]
+pub struct LlamaOutput<B: Backend> {
+    /// `[batch, seq, vocab]`, or `[batch, 1, vocab]` from the last-position variants.
+    pub logits: Tensor<B, 3>,
+    /// Hidden states after the final norm, `[batch, seq, dim]`.
+    pub hidden: Tensor<B, 3>,
+}
+
+/// Every intermediate of a forward pass, for layer-by-layer comparison with a reference.
+#[derive(Debug, Clone)]
+pub struct LlamaTrace<B: Backend> {
+    /// Token embeddings `[batch, seq, dim]`.
+    pub embeddings: Tensor<B, 3>,
+    /// Per layer: `(x + attention(attention_norm(x)), layer output)`, each `[batch, seq, dim]`.
+    pub layers: Vec<(Tensor<B, 3>, Tensor<B, 3>)>,
+    /// Logits and final hidden states at every position.
+    pub output: LlamaOutput<B>,
+}
+
+/// Llama 2; field names follow the exercise's checkpoints.
+#[derive(Module, Debug)]
+pub struct Llama<B: Backend> {
+    /// `[vocab, dim]`; also the output projection unless `output` is set.
+    pub tok_embeddings: Embedding<B>,
+    pub layers: Vec<LlamaLayer<B>>,
+    pub norm: RmsNorm<B>,
+    /// A separate output projection, only for checkpoints whose classifier is not shared
+    /// (llama2.c `.bin` with a negative vocab size, or differing `output.weight`).
+    pub output: Option<Linear<B>>,
+    pub dropout: Dropout,
+    /// Rotary tables, a constant of the model.
+    pub rope: RotaryEmbedding<B>,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub max_seq_len: usize,
+}
+
+impl LlamaConfig {
+    /// A randomly initialised model (llama2.c's init: N(0, 0.02), with `compute_output`
+    /// and `w3` scaled by `1/sqrt(2 n_layers)`). The config must be valid
+    /// ([`LlamaConfig::validate`]).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Llama<B> {
+        let Ok(model) = self.build(&mut RandomInit::new(device), device);
+        model
+    }
+
+    /// The model whose parameters (the exercise's state-dict names: `tok_embeddings.weight`,
+    /// `layers.{i}.…`, `norm.weight`, and `output.weight` when the head is not tied) come from
+    /// `source`: a checkpoint's tensors, or llama2.c's random initialisation ([`Self::init`]).
+    /// The RoPE tables are computed on `device`.
+    pub fn build<B: Backend, S: ParamSource<B>>(
+        &self,
+        source: &mut S,
+        device: &B::Device,
+    ) -> Result<Llama<B>, S::Error> {
+        let std = 0.02;
+        let scaled_std = std / ((2 * self.n_layers) as f64).sqrt();
+        let layer = LlamaLayerConfig::new(
+            AttentionConfig::new(self.dim, self.n_heads, self.n_kv_heads())
+                .with_dropout(self.dropout)
+                .with_init_std(std)
+                .with_output_init_std(scaled_std),
+            FeedForwardConfig::new(self.dim, self.hidden_dim())
+                .with_dropout(self.dropout)
+                .with_init_std(std)
+                .with_w3_init_std(scaled_std),
+            RmsNormConfig::new(self.dim).with_eps(self.norm_eps),
+        );
+        let (dim, vocab) = (self.dim, self.vocab_size);
+        // Drawn in this order (head, embeddings, layers) from a random source.
+        let output = if self.tie_embeddings {
+            None
+        } else {
+            Some(source.linear("output.weight", dim, vocab, std)?)
+        };
+        let tok_embeddings = Embedding {
+            weight: source.matrix("tok_embeddings.weight", [vocab, dim], std)?,
+        };
+        let layers = (0..self.n_layers)
+            .map(|i| layer.build(&format!("layers.{i}"), source))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Llama {
+            tok_embeddings,
+            layers,
+            norm: RmsNormConfig::new(dim)
+                .with_eps(self.norm_eps)
+                .build("norm", source)?,
+            output,
+            dropout: DropoutConfig::new(self.dropout).init(),
+            rope: RotaryEmbeddingConfig::new(self.head_dim(), self.max_seq_len)
+                .with_theta(self.rope_theta)
+                .init(device),
+            n_kv_heads: self.n_kv_heads(),
+            head_dim: self.head_dim(),
+            max_seq_len: self.max_seq_len,
+        })
+    }
+}
+
+/// Additive causal mask `[1, seq, start + seq]`: query `t` (absolute position `start + t`)
+/// sees keys `0..=start + t`.
+pub fn causal_mask<B: Backend>(seq: usize, start: usize, device: &B::Device) -> Tensor<B, 3> {
+    let keys = start + seq;
+    let data: Vec<f32> = (0..seq)
+        .flat_map(|t| (0..keys).map(move |k| if k > start + t { MASKED } else { 0.0 }))
+        .collect();
+    Tensor::from_data(TensorData::new(data, [1, seq, keys]), device)
+}
+
+impl<B: Backend> Llama<B> {
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.tok_embeddings.weight.dims()[0]
+    }
+
+    /// Model width.
+    pub fn dim(&self) -> usize {
+        self.tok_embeddings.weight.dims()[1]
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// An empty KV cache for `batch` rows and the model's context length.
+    pub fn new_cache(&self, batch: usize) -> LlamaCache<B> {
+        LlamaCache::new(
+            self.n_layers(),
+            batch,
+            self.n_kv_heads,
+            self.max_seq_len,
+            self.head_dim,
+            &self.tok_embeddings.weight.device(),
+        )
+    }
+
+    /// The model with `f` applied to the weight `[d_in, d_out]` of every linear layer: the
+    /// seven of each layer and the separate output projection, if any (not the embedding
+    /// table).
+    pub fn map_linear_weights(mut self, f: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>) -> Self {
+        let layers = self.layers.iter_mut().flat_map(|layer| {
+            let attention = &mut layer.attention;
+            [
+                &mut attention.compute_query,
+                &mut attention.compute_key,
+                &mut attention.compute_value,
+                &mut attention.compute_output,
+                &mut layer.feed_forward.w1,
+                &mut layer.feed_forward.w2,
+                &mut layer.feed_forward.w3,
+            ]
+        });
+        for linear in layers.chain(self.output.as_mut()) {
+            linear.weight = linear.weight.clone().map(&f);
+        }
+        self
+    }
+
+    /// Project hidden states `[batch, seq, dim]` to logits `[batch, seq, vocab]`.
+    pub fn project(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.project_split(hidden, 1)
+    }
+
+    /// [`Self::project`] with the product split into `parts` column blocks run in parallel
+    /// (decoding; see [`crate::split_matmul`]).
+    pub fn project_split(&self, hidden: Tensor<B, 3>, parts: usize) -> Tensor<B, 3> {
+        if let Some(output) = &self.output {
+            return linear_split(output, hidden, parts);
+        }
+        // Tied head: logits = h · Eᵀ with the embedding matrix itself (one parameter, so
+        // fine-tuning updates both uses together).
+        let weight = self.tok_embeddings.weight.val(); // [vocab, dim]
+        matmul_split(hidden, weight.transpose(), parts)
+    }
+
+    /// Run the layers on `tokens` `[batch, seq]`; returns the hidden states after the final
+    /// norm `[batch, seq, dim]`. `angles`, `mask` and `cache` as in [`LlamaLayer::forward`].
+    fn run(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        angles: &RopeAngles<B>,
+        mask: Option<Tensor<B, 3>>,
+        mut cache: Option<&mut LlamaCache<B>>,
+        mut trace: Option<&mut Vec<(Tensor<B, 3>, Tensor<B, 3>)>>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        // With f16 weights (`half_weights`) the lookup gives f16 rows; compute in the
+        // norms' dtype (a no-op cast otherwise).
+        let embeddings = self
+            .tok_embeddings
+            .forward(tokens)
+            .cast(self.norm.weight.val().dtype());
+        let mut x = self.dropout.forward(embeddings.clone());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers_mut()[i]);
+            let (h, out) = layer.forward_traced(x, angles, mask.clone(), layer_cache);
+            if let Some(trace) = trace.as_deref_mut() {
+                trace.push((h, out.clone()));
+            }
+            x = out;
+        }
+        (embeddings, self.norm.forward(x))
+    }
+
+    /// Full-sequence pass without a cache: hidden states `[batch, seq, dim]`.
+    pub fn hidden_states(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let seq = tokens.dims()[1];
+        let device = tokens.device();
+        let angles = self.rope.angles(0, seq);
+        let mask = (seq > 1).then(|| causal_mask(seq, 0, &device));
+        self.run(tokens, &angles, mask, None, None).1
+    }
+
+    /// Logits at every position `[batch, seq, vocab]` and hidden states `[batch, seq, dim]`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> LlamaOutput<B> {
+        let hidden = self.hidden_states(tokens);
+        LlamaOutput {
+            logits: self.project(hidden.clone()),
+            hidden,
+        }
+    }
+
+    /// Like [`Self::forward`] but projects the last position only: logits `[batch, 1, vocab]`
+    /// (what the exercise's `forward(tokens)` returns without targets).
+    pub fn forward_last(&self, tokens: Tensor<B, 2, Int>) -> LlamaOutput<B> {
+        let hidden = self.hidden_states(tokens);
+        let seq = hidden.dims()[1];
+        LlamaOutput {
+            logits: self.project(hidden.clone().narrow(1, seq - 1, 1)),
+            hidden,
+        }
+    }
+
+    /// Every intermediate of a full pass.
+    pub fn trace(&self, tokens: Tensor<B, 2, Int>) -> LlamaTrace<B> {
+        let seq = tokens.dims()[1];
+        let device = tokens.device();
+        let angles = self.rope.angles(0, seq);
+        let mask = (seq > 1).then(|| causal_mask(seq, 0, &device));
+        let mut layers = Vec::with_capacity(self.n_layers());
+        let (embeddings, hidden) = self.run(tokens, &angles, mask, None, Some(&mut layers));
+        LlamaTrace {
+            embeddings,
+            layers,
+            output: LlamaOutput {
+                logits: self.project(hidden.clone()),
+                hidden,
+            },
+        }
+    }
+
+    /// Incremental pass: `tokens` `[batch, seq]` continue what `cache` holds (positions
+    /// `cache.len()..`); their keys/values are appended. Returns the last position's logits
+    /// `[batch, vocab]`. The caller keeps `cache.len() + seq <= cache.capacity()`.
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut LlamaCache<B>,
+    ) -> Tensor<B, 2> {
+        let seq = tokens.dims()[1];
+        let start = cache.len();
+        let device = tokens.device();
+        let angles = self.rope.angles(start, seq);
+        // A single new token may see every cached key: no mask needed.
+        let mask = (seq > 1).then(|| causal_mask(seq, start, &device));
+        self.forward_cached_with(tokens, &angles, mask, cache)
+    }
+
+    /// Incremental pass with explicit per-row angles and mask (batched generation of
+    /// prompts of different lengths); see [`Self::forward_cached`].
+    pub fn forward_cached_with(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        angles: &RopeAngles<B>,
+        mask: Option<Tensor<B, 3>>,
+        cache: &mut LlamaCache<B>,
+    ) -> Tensor<B, 2> {
+        let split = cache.split();
+        let (_, hidden) = self.run(tokens, angles, mask, Some(cache), None);
+        let [batch, seq, _] = hidden.dims();
+        let logits = self.project_split(hidden.narrow(1, seq - 1, 1), split);
+        logits.reshape([batch, self.vocab_size()])
+    }
+}

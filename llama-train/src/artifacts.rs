@@ -1,0 +1,150 @@
+//! The run folder of a fine-tuning run (`artifact_dir`): the file names, the saved best
+//! classifier and its configs, and clearing what a stale run left behind.
+//!
+//! ```text
+//! artifact_dir/
+//!   classifier.mpk    best-dev model (Burn record, full precision)
+//!   classifier.json   its ClassifierConfig
+//!   finetune.json     the FinetuneConfig of the run
+//!   resume.json       the resumable state (crate::resume)
+//!   checkpoint/       Burn's checkpoint of model and optimizer (model-<steps>.mpk, ...)
+//!   train/ valid/     Burn's per-epoch metric logs
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::record::{DefaultRecorder, FileRecorder};
+use burn::tensor::backend::Backend;
+use llama_model::atomic_file;
+use serde::Serialize;
+
+use crate::classifier::LlamaEmbeddingClassifier;
+use crate::error::{io_err, FinetuneError};
+
+/// The recorder of classifier records and training checkpoints: named MessagePack, full
+/// precision (`.mpk`).
+pub type ClassifierRecorder = DefaultRecorder;
+
+/// File name of the saved [`ClassifierConfig`](crate::classifier::ClassifierConfig) in an
+/// artifact folder.
+pub const CLASSIFIER_CONFIG_FILE: &str = "classifier.json";
+/// File stem of the saved best classifier record in an artifact folder (the recorder adds
+/// `.mpk`).
+pub const CLASSIFIER_RECORD_STEM: &str = "classifier";
+/// File name of the saved [`FinetuneConfig`](crate::config::FinetuneConfig) in an artifact
+/// folder.
+pub const FINETUNE_CONFIG_FILE: &str = "finetune.json";
+
+/// Writes a config as pretty JSON to `path` with the workspace's atomic writer.
+pub(crate) fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), FinetuneError> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| io_err(path)(std::io::Error::other(e)))?;
+    atomic_file::write_atomic(path, text.as_bytes()).map_err(io_err(path))
+}
+
+/// Write the inference model as `dir/classifier.mpk`: Burn's recorder writes a partial file,
+/// which the workspace's atomic writer then flushes and renames into place.
+pub(crate) fn save_best<Bk: Backend>(
+    model: &LlamaEmbeddingClassifier<Bk>,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    let recorder = ClassifierRecorder::new();
+    let extension = <ClassifierRecorder as FileRecorder<Bk>>::file_extension();
+    let partial = dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial"));
+    let target = dir.join(format!("{CLASSIFIER_RECORD_STEM}.{extension}"));
+    model
+        .clone()
+        .save_file(&partial, &recorder)
+        .map_err(|e| format!("cannot save {}: {e}", target.display()))?;
+    llama_model::atomic_file::commit(&partial.with_extension(extension), &target)
+        .map_err(|e| format!("cannot save {}: {e}", target.display()))
+}
+
+/// Remove what an earlier run left in `dir` that this one would read back: Burn's metric logs
+/// of epochs this run may not reach would enter the best-epoch search, and an old checkpoint
+/// could be taken for this run's. Only Burn's own names (`train/epoch-*`, `valid/epoch-*`,
+/// `checkpoint/{model,optim,scheduler}-*.mpk`) and ours (`classifier.mpk`, `resume.json`)
+/// are touched.
+pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
+    let entries = |sub: &str| -> Vec<(PathBuf, String)> {
+        std::fs::read_dir(dir.join(sub))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for split in ["train", "valid"] {
+        for (path, name) in entries(split) {
+            if name.starts_with("epoch-") && path.is_dir() {
+                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            }
+        }
+    }
+    let checkpoint = |name: &str| {
+        ["model-", "optim-", "scheduler-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            && name.ends_with(".mpk")
+    };
+    let mut stale: Vec<PathBuf> = entries("checkpoint")
+        .into_iter()
+        .filter(|(path, name)| checkpoint(name) && path.is_file())
+        .map(|(path, _)| path)
+        .collect();
+    stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk")));
+    stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial.mpk")));
+    stale.push(dir.join(crate::resume::RESUME_FILE));
+    for path in stale {
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previous_runs_are_cleared_but_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for sub in ["train/epoch-4", "valid/epoch-1", "train/mine", "checkpoint"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        for file in [
+            "train/epoch-4/Loss.log",
+            "train/notes.txt",
+            "checkpoint/model-3.mpk",
+            "checkpoint/optim-3.mpk",
+            "checkpoint/keep.txt",
+            "classifier.mpk",
+            "classifier.json",
+        ] {
+            std::fs::write(d.join(file), "x").unwrap();
+        }
+        clear_previous_run(d).unwrap();
+        for gone in [
+            "train/epoch-4",
+            "valid/epoch-1",
+            "checkpoint/model-3.mpk",
+            "checkpoint/optim-3.mpk",
+            "classifier.mpk",
+        ] {
+            assert!(!d.join(gone).exists(), "{gone}");
+        }
+        for kept in [
+            "train/mine",
+            "train/notes.txt",
+            "checkpoint/keep.txt",
+            "classifier.json",
+        ] {
+            assert!(d.join(kept).exists(), "{kept}");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Sentence classification with Llama 2 on Burn: the exercise's SST-5 and CFIMDB tasks,
+//! by zero-shot prompting and by fine-tuning a classifier head with Burn's Learner.
+
+pub mod artifacts;
+pub mod classifier;
+pub mod config;
+pub mod data;
+pub mod dropout;
+pub mod error;
+pub mod evaluate;
+pub mod finetune;
+pub mod labelled_file;
+pub mod metrics;
+pub mod predictions;
+pub mod progress;
+pub mod prompting;
+pub mod resume;
+pub mod training_loop;

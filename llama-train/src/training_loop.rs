@@ -1,0 +1,442 @@
+//! The fine-tuning loop: Burn's `Learner` (train step, AdamW step, file checkpointer, metrics
+//! and renderer) driven one batch at a time by a loop of ours, so that a run can stop after
+//! any step and resume exactly.
+//!
+//! Burn's default loop shuffles with one generator that every epoch advances, and dropout
+//! draws from the backend's generator, global to the process; neither state can be saved,
+//! so a resumed run would see other batches and other dropout masks than an uninterrupted
+//! one, and anything else drawing from that generator (a run on another thread) would change
+//! the masks. Here each epoch's order is drawn from `(seed, epoch)` ([`epoch_order`]) and each
+//! step's dropout mask from `(seed, epoch, batch)` ([`step_seed`], carried by the batch to
+//! [`crate::dropout::seeded_dropout`]): the position in the run *is* its random state, and
+//! `resume.json` records it.
+//!
+//! After every epoch (training pass, then dev) the loop saves, in this order: the best model
+//! so far as `classifier.mpk` when the dev accuracy improved (strictly: a tie keeps the
+//! earlier epoch), Burn's checkpoint of the model and the optimizer, then `resume.json`. When
+//! the [`Interrupter`](burn::train::Interrupter) fires (Ctrl-C) or the step budget is spent,
+//! the current step finishes and the same checkpoint is saved mid-epoch.
+//!
+//! # What is Burn's and what is ours
+//!
+//! [`ResumableLoop`] is a [`SupervisedLearningStrategy`] handed to Burn's
+//! `SupervisedTraining` as `TrainingStrategy::Custom`. Burn's `SupervisedTraining::launch`
+//! still does everything around the loop: it builds the [`Learner`] (our
+//! [`LlamaEmbeddingClassifier`]'s `TrainStep`/`InferenceStep`, our AdamW through Burn's
+//! optimizer adaptor), the data loaders and their batcher, the metrics (accuracy, loss,
+//! our macro-F1, learning rate, iteration speed) and their per-epoch log files, the event
+//! processor and our renderer, the file checkpointer, the interrupter, and the start and
+//! end events. What this file re-implements is only `fit`, the epoch loop that Burn's
+//! `SingleDeviceTrainingStrategy` runs: it differs in the training order (set per epoch from
+//! the seed instead of drawn from a running generator), the per-step dropout seed and loss
+//! divisor, skipping the batches done before an interruption, stopping after any step, the
+//! checkpoint key (the step count, not the epoch) and the best-model file. Burn's dev pass
+//! (`InferenceStep` over the valid loader, with its metrics) is driven the same way Burn's
+//! drives it.
+//!
+//! # Plugging Burn's multi-device execution back in
+//!
+//! One step of training is one call of [`ResumableLoop::train_step`]: forward and backward
+//! of the global batch, then the optimizer step. That is the seam. Burn's
+//! `ExecutionStrategy::MultiDevice` (one worker per device, gradients summed on the main
+//! device) and its DDP strategy (gradients all-reduced with `burn-collective`) both split a
+//! global batch into per-device shards and combine the gradients before one optimizer step.
+//! To keep exact resumption, the shards must be cut from our ordered global batch (rows in
+//! the epoch order, dropout masks drawn per global row), not from Burn's own split loaders:
+//! `train_step` would hand each device its rows, run `TrainStep::step` there, sum the
+//! `GradientsParams` (`GradientsParams::all_reduce` for DDP), and step the optimizer once.
+//! Everything else in this loop (order, positions, saving) stays as it is.
+
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+
+use burn::data::dataloader::Progress;
+use burn::data::dataset::Dataset;
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
+use burn::train::metric::store::EventStoreClient;
+use burn::train::{
+    ClassificationOutput, EventProcessorTraining, InferenceStep, Learner, LearnerEvent,
+    LearningComponentsMarker, SupervisedLearningStrategy, SupervisedTrainingEventProcessor,
+    TrainLoader, TrainingComponents, TrainingItem, TrainingModel, ValidLoader,
+};
+use llama_model::adamw::AdamWOptimizer;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::artifacts::save_best;
+use crate::classifier::LlamaEmbeddingClassifier;
+use crate::data::{SentenceBatch, SentenceDataset, SentenceItem};
+use crate::metrics::LEARNING_RATE;
+use crate::resume::EpochSummary;
+use crate::resume::{BestEpoch, Position, ResumeState, Tally};
+
+/// Burn's learning components of fine-tuning: constant learning rate, our classifier and
+/// AdamW.
+pub(crate) type Components<B> = LearningComponentsMarker<
+    B,
+    f64,
+    LlamaEmbeddingClassifier<B>,
+    AdamWOptimizer<LlamaEmbeddingClassifier<B>, B>,
+>;
+
+/// The message our interrupter carries when the user asked to stop (Ctrl-C).
+pub const INTERRUPTED: &str = "interrupted by the user";
+
+/// splitmix64's finaliser: a well-mixed 64-bit value from any input.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn mix(seed: u64, a: u64, b: u64) -> u64 {
+    splitmix64(splitmix64(splitmix64(seed) ^ a) ^ b)
+}
+
+/// Training order of epoch `epoch` (1-based): a permutation of `0..n` drawn from
+/// `(seed, epoch)` alone.
+pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(mix(
+        seed,
+        epoch as u64,
+        u64::MAX,
+    )));
+    order
+}
+
+/// Seed of the dropout mask of step `batch` (0-based) of `epoch`.
+pub fn step_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
+    mix(seed, epoch as u64, batch as u64)
+}
+
+/// The training set in the current epoch's order (set by the loop before each epoch's
+/// iteration starts; the data loader reads items lazily).
+#[derive(Clone)]
+pub(crate) struct EpochOrdered {
+    items: SentenceDataset,
+    order: Arc<RwLock<Vec<usize>>>,
+}
+
+impl EpochOrdered {
+    pub(crate) fn new(items: SentenceDataset) -> Self {
+        let order = (0..items.items().len()).collect();
+        Self {
+            items,
+            order: Arc::new(RwLock::new(order)),
+        }
+    }
+
+    fn set_order(&self, order: Vec<usize>) {
+        *self.order.write().unwrap_or_else(PoisonError::into_inner) = order;
+    }
+}
+
+impl Dataset<SentenceItem> for EpochOrdered {
+    fn get(&self, index: usize) -> Option<SentenceItem> {
+        let order = self.order.read().unwrap_or_else(PoisonError::into_inner);
+        self.items.get(*order.get(index)?)
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+}
+
+/// Saves Burn's checkpoint every time it is asked to, under the key it is given (the step
+/// count), and deletes the previous one.
+///
+/// The delete also flushes: Burn's checkpointers write on their own threads behind
+/// rendezvous channels, so once a delete has been handed over, the save before it is on
+/// disk.
+pub(crate) struct SaveEveryCall {
+    previous: Option<usize>,
+}
+
+impl SaveEveryCall {
+    pub(crate) fn new(previous: Option<usize>) -> Self {
+        Self { previous }
+    }
+}
+
+impl SaveEveryCall {
+    fn actions(&mut self, key: usize) -> Vec<CheckpointingAction> {
+        let stale = match self.previous.replace(key) {
+            Some(previous) if previous != key => previous,
+            // Nothing to delete: a key that never exists, only to flush the saves.
+            _ => usize::MAX,
+        };
+        vec![
+            CheckpointingAction::Save,
+            CheckpointingAction::Delete(stale),
+        ]
+    }
+}
+
+impl CheckpointingStrategy for SaveEveryCall {
+    fn checkpointing(&mut self, key: usize, _store: &EventStoreClient) -> Vec<CheckpointingAction> {
+        self.actions(key)
+    }
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LoopEnd {
+    /// Every epoch is done.
+    Finished,
+    /// Stopped early (interrupter or step budget); the state was saved at this position.
+    Stopped {
+        /// Where the run will continue.
+        at: Position,
+        /// `true` for the interrupter, `false` for the step budget.
+        interrupted: bool,
+    },
+    /// Saving failed.
+    Failed(String),
+}
+
+/// The loop of [`crate::finetune`]; see the [module docs](self).
+pub(crate) struct ResumableLoop<B: AutodiffBackend> {
+    pub(crate) dir: PathBuf,
+    pub(crate) train: EpochOrdered,
+    pub(crate) seed: u64,
+    /// The configured batch size: the divisor of every step's summed loss, as in the
+    /// exercise (see [`crate::data::SentenceBatch::loss_divisor`]).
+    pub(crate) batch_size: usize,
+    /// Stop after this many steps of this call.
+    pub(crate) max_steps: Option<usize>,
+    /// State in, final state out.
+    pub(crate) state: Arc<Mutex<ResumeState>>,
+    pub(crate) end: Arc<Mutex<Option<LoopEnd>>>,
+    pub(crate) backend: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ResumableLoop<B> {
+    /// One training step on a global batch: forward and backward, then one optimizer step at
+    /// the scheduled learning rate. The seam for multi-device execution (see the
+    /// [module docs](self)).
+    fn train_step(
+        learner: &mut Learner<Components<B>>,
+        batch: SentenceBatch<B>,
+    ) -> ClassificationOutput<B> {
+        learner.lr_step();
+        let output = learner.train_step(batch);
+        learner.optimizer_step(output.grads);
+        output.item
+    }
+
+    fn finish(&self, end: LoopEnd) {
+        *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(end);
+    }
+}
+
+impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for ResumableLoop<B> {
+    fn fit(
+        &self,
+        components: TrainingComponents<Components<B>>,
+        mut learner: Learner<Components<B>>,
+        dataloader_train: TrainLoader<Components<B>>,
+        dataloader_valid: ValidLoader<Components<B>>,
+        _starting_epoch: usize,
+    ) -> (
+        TrainingModel<Components<B>>,
+        SupervisedTrainingEventProcessor<Components<B>>,
+    ) {
+        let mut processor = components.event_processor;
+        let mut checkpointer = components.checkpointer;
+        let interrupter = components.interrupter;
+        let num_epochs = components.num_epochs;
+        let store = components.event_store;
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let n = self.train.len();
+        let mut steps_here = 0;
+
+        // Save the model, the optimizer and `state` (whose `next` says where to continue).
+        let mut save =
+            |learner: &Learner<Components<B>>, state: &ResumeState| -> Result<(), String> {
+                if let Some(checkpointer) = checkpointer.as_mut() {
+                    checkpointer.checkpoint(learner, state.steps, &store);
+                }
+                // Burn's checkpointer reports a failed write through the interrupter.
+                if interrupter.should_stop() {
+                    if let Some(message) = interrupter.get_message().filter(|m| m != INTERRUPTED) {
+                        return Err(format!("saving the checkpoint failed: {message}"));
+                    }
+                }
+                state.save(&self.dir).map_err(|e| e.to_string())?;
+                *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state.clone();
+                Ok(())
+            };
+
+        for epoch in state.next.epoch..=num_epochs {
+            let global = Progress::new(epoch, num_epochs);
+            self.train.set_order(epoch_order(self.seed, epoch, n));
+            let skip = state.next.batches_done;
+            let started = Instant::now();
+            let mut iterator = dataloader_train.iter();
+            let mut batch = 0;
+            let mut stop = None;
+            while let Some(mut item) = iterator.next() {
+                batch += 1;
+                if batch <= skip {
+                    continue; // trained before the interruption
+                }
+                item.dropout_seed = Some(step_seed(self.seed, epoch, batch - 1));
+                item.loss_divisor = Some(self.batch_size);
+                let output = Self::train_step(&mut learner, item);
+                state.steps += 1;
+                steps_here += 1;
+                state.tally.add(&output);
+                processor.process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
+                    output,
+                    iterator.progress(),
+                    global.clone(),
+                    Some(batch),
+                    Some(learner.lr_current()),
+                )));
+                if interrupter.should_stop() {
+                    stop = Some(true);
+                } else if self.max_steps.is_some_and(|max| steps_here >= max) {
+                    stop = Some(false);
+                }
+                if stop.is_some() {
+                    break;
+                }
+            }
+            state.partial_seconds += started.elapsed().as_secs_f64();
+            if let Some(interrupted) = stop {
+                state.next = Position {
+                    epoch,
+                    batches_done: batch,
+                };
+                let end = match save(&learner, &state) {
+                    Ok(()) => LoopEnd::Stopped {
+                        at: state.next,
+                        interrupted,
+                    },
+                    Err(e) => LoopEnd::Failed(e),
+                };
+                self.finish(end);
+                return (learner.model(), processor);
+            }
+            processor.process_train(LearnerEvent::EndEpoch(epoch));
+
+            // Dev evaluation (no dropout, no generator draws).
+            let model = learner.model().valid();
+            let mut dev = Tally::default();
+            let mut iterator = dataloader_valid.iter();
+            let mut batch = 0;
+            while let Some(item) = iterator.next() {
+                batch += 1;
+                let output = model.step(item);
+                dev.add(&output);
+                processor.process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
+                    output,
+                    iterator.progress(),
+                    global.clone(),
+                    Some(batch),
+                    None,
+                )));
+            }
+            processor.process_valid(LearnerEvent::EndEpoch(epoch));
+
+            let mut train = state.tally.summary();
+            train.insert(LEARNING_RATE.to_string(), learner.lr_current());
+            let summary = EpochSummary {
+                epoch,
+                train,
+                dev: dev.summary(),
+                train_seconds: state.partial_seconds,
+            };
+            let accuracy = summary.dev_accuracy().unwrap_or(f64::NAN) / 100.0;
+            if state.best.is_none_or(|best| accuracy > best.dev_accuracy) {
+                if let Err(e) = save_best(&model, &self.dir) {
+                    self.finish(LoopEnd::Failed(e));
+                    return (learner.model(), processor);
+                }
+                state.best = Some(BestEpoch {
+                    epoch,
+                    dev_accuracy: accuracy,
+                });
+            }
+            state.history.push(summary);
+            state.tally = Tally::default();
+            state.partial_seconds = 0.0;
+            state.next = Position {
+                epoch: epoch + 1,
+                batches_done: 0,
+            };
+            if let Err(e) = save(&learner, &state) {
+                self.finish(LoopEnd::Failed(e));
+                return (learner.model(), processor);
+            }
+            if interrupter.should_stop() {
+                // Ctrl-C during the dev pass: the epoch is complete and saved.
+                self.finish(LoopEnd::Stopped {
+                    at: state.next,
+                    interrupted: true,
+                });
+                return (learner.model(), processor);
+            }
+        }
+        self.finish(LoopEnd::Finished);
+        (learner.model(), processor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_are_permutations_fixed_by_seed_and_epoch() {
+        let a = epoch_order(7, 1, 100);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(7, 1, 100));
+        assert_ne!(a, epoch_order(7, 2, 100));
+        assert_ne!(a, epoch_order(8, 1, 100));
+    }
+
+    #[test]
+    fn step_seeds_differ_by_epoch_and_batch() {
+        let seeds: std::collections::HashSet<u64> = (1..4)
+            .flat_map(|e| (0..100).map(move |b| step_seed(1337, e, b)))
+            .collect();
+        assert_eq!(seeds.len(), 300);
+    }
+
+    #[test]
+    fn checkpoint_strategy_saves_and_deletes_the_previous_key() {
+        let mut strategy = SaveEveryCall::new(None);
+        assert_eq!(
+            strategy.actions(5),
+            [
+                CheckpointingAction::Save,
+                CheckpointingAction::Delete(usize::MAX)
+            ]
+        );
+        assert_eq!(
+            strategy.actions(9),
+            [CheckpointingAction::Save, CheckpointingAction::Delete(5)]
+        );
+        assert_eq!(
+            strategy.actions(9),
+            [
+                CheckpointingAction::Save,
+                CheckpointingAction::Delete(usize::MAX)
+            ]
+        );
+    }
+}
