@@ -102,7 +102,6 @@ fn libtorch_cpu_matches_the_reference_and_ndarray() {
 #[cfg(feature = "wgpu")]
 fn wgpu_unavailable() -> Option<String> {
     use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
-    use std::future::Future;
     let backend = AutoGraphicsApi::backend();
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends: backend.into(),
@@ -113,15 +112,9 @@ fn wgpu_unavailable() -> Option<String> {
         force_fallback_adapter: false,
         compatible_surface: None,
     });
-    // wgpu's native futures are ready when first polled; poll until they are.
-    let mut request = std::pin::pin!(request);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        match request.as_mut().poll(&mut cx) {
-            std::task::Poll::Ready(Ok(_)) => return None,
-            std::task::Poll::Ready(Err(e)) => return Some(format!("no {backend:?} adapter: {e}")),
-            std::task::Poll::Pending => std::thread::sleep(std::time::Duration::from_millis(1)),
-        }
+    match pollster::block_on(request) {
+        Ok(_) => None,
+        Err(e) => Some(format!("no {backend:?} adapter: {e}")),
     }
 }
 

@@ -9,7 +9,6 @@ use common::*;
 use llama_model::generate::{
     generate, generate_batch, generate_text, generate_uncached, GenerateConfig, StopReason,
 };
-use llama_model::rope::RotaryEmbeddingConfig;
 use llama_model::sampling::{probabilities, Sampler};
 use llama_model::Llama;
 use serde_json::Value;
@@ -146,12 +145,7 @@ fn batched_prompts_equal_prompts_alone() {
 /// stories260K with its context length cut to `max_seq_len` (rotary tables rebuilt to
 /// match), so generation runs past it quickly.
 fn short_context_model(max_seq_len: usize) -> Llama<B> {
-    let (mut model, config) = stories260k();
-    model.max_seq_len = max_seq_len;
-    model.rope = RotaryEmbeddingConfig::new(config.head_dim(), max_seq_len)
-        .with_theta(config.rope_theta)
-        .init(&Default::default());
-    model
+    stories260k().0.with_max_seq_len(max_seq_len)
 }
 
 #[test]

@@ -109,7 +109,7 @@ fn edited_safetensors(
         .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
         .collect();
     edit(&mut tensors);
-    let views: Vec<(String, TensorView)> = tensors
+    let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(n, shape, data)| {
             (

@@ -152,7 +152,7 @@ mod tests {
     fn jemalloc_keeps_freed_pages() {
         for option in [c"opt.dirty_decay_ms", c"opt.muzzy_decay_ms"] {
             let mut value: isize = 0;
-            let mut len = std::mem::size_of::<isize>();
+            let mut len = size_of::<isize>();
             // SAFETY: reads one ssize_t option into `value`, whose size is passed.
             let rc = unsafe {
                 tikv_jemalloc_sys::mallctl(

@@ -137,10 +137,6 @@ backend_runner!(run_wgpu, "wgpu", |job, device, kind| {
 /// CubeCL) panics when there is none, deep inside its first tensor operation.
 #[cfg(feature = "wgpu")]
 mod wgpu_preflight {
-    use std::future::Future;
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake};
-
     use anyhow::{bail, Result};
     use burn::backend::wgpu::graphics::{AutoGraphicsApi, GraphicsApi};
     use burn::backend::wgpu::WgpuDevice;
@@ -161,7 +157,7 @@ mod wgpu_preflight {
         });
         match device {
             WgpuDevice::DiscreteGpu(n) => {
-                let adapters = block_on(instance.enumerate_adapters(backend.into()));
+                let adapters = pollster::block_on(instance.enumerate_adapters(backend.into()));
                 let count = |ty: wgpu::DeviceType| {
                     adapters
                         .iter()
@@ -195,31 +191,12 @@ mod wgpu_preflight {
                     force_fallback_adapter: false,
                     compatible_surface: None,
                 };
-                if block_on(instance.request_adapter(&options)).is_err() {
+                if pollster::block_on(instance.request_adapter(&options)).is_err() {
                     bail!("backend `wgpu`: no GPU adapter found ({HINT})");
                 }
             }
         }
         Ok(())
-    }
-
-    /// Waits for a future on this thread (wgpu's native futures are ready at once).
-    fn block_on<F: Future>(future: F) -> F::Output {
-        struct Unpark(std::thread::Thread);
-        impl Wake for Unpark {
-            fn wake(self: Arc<Self>) {
-                self.0.unpark();
-            }
-        }
-        let waker = Arc::new(Unpark(std::thread::current())).into();
-        let mut cx = Context::from_waker(&waker);
-        let mut future = std::pin::pin!(future);
-        loop {
-            match future.as_mut().poll(&mut cx) {
-                Poll::Ready(output) => return output,
-                Poll::Pending => std::thread::park(),
-            }
-        }
     }
 }
 

@@ -14,6 +14,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, ValueEnum};
 use llama_model::adamw::AdamWConfig;
+use llama_model::fixtures::{try_fixtures_dir, FIXTURES_ENV};
 use llama_model::generate::{GenerateConfig, Generator};
 
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
@@ -22,7 +23,7 @@ use llama_train::data::{make_batch, read_label_names, DataOptions, SentenceDatas
 use llama_train::prompting::{PromptingConfig, ZeroShotClassifier};
 use llama_train::training_loop::step_seed;
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::backend::{BackendKind, Job};
 use crate::model_args::find_tokenizer;
@@ -35,6 +36,17 @@ pub enum Phase {
     Generate,
     Prompt,
     Train,
+}
+
+impl Phase {
+    /// The phase's name in the table.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Generate => "generate",
+            Self::Prompt => "prompt",
+            Self::Train => "train",
+        }
+    }
 }
 
 /// Arguments of `llama-cli bench`.
@@ -50,15 +62,17 @@ pub struct BenchArgs {
     /// for a preset, the Llama 2 tokenizer of the fixtures when the vocabulary is 32000).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Sentences scored by the prompting phase.
-    #[arg(long, default_value = "../shared/fixtures/data/sst-dev.txt")]
-    pub data: PathBuf,
-    /// Label names of the prompting phase.
-    #[arg(long, default_value = "../shared/fixtures/data/sst-label-mapping.json")]
-    pub label_names: PathBuf,
-    /// Sentences of the training phase.
-    #[arg(long, default_value = "../shared/fixtures/data/sst-train.txt")]
-    pub train_data: PathBuf,
+    /// Sentences scored by the prompting phase [default: the fixtures' data/sst-dev.txt,
+    /// found through LLAMA_FIXTURES, else ../shared/fixtures].
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Label names of the prompting phase [default: the fixtures'
+    /// data/sst-label-mapping.json].
+    #[arg(long)]
+    pub label_names: Option<PathBuf>,
+    /// Sentences of the training phase [default: the fixtures' data/sst-train.txt].
+    #[arg(long)]
+    pub train_data: Option<PathBuf>,
     /// Run one phase only.
     #[arg(long, value_enum)]
     pub only: Option<Phase>,
@@ -88,7 +102,7 @@ pub struct BenchArgs {
     pub seed: u64,
     /// Column blocks per decoding product (see `generate --decode-split`; default: one per
     /// thread on ndarray and flex for models of dim 512 and more, else 1).
-    #[arg(long, value_parser = crate::classify::positive)]
+    #[arg(long, value_parser = crate::flag_values::positive())]
     pub decode_split: Option<usize>,
     /// Precision of the weight matrices in the generation phase (see `generate
     /// --weight-dtype`; flex only). Prompting and training run on the f32 weights: f16 only
@@ -173,12 +187,27 @@ fn load_model<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<Model<
     })
 }
 
+/// `given`, else `relative` in the fixtures folder (the lookup the tests use:
+/// `LLAMA_FIXTURES`, else ../shared/fixtures); an error naming `flag` when neither is there.
+fn fixture_or(given: &Option<PathBuf>, relative: &str, flag: &str) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    match try_fixtures_dir().map(|dir| dir.join(relative)) {
+        Some(path) if path.is_file() => Ok(path),
+        _ => bail!(
+            "no {relative} found in the fixtures folder (set {FIXTURES_ENV}, or place shared/ \
+             beside the workspace): pass {flag} FILE"
+        ),
+    }
+}
+
 fn tokenizer_for(args: &BenchArgs, config: &LlamaConfig) -> Result<Tokenizer> {
     let path = match (&args.tokenizer, &args.checkpoint) {
         (Some(p), _) => p.clone(),
         (None, Some(checkpoint)) => find_tokenizer(checkpoint),
         (None, None) if config.vocab_size == 32000 => {
-            PathBuf::from("../shared/fixtures/tokenizers/llama2-tokenizer.model")
+            fixture_or(&None, "tokenizers/llama2-tokenizer.model", "--tokenizer")?
         }
         (None, None) => bail!(
             "pass --tokenizer for a model with a {}-token vocabulary",
@@ -197,6 +226,45 @@ fn tokenizer_for(args: &BenchArgs, config: &LlamaConfig) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
+/// One figure of the table and of the JSON report: both are printed from the same rows.
+struct Row {
+    /// `load`, `generate`, `prompt` or `train`.
+    phase: &'static str,
+    /// What the table calls it.
+    label: String,
+    /// Its key in the JSON report.
+    key: &'static str,
+    value: Option<f64>,
+    /// Decimals in the table.
+    digits: usize,
+}
+
+/// The JSON report (`--json`): the run's setting, then every [`Row`] by key.
+#[derive(Serialize)]
+struct Report<'a> {
+    source: &'a str,
+    backend: &'static str,
+    threads: usize,
+    decode_split: usize,
+    huge_pages: bool,
+    weight_dtype: &'static str,
+    machine: String,
+    cores: usize,
+    runs: u64,
+    /// The largest peak RSS of the phases run.
+    peak_rss_mb: Option<f64>,
+    #[serde(flatten)]
+    figures: std::collections::BTreeMap<&'static str, Option<f64>>,
+}
+
+/// Whether the table shows a phase's rows (`--only`).
+fn wants_row(args: &BenchArgs, phase: &str) -> bool {
+    match args.only {
+        None => true,
+        Some(only) => phase == "load" || phase == only.name(),
+    }
+}
+
 #[derive(Default)]
 struct Figures {
     prefill_tokens_per_s: Option<f64>,
@@ -208,6 +276,114 @@ struct Figures {
     train_step_seconds: Option<f64>,
     train_sentences_per_s: Option<f64>,
     train_peak_rss_mb: Option<f64>,
+}
+
+impl Figures {
+    /// Every figure as a row, in table order.
+    fn rows(
+        &self,
+        args: &BenchArgs,
+        load_seconds: f64,
+        load_rss: Option<f64>,
+        weight_bytes: f64,
+    ) -> Vec<Row> {
+        let row = |phase, label: String, key, value, digits| Row {
+            phase,
+            label,
+            key,
+            value,
+            digits,
+        };
+        vec![
+            row(
+                "load",
+                "seconds".into(),
+                "load_seconds",
+                Some(load_seconds),
+                3,
+            ),
+            row(
+                "load",
+                "peak RSS MiB".into(),
+                "load_peak_rss_mb",
+                load_rss,
+                0,
+            ),
+            row(
+                "generate",
+                format!("prefill tokens/s ({}-token prompt)", args.prompt_tokens),
+                "prefill_tokens_per_s",
+                self.prefill_tokens_per_s,
+                1,
+            ),
+            row(
+                "generate",
+                format!("decode tokens/s ({} new, first excluded)", args.new_tokens),
+                "decode_tokens_per_s",
+                self.decode_tokens_per_s,
+                1,
+            ),
+            row(
+                "generate",
+                format!(
+                    "weights streamed GB/s (decode x {:.0} MB)",
+                    weight_bytes / 1e6
+                ),
+                "decode_weight_gb_per_s",
+                self.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9),
+                1,
+            ),
+            row(
+                "generate",
+                "time to first token s".into(),
+                "time_to_first_token_s",
+                self.time_to_first_token_s,
+                4,
+            ),
+            row(
+                "generate",
+                "peak RSS MiB".into(),
+                "generate_peak_rss_mb",
+                self.generate_peak_rss_mb,
+                0,
+            ),
+            row(
+                "prompt",
+                format!("sentences/s (batch {})", args.prompt_batch),
+                "prompt_sentences_per_s",
+                self.prompt_sentences_per_s,
+                1,
+            ),
+            row(
+                "prompt",
+                "peak RSS MiB".into(),
+                "prompt_peak_rss_mb",
+                self.prompt_peak_rss_mb,
+                0,
+            ),
+            row(
+                "train",
+                format!("seconds/step (batch {})", args.train_batch),
+                "train_step_seconds",
+                self.train_step_seconds,
+                3,
+            ),
+            row(
+                "train",
+                "sentences/s".into(),
+                "train_sentences_per_s",
+                self.train_sentences_per_s,
+                1,
+            ),
+            row(
+                "train",
+                "peak RSS MiB".into(),
+                "train_peak_rss_mb",
+                self.train_peak_rss_mb,
+                0,
+            ),
+        ]
+    }
 }
 
 /// One greedy generation: `(time to first token, decode tokens/s)`.
@@ -274,9 +450,14 @@ fn bench_prompt<B: Backend>(
     device: &B::Device,
     f: &mut Figures,
 ) -> Result<()> {
-    let names = read_label_names(&args.label_names)?;
+    let names = read_label_names(fixture_or(
+        &args.label_names,
+        "data/sst-label-mapping.json",
+        "--label-names",
+    )?)?;
     let classifier = ZeroShotClassifier::new(tokenizer, names)?;
-    let dataset = classifier.load_dataset(&args.data, tokenizer, &DataOptions::default())?;
+    let data = fixture_or(&args.data, "data/sst-dev.txt", "--data")?;
+    let dataset = classifier.load_dataset(&data, tokenizer, &DataOptions::default())?;
     let items = dataset.items();
     let chunk = (args.prompt_sentences as usize).min(items.len());
     let config = PromptingConfig {
@@ -323,13 +504,14 @@ fn bench_train<B: AutodiffBackend>(
     device: &B::Device,
     f: &mut Figures,
 ) -> Result<()> {
-    let dataset = SentenceDataset::from_file(&args.train_data, tokenizer, &DataOptions::default())?;
+    let train_data = fixture_or(&args.train_data, "data/sst-train.txt", "--train-data")?;
+    let dataset = SentenceDataset::from_file(&train_data, tokenizer, &DataOptions::default())?;
     let items = dataset.items();
     let batch = args.train_batch as usize;
     if items.len() < batch {
         bail!(
             "{} has {} sentences, fewer than one batch of {batch}",
-            args.train_data.display(),
+            train_data.display(),
             items.len()
         );
     }
@@ -416,6 +598,9 @@ impl Job for BenchArgs {
         }
 
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        // A decoded token reads every weight once (norms are f32 either way, a rounding error).
+        let weight_bytes = model.llama.num_params() as f64 * self.weight_dtype.bytes();
+        let rows = f.rows(&self, model.load_seconds, load_rss, weight_bytes);
         println!("llama-cli bench: {}", model.source);
         println!(
             "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; decode weights {}; median of {} runs after a warm-up",
@@ -424,98 +609,37 @@ impl Job for BenchArgs {
             self.weight_dtype.name(),
             self.runs
         );
-        // A decoded token reads every weight once (norms are f32 either way, a rounding error).
-        let weight_bytes = model.llama.num_params() as f64 * self.weight_dtype.bytes();
         println!("| phase | figure | value |");
         println!("|---|---|---|");
-        println!("| load | seconds | {:.3} |", model.load_seconds);
-        println!("| load | peak RSS MiB | {} |", fmt(load_rss, 0));
-        if wants(Phase::Generate) {
+        for row in rows.iter().filter(|r| wants_row(&self, r.phase)) {
             println!(
-                "| generate | prefill tokens/s ({}-token prompt) | {} |",
-                self.prompt_tokens,
-                fmt(f.prefill_tokens_per_s, 1)
+                "| {} | {} | {} |",
+                row.phase,
+                row.label,
+                fmt(row.value, row.digits)
             );
-            println!(
-                "| generate | decode tokens/s ({} new, first excluded) | {} |",
-                self.new_tokens,
-                fmt(f.decode_tokens_per_s, 1)
-            );
-            println!(
-                "| generate | weights streamed GB/s (decode x {:.0} MB) | {} |",
-                weight_bytes / 1e6,
-                fmt(f.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9), 1)
-            );
-            println!(
-                "| generate | time to first token s | {} |",
-                fmt(f.time_to_first_token_s, 4)
-            );
-            println!(
-                "| generate | peak RSS MiB | {} |",
-                fmt(f.generate_peak_rss_mb, 0)
-            );
-        }
-        if wants(Phase::Prompt) {
-            println!(
-                "| prompt | sentences/s (batch {}) | {} |",
-                self.prompt_batch,
-                fmt(f.prompt_sentences_per_s, 1)
-            );
-            println!(
-                "| prompt | peak RSS MiB | {} |",
-                fmt(f.prompt_peak_rss_mb, 0)
-            );
-        }
-        if wants(Phase::Train) {
-            println!(
-                "| train | seconds/step (batch {}) | {} |",
-                self.train_batch,
-                fmt(f.train_step_seconds, 3)
-            );
-            println!(
-                "| train | sentences/s | {} |",
-                fmt(f.train_sentences_per_s, 1)
-            );
-            println!("| train | peak RSS MiB | {} |", fmt(f.train_peak_rss_mb, 0));
         }
 
         if let Some(path) = &self.json {
-            let peak = [
-                load_rss,
-                f.generate_peak_rss_mb,
-                f.prompt_peak_rss_mb,
-                f.train_peak_rss_mb,
-            ]
-            .into_iter()
-            .flatten()
-            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-            let value = json!({
-                "source": model.source,
-                "backend": backend.name(),
-                "threads": threads,
-                "decode_split": split,
-                "huge_pages": huge_pages,
-                "weight_dtype": self.weight_dtype.name(),
-                "decode_weight_gb_per_s": f.decode_tokens_per_s.map(|t| t * weight_bytes / 1e9),
-                "machine": cpu_model(),
-                "cores": cores,
-                "runs": self.runs,
-                "load_seconds": model.load_seconds,
-                "prefill_tokens_per_s": f.prefill_tokens_per_s,
-                "decode_tokens_per_s": f.decode_tokens_per_s,
-                "time_to_first_token_s": f.time_to_first_token_s,
-                "prompt_sentences_per_s": f.prompt_sentences_per_s,
-                "train_step_seconds": f.train_step_seconds,
-                "train_sentences_per_s": f.train_sentences_per_s,
-                "peak_rss_mb": peak,
-                "peak_rss_mb_by_phase": {
-                    "load": load_rss,
-                    "generate": f.generate_peak_rss_mb,
-                    "prompt": f.prompt_peak_rss_mb,
-                    "train": f.train_peak_rss_mb,
-                },
-            });
-            write_atomic(path, serde_json::to_string_pretty(&value)?.as_bytes())?;
+            let peak = rows
+                .iter()
+                .filter(|r| r.key.ends_with("peak_rss_mb"))
+                .filter_map(|r| r.value)
+                .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+            let report = Report {
+                source: &model.source,
+                backend: backend.name(),
+                threads,
+                decode_split: split,
+                huge_pages,
+                weight_dtype: self.weight_dtype.name(),
+                machine: cpu_model(),
+                cores,
+                runs: self.runs,
+                peak_rss_mb: peak,
+                figures: rows.iter().map(|r| (r.key, r.value)).collect(),
+            };
+            write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
             eprintln!("wrote {}", path.display());
         }
         Ok(())

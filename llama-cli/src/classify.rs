@@ -19,30 +19,9 @@ use llama_train::training_loop::INTERRUPTED;
 
 use crate::backend::{BackendKind, Job};
 use crate::data_files::{self, DataFiles, GivenFiles, TrainFile};
+use crate::flag_values;
 use crate::model_args::ModelArgs;
 use crate::output::check_writable;
-
-/// The `--max-sentence-len` flag: truncation is opt-in.
-pub(crate) fn positive(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("expected a positive integer, got `{s}`")),
-    }
-}
-
-fn probability(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
-        _ => Err(format!("expected a probability in [0, 1), got `{s}`")),
-    }
-}
-
-fn learning_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("expected a finite number >= 0, got `{s}`")),
-    }
-}
 
 /// `data/sst-dev.txt` + `prompting` -> `sst-dev-prompting-output.txt` (the exercise's names).
 fn default_output(data: &Path, kind: &str) -> PathBuf {
@@ -137,7 +116,7 @@ pub struct PromptArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// Sentences per forward pass.
-    #[arg(long, alias = "batch_size", default_value_t = 10, value_parser = positive)]
+    #[arg(long, alias = "batch_size", default_value_t = 10, value_parser = flag_values::positive())]
     pub batch_size: usize,
     /// Read the next-token distribution at the batch's last position (a pad token for every
     /// shorter row), as the exercise does, instead of at each row's last real token.
@@ -145,7 +124,7 @@ pub struct PromptArgs {
     pub pad_position_scoring: bool,
     /// Keep only the first N text tokens of each prompt, then BOS in front (the exercise's
     /// tokenizer); default: no truncation.
-    #[arg(long, alias = "max_sentence_len", value_parser = positive)]
+    #[arg(long, alias = "max_sentence_len", value_parser = flag_values::positive())]
     pub max_sentence_len: Option<usize>,
 }
 
@@ -231,23 +210,23 @@ pub struct FinetuneArgs {
     #[command(flatten)]
     pub data: DataArgs,
     /// `finetune` updates every weight; `pretrain` freezes the Llama and trains the head.
-    #[arg(long, default_value = "finetune", value_parser = ["finetune", "pretrain"])]
-    pub option: String,
-    #[arg(long, default_value_t = 5, value_parser = positive)]
+    #[arg(long, default_value = "finetune", value_parser = flag_values::finetune_option())]
+    pub option: FinetuneOption,
+    #[arg(long, default_value_t = 5, value_parser = flag_values::positive())]
     pub epochs: usize,
-    #[arg(long, default_value_t = 2e-5, value_parser = learning_rate)]
+    #[arg(long, default_value_t = 2e-5, value_parser = flag_values::learning_rate)]
     pub lr: f64,
-    #[arg(long, alias = "batch_size", default_value_t = 8, value_parser = positive)]
+    #[arg(long, alias = "batch_size", default_value_t = 8, value_parser = flag_values::positive())]
     pub batch_size: usize,
-    #[arg(long, alias = "hidden_dropout_prob", default_value_t = 0.3, value_parser = probability)]
+    #[arg(long, alias = "hidden_dropout_prob", default_value_t = 0.3, value_parser = flag_values::dropout)]
     pub hidden_dropout_prob: f64,
-    #[arg(long, default_value_t = 0.0, value_parser = learning_rate)]
+    #[arg(long, default_value_t = 0.0, value_parser = flag_values::weight_decay)]
     pub weight_decay: f64,
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
     /// Keep only the first N text tokens of each sentence, then BOS in front (the exercise's
     /// tokenizer); default: no truncation.
-    #[arg(long, alias = "max_sentence_len", value_parser = positive)]
+    #[arg(long, alias = "max_sentence_len", value_parser = flag_values::positive())]
     pub max_sentence_len: Option<usize>,
     /// Represent a sentence by the hidden state at the batch's last position (a pad token
     /// for every shorter row), as the exercise's code (`h[:, -1]`) does, instead of at each
@@ -263,7 +242,7 @@ pub struct FinetuneArgs {
     #[arg(long)]
     pub resume: bool,
     /// Stop after this many training steps and save, so that `--resume` continues.
-    #[arg(long, value_parser = positive)]
+    #[arg(long, value_parser = flag_values::positive())]
     pub max_steps: Option<usize>,
 }
 
@@ -284,7 +263,6 @@ impl Job for FinetuneArgs {
                 .map_or_else(|| "train".into(), |s| s.to_string_lossy().into_owned());
             PathBuf::from("runs").join(stem)
         });
-        let option: FinetuneOption = self.option.parse().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let config = FinetuneConfig::new(out_dir.clone())
             .with_epochs(self.epochs)
             .with_lr(self.lr)
@@ -292,7 +270,7 @@ impl Job for FinetuneArgs {
             .with_hidden_dropout_prob(self.hidden_dropout_prob)
             .with_weight_decay(self.weight_decay)
             .with_seed(self.seed)
-            .with_option(option)
+            .with_option(self.option)
             .with_max_sentence_len(self.max_sentence_len)
             .with_position(if self.pad_position_pooling {
                 SentencePosition::LastPosition
@@ -384,7 +362,7 @@ pub struct EvalArgs {
     /// Predictions file; default `<data stem>-eval-output.txt`.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    #[arg(long, default_value_t = 8, value_parser = positive)]
+    #[arg(long, default_value_t = 8, value_parser = flag_values::positive())]
     pub batch_size: usize,
 }
 

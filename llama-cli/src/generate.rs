@@ -9,6 +9,7 @@ use clap::Args;
 use llama_model::generate::{generate_text, GenerateConfig};
 
 use crate::backend::{BackendKind, Job};
+use crate::flag_values;
 use crate::model_args::ModelArgs;
 use crate::output::{check_writable, write_atomic};
 use crate::weight_dtype::WeightDtype;
@@ -29,11 +30,11 @@ pub struct GenerateArgs {
     pub max_new_tokens: u64,
     /// Sampling temperature (0 = greedy). Default: two runs, 0.0 and 1.0, written to
     /// generated-sentence-temp-0.txt and generated-sentence-temp-1.txt as the exercise does.
-    #[arg(long, value_parser = parse_temperature, allow_hyphen_values = true)]
+    #[arg(long, value_parser = flag_values::temperature, allow_hyphen_values = true)]
     pub temperature: Option<f64>,
     /// Nucleus sampling: sample from the smallest set of tokens whose probability reaches
     /// this (off by default).
-    #[arg(long, value_parser = parse_top_p, allow_hyphen_values = true)]
+    #[arg(long, value_parser = flag_values::top_p, allow_hyphen_values = true)]
     pub top_p: Option<f64>,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 1337)]
@@ -53,30 +54,12 @@ pub struct GenerateArgs {
     /// Split each weight product of a decoding step into N column blocks run in parallel on
     /// the CPU thread pool (default: one per thread on ndarray and flex for models of dim
     /// 512 and more, else 1).
-    #[arg(long, value_parser = crate::classify::positive)]
+    #[arg(long, value_parser = flag_values::positive())]
     pub decode_split: Option<usize>,
     /// Precision of the weight matrices while generating: f16 halves the bytes each decoded
     /// token reads (faster decoding; logits within ~2e-2 of f32's). flex only.
     #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
     pub weight_dtype: WeightDtype,
-}
-
-fn parse_temperature(s: &str) -> Result<f64, String> {
-    let t: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if t.is_finite() && t >= 0.0 {
-        Ok(t)
-    } else {
-        Err(format!("temperature must be a finite number >= 0, got {s}"))
-    }
-}
-
-fn parse_top_p(s: &str) -> Result<f64, String> {
-    let p: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
-    if p > 0.0 && p <= 1.0 {
-        Ok(p)
-    } else {
-        Err(format!("top-p must be in (0, 1], got {s}"))
-    }
 }
 
 impl Job for GenerateArgs {

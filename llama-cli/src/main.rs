@@ -6,9 +6,11 @@ mod bench;
 mod check;
 mod classify;
 mod data_files;
+mod flag_values;
 mod generate;
 mod model_args;
 mod output;
+mod perplexity;
 mod sanity;
 mod weight_dtype;
 
@@ -63,6 +65,8 @@ enum Command {
     Eval(classify::EvalArgs),
     /// The exercise's RoPE, optimizer and sanity checks, with its success lines.
     Check(check::CheckArgs),
+    /// Perplexity of a model on a text file (one document per line).
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// Run `f`, turning a panic inside a library (a bug, or a backend that panics on a missing
@@ -104,6 +108,7 @@ fn main() -> ExitCode {
             Command::Finetune(args) => run_on(cli.backend, cli.device, args),
             Command::Eval(args) => run_on(cli.backend, cli.device, args),
             Command::Check(args) => run_on(cli.backend, cli.device, args),
+            Command::Perplexity(args) => run_on(cli.backend, cli.device, args),
         })
     });
     match result {

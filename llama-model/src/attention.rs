@@ -49,11 +49,11 @@ pub struct Attention<B: Backend> {
     pub compute_value: Linear<B>,
     /// `n_heads * head_dim -> dim`
     pub compute_output: Linear<B>,
-    pub attn_dropout: Dropout,
-    pub resid_dropout: Dropout,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
+    attn_dropout: Dropout,
+    resid_dropout: Dropout,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
 }
 
 impl AttentionConfig {
@@ -99,6 +99,8 @@ impl<B: Backend> Attention<B> {
     ///   (a single decoding step).
     /// * `cache`: when given, the new keys/values are appended to it and the queries attend
     ///   over everything cached.
+    /// * `split`: column blocks per weight product, run on rayon's pool (decoding on the CPU;
+    ///   1: one product per weight; see [`crate::split_matmul`]).
     ///
     /// Returns `[batch, seq, dim]`.
     pub fn forward(
@@ -107,11 +109,11 @@ impl<B: Backend> Attention<B> {
         angles: &RopeAngles<B>,
         mask: Option<Tensor<B, 3>>,
         cache: Option<&mut KvCache<B>>,
+        split: usize,
     ) -> Tensor<B, 3> {
         let [batch, seq, dim] = x.dims();
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let n_rep = h / kv;
-        let split = cache.as_ref().map_or(1, |c| c.split());
 
         let q = linear_split(&self.compute_query, x.clone(), split).reshape([batch, seq, h, hd]);
         let k = linear_split(&self.compute_key, x.clone(), split).reshape([batch, seq, kv, hd]);

@@ -1,4 +1,5 @@
-//! Locating the shared reference data (`shared/fixtures`) for tests and benchmarks.
+//! Locating the shared reference data (`shared/fixtures`) for tests, benchmarks and
+//! `llama-cli check`. The panicking helpers are for tests only (the `test-support` feature).
 //!
 //! The fixtures are never copied into the repository. They are found through the
 //! `LLAMA_FIXTURES` environment variable, else `../shared/fixtures` next to the workspace root.
@@ -20,7 +21,9 @@ pub fn try_fixtures_dir() -> Option<PathBuf> {
     dir.is_dir().then(|| dir.canonicalize().unwrap_or(dir))
 }
 
-/// The fixtures folder; panics with instructions when it is missing (meant for tests).
+/// The fixtures folder; panics with instructions when it is missing (test builds only: the
+/// `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
 pub fn fixtures_dir() -> PathBuf {
     try_fixtures_dir().unwrap_or_else(|| {
         panic!(
@@ -32,7 +35,9 @@ pub fn fixtures_dir() -> PathBuf {
     })
 }
 
-/// A file inside the fixtures folder, e.g. `fixture("models/stories260K/stories260K.bin")`.
+/// A file inside the fixtures folder, e.g. `fixture("models/stories260K/stories260K.bin")`;
+/// panics when it is missing (test builds only: the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
 pub fn fixture(relative: &str) -> PathBuf {
     let path = fixtures_dir().join(relative);
     assert!(path.exists(), "fixture file missing: {}", path.display());

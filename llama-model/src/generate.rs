@@ -34,7 +34,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::kv_cache::LlamaCache;
 use crate::llama::{Llama, MASKED};
 use crate::sampling::{self, Sampler, SamplingError};
-use crate::text_stream::TextStream;
+use crate::tokenizer::TextStream;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Settings of one generation.
@@ -480,7 +480,9 @@ pub fn generate_batch<B: Backend>(
 
 /// The exercise's generation loop, without a cache: every step re-runs the whole context,
 /// cropped to its last `max_seq_len` tokens, and samples from the last position's logits.
-/// Same sampler, stop rules and seed as [`generate`]; a reference for tests (quadratic cost).
+/// Same sampler, stop rules and seed as [`generate`]; a reference for tests (quadratic cost),
+/// so only in test builds (the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
 pub fn generate_uncached<B: Backend>(
     model: &Llama<B>,
     prompt: &[u32],
@@ -498,7 +500,7 @@ pub fn generate_uncached<B: Backend>(
     let mut resets = 0;
     clock.start();
     for _ in 0..config.max_new_tokens {
-        let start = context.len().saturating_sub(model.max_seq_len);
+        let start = context.len().saturating_sub(model.max_seq_len());
         if start > 0 {
             resets += 1;
         }
@@ -589,6 +591,8 @@ impl Clock {
 struct Engine<'m, B: Backend> {
     model: &'m Llama<B>,
     cache: LlamaCache<B>,
+    /// Column blocks per weight product of every step ([`GenerateConfig::decode_split`]).
+    split: usize,
     /// Prompt plus every token fed so far, per row.
     histories: Vec<Vec<u32>>,
     /// Padding columns at the left of each row in the cache.
@@ -624,7 +628,8 @@ impl<'m, B: Backend> Engine<'m, B> {
         }
         Ok(Self {
             model,
-            cache: model.new_cache(prompts.len()).with_split(split),
+            cache: model.new_cache(prompts.len()),
+            split: split.max(1),
             pads: vec![0; prompts.len()],
             histories: prompts,
             context_resets: 0,
@@ -657,7 +662,8 @@ impl<'m, B: Backend> Engine<'m, B> {
         let tokens = int_tensor::<B>(&ids, [rows, width], &self.device);
         self.cache.clear();
         let logits = if self.pads.iter().all(|&p| p == 0) {
-            self.model.forward_cached(tokens, &mut self.cache)
+            self.model
+                .forward_cached(tokens, &mut self.cache, self.split)
         } else {
             // Positions count from each row's first real token (padding gets 0).
             let positions: Vec<u32> = self
@@ -665,10 +671,11 @@ impl<'m, B: Backend> Engine<'m, B> {
                 .iter()
                 .flat_map(|&pad| (0..width).map(move |c| c.saturating_sub(pad) as u32))
                 .collect();
-            let angles =
-                self.model
-                    .rope
-                    .angles_at(int_tensor::<B>(&positions, [rows, width], &self.device));
+            let angles = self.model.rope().angles_at(int_tensor::<B>(
+                &positions,
+                [rows, width],
+                &self.device,
+            ));
             // Query c of row i sees keys pad_i..=c. A padding query sees no key at all and
             // gets uniform attention (MASKED is finite), harmless as nothing reads it.
             let mask: Vec<f32> = self
@@ -682,7 +689,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                 .collect();
             let mask = Tensor::from_data(TensorData::new(mask, [rows, width, width]), &self.device);
             self.model
-                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache)
+                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
         };
         read_rows(logits)
     }
@@ -699,13 +706,14 @@ impl<'m, B: Backend> Engine<'m, B> {
         let rows = next.len();
         let tokens = int_tensor::<B>(next, [rows, 1], &self.device);
         let logits = if self.pads.iter().all(|&p| p == 0) {
-            self.model.forward_cached(tokens, &mut self.cache)
+            self.model
+                .forward_cached(tokens, &mut self.cache, self.split)
         } else {
             let column = self.cache.len();
             let positions: Vec<u32> = self.pads.iter().map(|&pad| (column - pad) as u32).collect();
             let angles =
                 self.model
-                    .rope
+                    .rope()
                     .angles_at(int_tensor::<B>(&positions, [rows, 1], &self.device));
             // The new token of row i sees its real keys pad_i..=column.
             let keys = column + 1;
@@ -716,7 +724,7 @@ impl<'m, B: Backend> Engine<'m, B> {
                 .collect();
             let mask = Tensor::from_data(TensorData::new(mask, [rows, 1, keys]), &self.device);
             self.model
-                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache)
+                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
         };
         read_rows(logits)
     }

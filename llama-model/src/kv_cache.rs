@@ -27,8 +27,6 @@ pub struct KvCache<B: Backend> {
     len: usize,
     /// Most positions the cache may hold.
     capacity: usize,
-    /// Column blocks per weight product while decoding (see [`crate::split_matmul`]).
-    split: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -46,13 +44,7 @@ impl<B: Backend> KvCache<B> {
             values: Tensor::zeros(shape, device),
             len: 0,
             capacity,
-            split: 1,
         }
-    }
-
-    /// Column blocks per weight product of the steps that use this cache (1: one product).
-    pub fn split(&self) -> usize {
-        self.split
     }
 
     /// Number of cached positions.
@@ -138,21 +130,6 @@ pub struct LlamaCache<B: Backend> {
 }
 
 impl<B: Backend> LlamaCache<B> {
-    /// Split each weight product of the steps that use this cache into `parts` column
-    /// blocks run on rayon's pool (CPU backends; see [`crate::split_matmul`]).
-    pub fn with_split(mut self, parts: usize) -> Self {
-        let parts = parts.max(1);
-        for layer in &mut self.layers {
-            layer.split = parts;
-        }
-        self
-    }
-
-    /// Column blocks per weight product (1: one product).
-    pub fn split(&self) -> usize {
-        self.layers.first().map_or(1, KvCache::split)
-    }
-
     /// Empty caches for `n_layers` layers.
     pub fn new(
         n_layers: usize,

@@ -57,15 +57,16 @@ impl LlamaLayerConfig {
 
 impl<B: Backend> LlamaLayer<B> {
     /// `[batch, seq, dim] -> [batch, seq, dim]`; see [`Attention::forward`] for the
-    /// angles, mask and cache.
+    /// angles, mask, cache and split.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         angles: &RopeAngles<B>,
         mask: Option<Tensor<B, 3>>,
         cache: Option<&mut KvCache<B>>,
+        split: usize,
     ) -> Tensor<B, 3> {
-        self.forward_traced(x, angles, mask, cache).1
+        self.forward_traced(x, angles, mask, cache, split).1
     }
 
     /// Like [`Self::forward`], also returning the intermediate `h` (after the attention
@@ -76,11 +77,15 @@ impl<B: Backend> LlamaLayer<B> {
         angles: &RopeAngles<B>,
         mask: Option<Tensor<B, 3>>,
         cache: Option<&mut KvCache<B>>,
+        split: usize,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let split = cache.as_ref().map_or(1, |c| c.split());
-        let attended =
-            self.attention
-                .forward(self.attention_norm.forward(x.clone()), angles, mask, cache);
+        let attended = self.attention.forward(
+            self.attention_norm.forward(x.clone()),
+            angles,
+            mask,
+            cache,
+            split,
+        );
         let h = x + attended;
         let out = h.clone()
             + self

@@ -22,7 +22,6 @@ pub mod rms_norm;
 pub mod rope;
 pub mod sampling;
 pub mod split_matmul;
-pub mod text_stream;
 pub mod tokenizer;
 pub mod weight_layout;
 

@@ -51,12 +51,13 @@ pub struct Llama<B: Backend> {
     /// A separate output projection, only for checkpoints whose classifier is not shared
     /// (llama2.c `.bin` with a negative vocab size, or differing `output.weight`).
     pub output: Option<Linear<B>>,
-    pub dropout: Dropout,
+    dropout: Dropout,
     /// Rotary tables, a constant of the model.
-    pub rope: RotaryEmbedding<B>,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub max_seq_len: usize,
+    rope: RotaryEmbedding<B>,
+    n_kv_heads: usize,
+    head_dim: usize,
+    /// Context length; the rotary tables always cover it ([`Self::with_max_seq_len`]).
+    max_seq_len: usize,
 }
 
 impl LlamaConfig {
@@ -132,6 +133,25 @@ pub fn causal_mask<B: Backend>(seq: usize, start: usize, device: &B::Device) -> 
 }
 
 impl<B: Backend> Llama<B> {
+    /// Context length: the most positions a pass sees (longer contexts are cropped).
+    pub fn max_seq_len(&self) -> usize {
+        self.max_seq_len
+    }
+
+    /// The rotary embedding (tables for [`Self::max_seq_len`] positions).
+    pub fn rope(&self) -> &RotaryEmbedding<B> {
+        &self.rope
+    }
+
+    /// The same model with the context set to `max_seq_len` positions, the rotary tables
+    /// rebuilt to match (e.g. a short context, to run past it quickly).
+    pub fn with_max_seq_len(mut self, max_seq_len: usize) -> Self {
+        let device = self.tok_embeddings.weight.device();
+        self.rope = self.rope.resized(max_seq_len, &device);
+        self.max_seq_len = max_seq_len;
+        self
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.tok_embeddings.weight.dims()[0]
@@ -207,6 +227,7 @@ impl<B: Backend> Llama<B> {
         mask: Option<Tensor<B, 3>>,
         mut cache: Option<&mut LlamaCache<B>>,
         mut trace: Option<&mut Vec<(Tensor<B, 3>, Tensor<B, 3>)>>,
+        split: usize,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         // With f16 weights (`half_weights`) the lookup gives f16 rows; compute in the
         // norms' dtype (a no-op cast otherwise).
@@ -217,7 +238,7 @@ impl<B: Backend> Llama<B> {
         let mut x = self.dropout.forward(embeddings.clone());
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers_mut()[i]);
-            let (h, out) = layer.forward_traced(x, angles, mask.clone(), layer_cache);
+            let (h, out) = layer.forward_traced(x, angles, mask.clone(), layer_cache, split);
             if let Some(trace) = trace.as_deref_mut() {
                 trace.push((h, out.clone()));
             }
@@ -232,7 +253,7 @@ impl<B: Backend> Llama<B> {
         let device = tokens.device();
         let angles = self.rope.angles(0, seq);
         let mask = (seq > 1).then(|| causal_mask(seq, 0, &device));
-        self.run(tokens, &angles, mask, None, None).1
+        self.run(tokens, &angles, mask, None, None, 1).1
     }
 
     /// Logits at every position `[batch, seq, vocab]` and hidden states `[batch, seq, dim]`.
@@ -262,7 +283,7 @@ impl<B: Backend> Llama<B> {
         let angles = self.rope.angles(0, seq);
         let mask = (seq > 1).then(|| causal_mask(seq, 0, &device));
         let mut layers = Vec::with_capacity(self.n_layers());
-        let (embeddings, hidden) = self.run(tokens, &angles, mask, None, Some(&mut layers));
+        let (embeddings, hidden) = self.run(tokens, &angles, mask, None, Some(&mut layers), 1);
         LlamaTrace {
             embeddings,
             layers,
@@ -275,11 +296,14 @@ impl<B: Backend> Llama<B> {
 
     /// Incremental pass: `tokens` `[batch, seq]` continue what `cache` holds (positions
     /// `cache.len()..`); their keys/values are appended. Returns the last position's logits
-    /// `[batch, vocab]`. The caller keeps `cache.len() + seq <= cache.capacity()`.
+    /// `[batch, vocab]`. The caller keeps `cache.len() + seq <= cache.capacity()`. `split`:
+    /// column blocks per weight product, run on rayon's pool (1: one product per weight; see
+    /// [`crate::split_matmul`]).
     pub fn forward_cached(
         &self,
         tokens: Tensor<B, 2, Int>,
         cache: &mut LlamaCache<B>,
+        split: usize,
     ) -> Tensor<B, 2> {
         let seq = tokens.dims()[1];
         let start = cache.len();
@@ -287,7 +311,7 @@ impl<B: Backend> Llama<B> {
         let angles = self.rope.angles(start, seq);
         // A single new token may see every cached key: no mask needed.
         let mask = (seq > 1).then(|| causal_mask(seq, start, &device));
-        self.forward_cached_with(tokens, &angles, mask, cache)
+        self.forward_cached_with(tokens, &angles, mask, cache, split)
     }
 
     /// Incremental pass with explicit per-row angles and mask (batched generation of
@@ -298,9 +322,9 @@ impl<B: Backend> Llama<B> {
         angles: &RopeAngles<B>,
         mask: Option<Tensor<B, 3>>,
         cache: &mut LlamaCache<B>,
+        split: usize,
     ) -> Tensor<B, 2> {
-        let split = cache.split();
-        let (_, hidden) = self.run(tokens, angles, mask, Some(cache), None);
+        let (_, hidden) = self.run(tokens, angles, mask, Some(cache), None, split);
         let [batch, seq, _] = hidden.dims();
         let logits = self.project_split(hidden.narrow(1, seq - 1, 1), split);
         logits.reshape([batch, self.vocab_size()])

@@ -115,6 +115,13 @@ impl<B: Backend> RotaryEmbedding<B> {
         self.cos.dims()[0]
     }
 
+    /// The same rotation with tables for `max_seq_len` positions, on `device`.
+    pub fn resized(&self, max_seq_len: usize, device: &B::Device) -> Self {
+        RotaryEmbeddingConfig::new(self.head_dim, max_seq_len)
+            .with_theta(self.theta)
+            .init(device)
+    }
+
     /// Tables for positions `start..start+len`, from the cache when they fit.
     fn tables(&self, start: usize, len: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
         if start + len <= self.max_seq_len() {

@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::TokenizerError;
 pub use format::TokenizerFormat;
-pub use stream::StreamDecoder;
+pub use stream::TextStream;
 pub use vocab::PieceKind;
 
 use decode::DecodeState;
@@ -228,8 +228,8 @@ impl Tokenizer {
     }
 
     /// A decoder that turns ids into text incrementally (for printing while generating).
-    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
-        StreamDecoder::new(self)
+    pub fn stream_decoder(&self) -> TextStream<'_> {
+        TextStream::new(self)
     }
 
     /// The piece of `id` in sentencepiece spelling (`▁Hello`, `<0x0A>`, `<s>`), if it exists.

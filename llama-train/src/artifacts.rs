@@ -47,7 +47,7 @@ pub(crate) fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), Fine
 /// which the workspace's atomic writer then flushes and renames into place.
 pub(crate) fn save_best<Bk: Backend>(
     model: &LlamaEmbeddingClassifier<Bk>,
-    dir: &std::path::Path,
+    dir: &Path,
 ) -> Result<(), String> {
     let recorder = ClassifierRecorder::new();
     let extension = <ClassifierRecorder as FileRecorder<Bk>>::file_extension();
@@ -57,7 +57,7 @@ pub(crate) fn save_best<Bk: Backend>(
         .clone()
         .save_file(&partial, &recorder)
         .map_err(|e| format!("cannot save {}: {e}", target.display()))?;
-    llama_model::atomic_file::commit(&partial.with_extension(extension), &target)
+    atomic_file::commit(&partial.with_extension(extension), &target)
         .map_err(|e| format!("cannot save {}: {e}", target.display()))
 }
 

@@ -146,15 +146,23 @@ pub struct ClassifierConfig {
     pub position: SentencePosition,
 }
 
+/// Checks a dropout probability: `Ok(p)` for `p` in `[0, 1)`, else
+/// [`ClassifierError::InvalidDropout`] (NaN included).
+pub fn validate_dropout(p: f64) -> Result<f64, ClassifierError> {
+    if (0.0..1.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(ClassifierError::InvalidDropout(p))
+    }
+}
+
 impl ClassifierConfig {
     /// Check the classifier's own hyper-parameters and the Llama config.
     pub fn check(&self) -> Result<(), ClassifierError> {
         if self.num_labels == 0 {
             return Err(ClassifierError::NoLabels);
         }
-        if !(0.0..1.0).contains(&self.hidden_dropout_prob) {
-            return Err(ClassifierError::InvalidDropout(self.hidden_dropout_prob));
-        }
+        validate_dropout(self.hidden_dropout_prob)?;
         self.llama
             .validate()
             .map_err(|e| ClassifierError::Llama(e.to_string()))
@@ -374,17 +382,6 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
             self.forward_with_dropout_seed(batch.tokens, batch.lengths, batch.dropout_seed);
         let losses = nll_per_example(log_probs.clone(), batch.labels.clone());
         ClassificationOutput::new(losses, log_probs, batch.labels)
-    }
-
-    /// Predicted class of each row, `[batch]`.
-    pub fn predict(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        lengths: Tensor<B, 1, Int>,
-    ) -> Tensor<B, 1, Int> {
-        let log_probs = self.forward(tokens, lengths);
-        let batch = log_probs.dims()[0];
-        log_probs.argmax(1).reshape([batch])
     }
 }
 

@@ -7,7 +7,7 @@ use burn::config::Config;
 use llama_model::adamw::{validate_lr, AdamWError};
 use llama_model::AdamWConfig;
 
-use crate::classifier::{ClassifierError, FinetuneOption, SentencePosition};
+use crate::classifier::{validate_dropout, ClassifierError, FinetuneOption, SentencePosition};
 use crate::data::DataOptions;
 
 /// A [`FinetuneConfig`] value that cannot be used.
@@ -84,9 +84,7 @@ impl FinetuneConfig {
             return bad("max_sentence_len must be at least 1 (text tokens kept after BOS)".into());
         }
         validate_lr(self.lr)?;
-        if !(0.0..1.0).contains(&self.hidden_dropout_prob) {
-            return Err(ClassifierError::InvalidDropout(self.hidden_dropout_prob).into());
-        }
+        validate_dropout(self.hidden_dropout_prob)?;
         AdamWConfig::new()
             .with_weight_decay(self.weight_decay)
             .validate()?;

@@ -1,5 +1,6 @@
 //! Sentence classification with Llama 2 on Burn: the exercise's SST-5 and CFIMDB tasks,
-//! by zero-shot prompting and by fine-tuning a classifier head with Burn's Learner.
+//! by zero-shot prompting and by fine-tuning a classifier head with Burn's Learner; and the
+//! language model's perplexity on text.
 
 pub mod artifacts;
 pub mod classifier;
@@ -11,6 +12,7 @@ pub mod evaluate;
 pub mod finetune;
 pub mod labelled_file;
 pub mod metrics;
+pub mod perplexity;
 pub mod predictions;
 pub mod progress;
 pub mod prompting;

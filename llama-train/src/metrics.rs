@@ -6,16 +6,17 @@
 //! class's F1 is `2·P·R / (P + R)` — equivalently `2·tp / (2·tp + fp + fn)` — and 0 when
 //! `P + R = 0`, and the result is the unweighted mean over those classes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{ElementConversion, Int, Tensor};
 use burn::train::metric::{
     Adaptor, Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes,
     NumericEntry, SerializedEntry,
 };
 use burn::train::ClassificationOutput;
+use serde::{Deserialize, Serialize};
 
 /// Why metrics could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,6 +192,68 @@ pub fn class_ids<B: Backend>(ids: Tensor<B, 1, Int>) -> Vec<usize> {
         .collect()
 }
 
+/// Running totals of an epoch's classification: the summed loss and every prediction and
+/// target, from which the epoch's mean loss, accuracy and macro-F1 follow exactly. The one
+/// aggregator of predictions: the training loop's epoch summaries (saved in `resume.json`),
+/// its dev pass and [`MacroF1Metric`] all keep one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Sum of per-sentence losses.
+    pub loss_sum: f64,
+    /// Predicted classes, in training order.
+    pub predictions: Vec<usize>,
+    /// True classes, in training order.
+    pub targets: Vec<usize>,
+}
+
+impl Tally {
+    /// Add a batch's losses `[batch]`, log-probabilities `[batch, classes]` and targets.
+    pub fn add<Bk: Backend>(&mut self, output: &ClassificationOutput<Bk>) {
+        let loss: f64 = output.loss.clone().sum().into_scalar().elem();
+        self.loss_sum += loss;
+        self.add_classes(&Adaptor::<ClassPredictions>::adapt(output));
+    }
+
+    /// Add predicted and true classes (no loss).
+    pub fn add_classes(&mut self, batch: &ClassPredictions) {
+        self.predictions.extend(&batch.predictions);
+        self.targets.extend(&batch.targets);
+    }
+
+    /// Number of examples added.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether nothing was added.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Macro-F1 (percent) of what was added; NaN when nothing was.
+    pub fn macro_f1_percent(&self) -> f64 {
+        ConfusionMatrix::new(&self.targets, &self.predictions)
+            .map(|m| 100.0 * m.macro_f1())
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Loss, accuracy and macro-F1 (percent) of what was added.
+    pub fn summary(&self) -> BTreeMap<String, f64> {
+        let n = self.targets.len().max(1) as f64;
+        let (accuracy, f1) = ConfusionMatrix::new(&self.targets, &self.predictions)
+            .map(|m| (m.accuracy(), m.macro_f1()))
+            .unwrap_or((f64::NAN, f64::NAN));
+        [
+            (LOSS, self.loss_sum / n),
+            (ACCURACY, 100.0 * accuracy),
+            (MACRO_F1, 100.0 * f1),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}
+
 /// Predicted and true classes of a batch, the input of [`MacroF1Metric`].
 #[derive(Debug, Clone, Default)]
 pub struct ClassPredictions {
@@ -220,8 +283,8 @@ impl<B: Backend> Adaptor<ClassPredictions> for ClassificationOutput<B> {
 /// macro-F1, so logs, summaries and the checkpoint store all see the true value.
 #[derive(Clone, Default)]
 pub struct MacroF1Metric {
-    predictions: Vec<usize>,
-    targets: Vec<usize>,
+    /// The epoch's classes so far.
+    tally: Tally,
     /// `F1_{k-1} N_{k-1}`.
     weighted: f64,
     /// Latest increment and batch size.
@@ -236,9 +299,7 @@ impl MacroF1Metric {
 
     /// Macro-F1 (percent) of everything seen so far.
     pub fn epoch_value(&self) -> f64 {
-        ConfusionMatrix::new(&self.targets, &self.predictions)
-            .map(|m| 100.0 * m.macro_f1())
-            .unwrap_or(f64::NAN)
+        self.tally.macro_f1_percent()
     }
 }
 
@@ -258,11 +319,10 @@ impl Metric for MacroF1Metric {
     }
 
     fn update(&mut self, item: &ClassPredictions, _metadata: &MetricMetadata) -> SerializedEntry {
-        self.predictions.extend(&item.predictions);
-        self.targets.extend(&item.targets);
+        self.tally.add_classes(item);
         let n = item.predictions.len();
         let f1 = self.epoch_value();
-        let weighted = f1 * self.predictions.len() as f64;
+        let weighted = f1 * self.tally.len() as f64;
         let increment = if n == 0 {
             0.0
         } else {
@@ -296,7 +356,7 @@ impl Numeric for MacroF1Metric {
     fn running_value(&self) -> NumericEntry {
         NumericEntry::Aggregated {
             aggregated_value: self.epoch_value(),
-            count: self.predictions.len(),
+            count: self.tally.len(),
         }
     }
 }
@@ -402,7 +462,7 @@ mod tests {
             sum += value * n as f64;
             count += n;
             // Burn's count-weighted mean of the entries so far is the score so far.
-            let expected = 100.0 * crate::metrics::macro_f1(&truth, &predicted).unwrap();
+            let expected = 100.0 * macro_f1(&truth, &predicted).unwrap();
             assert!((sum / count as f64 - expected).abs() < 1e-9);
             assert!((metric.epoch_value() - expected).abs() < 1e-12);
         }

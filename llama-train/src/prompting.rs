@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use llama_model::sampling::argmax;
 use llama_model::{Llama, Tokenizer, TokenizerError};
 
 use crate::data::{make_batch, DataError, DataOptions, SentenceDataset, SentenceItem};
@@ -400,7 +401,8 @@ impl ZeroShotClassifier {
                 scores[i] = row_scores;
             }
         }
-        let predictions: Vec<usize> = scores.iter().map(|s| argmax(s)).collect();
+        // The first maximum, as `np.argmax`; an all-NaN row (never seen) would give class 0.
+        let predictions: Vec<usize> = scores.iter().map(|s| argmax(s).unwrap_or(0)).collect();
         let labels: Vec<usize> = items.iter().map(|item| item.label).collect();
         let matrix = ConfusionMatrix::new(&labels, &predictions)?;
         Ok(ZeroShotOutput {
@@ -411,18 +413,6 @@ impl ZeroShotClassifier {
             labels,
         })
     }
-}
-
-/// Index of the first maximum (`np.argmax` on ties); NaN scores are skipped; 0 for an empty
-/// or all-NaN slice.
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in values.iter().enumerate() {
-        if v > values[best] || (values[best].is_nan() && !v.is_nan()) {
-            best = i;
-        }
-    }
-    best
 }
 
 #[cfg(test)]
@@ -441,12 +431,5 @@ mod tests {
         );
         assert_eq!(label_name_list(&["a", "b", "c"]), "a, b, or c");
         assert_eq!(label_name_list(&["a"]), "a");
-    }
-
-    #[test]
-    fn argmax_takes_the_first_maximum() {
-        assert_eq!(argmax(&[-3.0, -1.0, -1.0, -2.0]), 1);
-        assert_eq!(argmax(&[f32::NAN, -1.0]), 1);
-        assert_eq!(argmax(&[]), 0);
     }
 }

@@ -10,15 +10,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
-use burn::tensor::ElementConversion;
-use burn::train::ClassificationOutput;
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::{FinetuneOption, SentencePosition};
 use crate::config::FinetuneConfig;
 use crate::data::SentenceDataset;
-use crate::metrics::{class_ids, ConfusionMatrix, ACCURACY, LOSS, MACRO_F1};
+use crate::metrics::{ACCURACY, LOSS};
+// The epoch tally lives with the metrics; `resume::Tally` stays a valid path.
+pub use crate::metrics::Tally;
 
 /// File name of the resumable state in an artifact folder.
 pub const RESUME_FILE: &str = "resume.json";
@@ -61,45 +60,6 @@ pub struct BestEpoch {
     pub epoch: usize,
     /// Dev accuracy in `[0, 1]`.
     pub dev_accuracy: f64,
-}
-
-/// Running totals of a training pass: mean loss, accuracy and macro-F1 of the epoch so far.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Tally {
-    /// Sum of per-sentence losses.
-    pub loss_sum: f64,
-    /// Predicted classes, in training order.
-    pub predictions: Vec<usize>,
-    /// True classes, in training order.
-    pub targets: Vec<usize>,
-}
-
-impl Tally {
-    /// Add a batch's losses `[batch]`, log-probabilities `[batch, classes]` and targets.
-    pub(crate) fn add<Bk: Backend>(&mut self, output: &ClassificationOutput<Bk>) {
-        let batch = output.output.dims()[0];
-        let loss: f64 = output.loss.clone().sum().into_scalar().elem();
-        self.loss_sum += loss;
-        self.predictions
-            .extend(class_ids(output.output.clone().argmax(1).reshape([batch])));
-        self.targets.extend(class_ids(output.targets.clone()));
-    }
-
-    /// Loss, accuracy and macro-F1 (percent) of what was added.
-    pub(crate) fn summary(&self) -> BTreeMap<String, f64> {
-        let n = self.targets.len().max(1) as f64;
-        let (accuracy, f1) = ConfusionMatrix::new(&self.targets, &self.predictions)
-            .map(|m| (m.accuracy(), m.macro_f1()))
-            .unwrap_or((f64::NAN, f64::NAN));
-        [
-            (LOSS, self.loss_sum / n),
-            (ACCURACY, 100.0 * accuracy),
-            (MACRO_F1, 100.0 * f1),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
-    }
 }
 
 /// Metric values of one epoch (epoch means; percentages for accuracy and macro-F1), by
@@ -357,13 +317,5 @@ impl ResumeState {
         };
         let text = serde_json::to_string(self).map_err(|e| io(std::io::Error::other(e)))?;
         llama_model::atomic_file::write_atomic(&path, text.as_bytes()).map_err(io)
-    }
-}
-
-/// Remove `dir/resume.json` (a new run starts over).
-pub fn remove(dir: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(dir.join(RESUME_FILE)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
     }
 }

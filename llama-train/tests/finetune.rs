@@ -115,10 +115,7 @@ fn weights(outcome: &FinetuneOutcome<Inner>) -> Vec<f32> {
 struct Collect<'a>(&'a mut Vec<f32>);
 
 impl burn::module::ModuleVisitor<Inner> for Collect<'_> {
-    fn visit_float<const D: usize>(
-        &mut self,
-        param: &burn::module::Param<burn::tensor::Tensor<Inner, D>>,
-    ) {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<Inner, D>>) {
         self.0
             .extend(param.val().into_data().to_vec::<f32>().expect("f32"));
     }
@@ -238,32 +235,12 @@ fn finetune_learns_saves_the_best_model_and_is_reproducible() {
     let (l1, l2) = (again.loss.expect("loss"), a.dev.loss.expect("loss"));
     assert!((l1 - l2).abs() < 1e-5, "{l1} vs {l2}");
 
-    // Same seed, same backend: the same run (same shuffles, dropout masks and head), even
-    // with another thread seeding and drawing from the backend's generator meanwhile.
-    // Compared up to float rounding, because ndarray's optional SIMD kernels (kept off in
-    // this workspace) round differently from run to run depending on memory alignment.
+    // Same seed, same backend: the same run (same shuffles, dropout masks and head, hence
+    // bit for bit the same summaries, predictions and weights), even with another thread
+    // seeding and drawing from the backend's generator meanwhile. (ndarray's optional SIMD
+    // kernels, which round by memory alignment, are kept off in this workspace.)
     let b = with_generator_busy(|| run(&config(second.path()), &data));
-    assert_eq!(b.epochs.len(), a.epochs.len());
-    let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-4 * x.abs().max(1.0),
-        _ => x == y,
-    };
-    for (x, y) in a.epochs.iter().zip(&b.epochs) {
-        assert!(close(x.train_loss(), y.train_loss()), "{x:?} vs {y:?}");
-        for name in ["Loss", "Accuracy"] {
-            assert!(
-                close(x.dev.get(name).copied(), y.dev.get(name).copied()),
-                "{x:?} vs {y:?}"
-            );
-        }
-    }
-    assert_eq!(b.best_epoch, a.best_epoch);
-    assert_eq!(b.dev.predictions, a.dev.predictions);
-    assert!(close(b.dev.loss, a.dev.loss));
-    assert_eq!(
-        b.test.as_ref().map(|t| &t.predictions),
-        a.test.as_ref().map(|t| &t.predictions)
-    );
+    same_run(&a, &b);
 }
 
 #[test]
@@ -288,7 +265,7 @@ fn pretrain_option_leaves_the_llama_untouched() {
         &device,
     )
     .expect("load stories260K");
-    let values = |t: burn::tensor::Tensor<Inner, 2>| t.into_data().to_vec::<f32>().expect("f32");
+    let values = |t: Tensor<Inner, 2>| t.into_data().to_vec::<f32>().expect("f32");
     let trained = &outcome.model.llama;
     assert_eq!(
         values(trained.tok_embeddings.weight.val()),

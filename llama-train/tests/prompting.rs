@@ -4,10 +4,11 @@
 use burn::backend::NdArray;
 use burn::tensor::{Int, Tensor, TensorData};
 use llama_model::fixtures::fixture;
+use llama_model::sampling::argmax;
 use llama_model::{Llama, Tokenizer};
 use llama_train::data::{read_label_names, DataOptions, SentenceDataset, SentenceItem};
 use llama_train::predictions::{read_predictions, write_predictions, Prediction, PredictionsError};
-use llama_train::prompting::{argmax, PromptingConfig, PromptingError, ZeroShotClassifier};
+use llama_train::prompting::{PromptingConfig, PromptingError, ZeroShotClassifier};
 
 type B = NdArray;
 
@@ -156,7 +157,7 @@ fn label_scores_equal_a_direct_forward_pass() {
             .iter()
             .map(|s| {
                 let s: Vec<f32> = s.iter().map(|&x| x as f32).collect();
-                argmax(&s)
+                argmax(&s).expect("scores")
             })
             .collect();
         assert_eq!(out.predictions, want_predictions, "{file}");

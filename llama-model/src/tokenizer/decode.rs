@@ -22,6 +22,28 @@ pub struct DecodeState {
 }
 
 impl DecodeState {
+    /// The state of a text already under way: no leading space is dropped any more.
+    pub fn continuing() -> Self {
+        Self {
+            produced: true,
+            done_with_prefix: true,
+            ..Self::default()
+        }
+    }
+
+    /// Starts a new text (llama2.c's rule after a BOS): the next piece's leading space is
+    /// dropped again. Bytes of an unfinished character stay pending.
+    pub fn restart(&mut self) {
+        self.produced = false;
+        self.bos_ws_seen = false;
+        self.done_with_prefix = false;
+    }
+
+    /// Bytes of an unfinished character held back.
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+
     /// Feeds one piece and returns the text that became final (possibly empty).
     ///
     /// Byte pieces only release text once their UTF-8 character is complete; an invalid byte

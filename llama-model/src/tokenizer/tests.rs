@@ -416,7 +416,7 @@ fn agrees_with_the_llama2c_algorithm_on_sst_sentences() {
         assert!(sentences.len() > 1000, "{data}");
         for file in [LLAMA2_MODEL, TOK512_MODEL] {
             let t = load(file);
-            let oracle = super::reference::Llama2cEncoder::new(&t.vocab);
+            let oracle = reference::Llama2cEncoder::new(&t.vocab);
             for sentence in &sentences {
                 let expected = oracle.encode(sentence);
                 let ids = t.encode(sentence, false, false).unwrap();

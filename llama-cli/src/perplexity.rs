@@ -1,0 +1,71 @@
+//! `llama-cli perplexity`: how well a model predicts a text file (see
+//! [`llama_train::perplexity`] for the exact definition).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use llama_train::perplexity::{encode_documents, perplexity, read_documents};
+
+use crate::backend::{BackendKind, Job};
+use crate::flag_values;
+use crate::model_args::ModelArgs;
+
+/// Arguments of `llama-cli perplexity`.
+#[derive(Debug, Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Plain text, one document per non-empty line.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Documents per forward pass (changes the figure only by float rounding).
+    #[arg(long, default_value_t = 8, value_parser = flag_values::positive())]
+    pub batch_size: usize,
+}
+
+impl Job for PerplexityArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
+        // Read the text first: a bad file fails before the model loads.
+        let documents = read_documents(&self.text)?;
+        let (model, config, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
+        let text = encode_documents(&tokenizer, &documents, config.max_seq_len, &self.text)?;
+        let rows = text.rows;
+        eprintln!(
+            "scoring {} documents of {} ({} cut to the context of {} tokens); backend {backend}",
+            rows.len(),
+            self.text.display(),
+            text.cut,
+            config.max_seq_len
+        );
+        let start = Instant::now();
+        let total = rows.len();
+        // A counter redrawn on a terminal; nothing on a pipe or in a log file.
+        let terminal = std::io::stderr().is_terminal();
+        let figures = perplexity(&model, &rows, self.batch_size, &device, |done| {
+            if terminal {
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r{done}/{total} documents");
+                let _ = err.flush();
+            }
+        })?;
+        if terminal {
+            eprintln!();
+        }
+        eprintln!("scored in {:.1} s", start.elapsed().as_secs_f64());
+        println!(
+            "{}: {} documents, {} predicted tokens, mean NLL {:.6}, perplexity {:.4}",
+            self.text.display(),
+            rows.len(),
+            figures.predicted_tokens,
+            figures.mean_nll(),
+            figures.perplexity()
+        );
+        Ok(())
+    }
+}
