@@ -14,7 +14,6 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, ValueEnum};
 use llama_model::adamw::AdamWConfig;
-use llama_model::fixtures::{try_fixtures_dir, FIXTURES_ENV};
 use llama_model::generate::{GenerateConfig, Generator};
 
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
@@ -26,6 +25,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::backend::{BackendKind, Job};
+use crate::data_files::fixture_or;
 use crate::model_args::find_tokenizer;
 use crate::output::write_atomic;
 use crate::weight_dtype::WeightDtype;
@@ -185,21 +185,6 @@ fn load_model<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<Model<
         load_seconds: start.elapsed().as_secs_f64(),
         source,
     })
-}
-
-/// `given`, else `relative` in the fixtures folder (the lookup the tests use:
-/// `LLAMA_FIXTURES`, else ../shared/fixtures); an error naming `flag` when neither is there.
-fn fixture_or(given: &Option<PathBuf>, relative: &str, flag: &str) -> Result<PathBuf> {
-    if let Some(path) = given {
-        return Ok(path.clone());
-    }
-    match try_fixtures_dir().map(|dir| dir.join(relative)) {
-        Some(path) if path.is_file() => Ok(path),
-        _ => bail!(
-            "no {relative} found in the fixtures folder (set {FIXTURES_ENV}, or place shared/ \
-             beside the workspace): pass {flag} FILE"
-        ),
-    }
 }
 
 fn tokenizer_for(args: &BenchArgs, config: &LlamaConfig) -> Result<Tokenizer> {

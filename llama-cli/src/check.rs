@@ -2,15 +2,15 @@
 //! prints them: its `rope_test.py` (`Rotary embedding test passed!`), `optimizer_test.py`
 //! (`Optimizer test passed!`) and `sanity_check.py` (`Your Llama implementation is correct!`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
 use llama_model::exercise_checks::{optimizer_test, rope_test, CheckOutcome};
-use llama_model::fixtures::try_fixtures_dir;
 
 use crate::backend::{BackendKind, Job};
+use crate::data_files::fixture_or;
 use crate::sanity::{describe, sanity_check, Tolerance};
 
 /// One of the exercise's checks.
@@ -24,6 +24,9 @@ pub enum CheckKind {
     /// (sanity_check.py).
     Sanity,
 }
+
+/// The sanity check's reference file (the exercise's model's outputs).
+const SANITY_FILE: &str = "sanity-stories42M.safetensors";
 
 /// Arguments of `llama-cli check`.
 #[derive(Debug, Args)]
@@ -55,24 +58,6 @@ pub struct CheckArgs {
     pub config: Option<PathBuf>,
 }
 
-/// `path` if given; else `name` in the current folder if it is there (when `local`), else
-/// `reference/name` in the fixtures folder; else an error naming the flag.
-fn reference_file(path: &Option<PathBuf>, name: &str, local: bool, flag: &str) -> Result<PathBuf> {
-    if let Some(path) = path {
-        return Ok(path.clone());
-    }
-    if local && Path::new(name).is_file() {
-        return Ok(PathBuf::from(name));
-    }
-    match try_fixtures_dir().map(|dir| dir.join("reference").join(name)) {
-        Some(path) if path.is_file() => Ok(path),
-        _ => bail!(
-            "no {name} found (in the fixtures folder's reference/: set LLAMA_FIXTURES, or \
-             place shared/ beside the workspace); pass the file with {flag}"
-        ),
-    }
-}
-
 /// Prints each compared output; returns whether all passed.
 fn report(outcome: &CheckOutcome) -> bool {
     for output in &outcome.outputs {
@@ -98,21 +83,19 @@ impl Job for CheckArgs {
         // Resolve every file first: a missing one fails before anything runs.
         let rope = selected
             .contains(&CheckKind::Rope)
-            .then(|| reference_file(&self.rope, "rope.json", false, "--rope"))
+            .then(|| fixture_or(&self.rope, "reference/rope.json", "--rope"))
             .transpose()?;
         let optimizer = selected
             .contains(&CheckKind::Optimizer)
-            .then(|| reference_file(&self.optimizer, "adamw.json", false, "--optimizer"))
+            .then(|| fixture_or(&self.optimizer, "reference/adamw.json", "--optimizer"))
             .transpose()?;
         let sanity = selected
             .contains(&CheckKind::Sanity)
             .then(|| {
-                reference_file(
-                    &self.sanity,
-                    "sanity-stories42M.safetensors",
-                    true,
-                    "--sanity",
-                )
+                // The exercise's file in the current folder first, as `sanity` reads it.
+                let here = PathBuf::from(SANITY_FILE);
+                let given = self.sanity.clone().or(here.is_file().then_some(here));
+                fixture_or(&given, &format!("reference/{SANITY_FILE}"), "--sanity")
             })
             .transpose()?;
 

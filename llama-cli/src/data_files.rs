@@ -7,13 +7,32 @@
 //! `data/sst`), else from `--dev`, else it is the exercise's `data/cfimdb`. So
 //! `llama-cli train --train data/sst-train.txt` reads SST's dev and test files too, never
 //! CFIMDB's, and a bare `llama-cli train` runs the exercise's CFIMDB fine-tune.
+//!
+//! `bench` and `check` default to the project's reference data instead ([`fixture_or`]).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use llama_model::fixtures::{try_fixtures_dir, FIXTURES_ENV};
 
 /// The exercise's data set, relative to the current folder.
 pub const EXERCISE_PREFIX: &str = "data/cfimdb";
+
+/// `given`, else `relative` in the fixtures folder (the lookup the tests use:
+/// `LLAMA_FIXTURES`, else ../shared/fixtures); an error naming `flag` when neither is there.
+/// The defaults of `bench` and `check`, whose files are the project's reference data.
+pub fn fixture_or(given: &Option<PathBuf>, relative: &str, flag: &str) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    match try_fixtures_dir().map(|dir| dir.join(relative)) {
+        Some(path) if path.is_file() => Ok(path),
+        _ => bail!(
+            "no {relative} found in the fixtures folder (set {FIXTURES_ENV}, or place shared/ \
+             beside the workspace): pass {flag} FILE"
+        ),
+    }
+}
 
 /// The data set prefix of `path` if its name is `<prefix>-<split>.txt`.
 fn prefix_of(path: &Path, split: &str) -> Option<PathBuf> {

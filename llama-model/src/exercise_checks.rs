@@ -270,7 +270,14 @@ pub fn optimizer_run<B: AutodiffBackend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<Trajectory, CheckError> {
-    let reference = Reference::read(path)?;
+    run_optimizer::<B>(&Reference::read(path)?, device)
+}
+
+/// [`optimizer_run`] on a file already read.
+fn run_optimizer<B: AutodiffBackend>(
+    reference: &Reference,
+    device: &B::Device,
+) -> Result<Trajectory, CheckError> {
     let hp = |name: &str| reference.number(&format!("/hyperparameters/{name}"));
     let correct_bias = reference
         .at("/hyperparameters/correct_bias")?
@@ -297,7 +304,7 @@ pub fn optimizer_run<B: AutodiffBackend>(
         config
             .init::<B, WeightMatrix<B>>()
             .map_err(|source| CheckError::Hyperparameters {
-                path: path.to_path_buf(),
+                path: reference.path.clone(),
                 source,
             })?;
     let mut model = WeightMatrix::<B>::new(initial, shape, device);
@@ -320,8 +327,8 @@ pub fn optimizer_test<B: AutodiffBackend>(
     path: &Path,
     device: &B::Device,
 ) -> Result<CheckOutcome, CheckError> {
-    let trajectory = optimizer_run::<B>(path, device)?;
     let reference = Reference::read(path)?;
+    let trajectory = run_optimizer::<B>(&reference, device)?;
     let (expected, _) = reference.matrix("/expected_final_weight")?;
     let actual = trajectory.last().cloned().unwrap_or_default();
     let (atol, rtol) = (1e-5, 1e-3);

@@ -175,7 +175,7 @@ impl ClassifierConfig {
         device: &B::Device,
     ) -> Result<LlamaEmbeddingClassifier<B>, ClassifierError> {
         self.check()?;
-        self.init_with_llama(self.llama.init(device), 0)
+        self.with_llama_on(self.llama.init(device), 0, device)
     }
 
     /// A classifier over a given (pre-trained) Llama with a freshly initialised head.
@@ -188,6 +188,7 @@ impl ClassifierConfig {
         llama: Llama<B>,
         seed: u64,
     ) -> Result<LlamaEmbeddingClassifier<B>, ClassifierError> {
+        self.check()?;
         let device = llama.tok_embeddings.weight.device();
         self.with_llama_on(llama, seed, &device)
     }
@@ -210,7 +211,7 @@ impl ClassifierConfig {
         seed: u64,
         device: &B::Device,
     ) -> Result<LlamaEmbeddingClassifier<B>, ClassifierError> {
-        self.check()?;
+        // The callers have checked the config.
         if llama.dim() != self.llama.dim {
             return Err(ClassifierError::WidthMismatch {
                 expected: self.llama.dim,
