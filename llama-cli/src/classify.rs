@@ -9,7 +9,9 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::Tokenizer;
 use llama_train::classifier::{FinetuneOption, SentencePosition};
-use llama_train::data::{load_label_names, read_labelled_file, DataOptions, SentenceDataset};
+use llama_train::data::{
+    load_label_names, read_label_names, read_labelled_file, DataError, DataOptions, SentenceDataset,
+};
 use llama_train::finetune::{
     evaluate, finetune_with, load_classifier, FinetuneConfig, FinetuneData, RunControl,
 };
@@ -144,14 +146,28 @@ impl Job for PromptArgs {
         eprintln!("{}", describe_files(&files));
         let model = backend.layout_for_batches(model);
         let options = DataOptions::default().with_max_sentence_len(self.max_sentence_len);
-        let names = llama_train::data::read_label_names(&label_names)?;
+        let names = read_label_names(&label_names)?;
+        let num_names = names.len();
+        // One name per class, or the file is for another data set.
+        let names_for = |classes: usize| -> Result<()> {
+            if classes == num_names {
+                Ok(())
+            } else {
+                Err(DataError::LabelCount {
+                    path: label_names.clone(),
+                    found: num_names,
+                    expected: classes,
+                }
+                .into())
+            }
+        };
         // The exercise takes the number of classes from the training labels.
         if let Some(train) = &files.train {
             let labels: std::collections::BTreeSet<usize> = read_labelled_file(train)?
                 .iter()
                 .map(|record| record.label)
                 .collect();
-            load_label_names(&label_names, labels.len())?;
+            names_for(labels.len())?;
         }
         let classifier = ZeroShotClassifier::new(&tokenizer, names)?;
         let config = PromptingConfig {
@@ -172,15 +188,21 @@ impl Job for PromptArgs {
         for (data, out, which) in sets {
             let dataset = classifier.load_dataset(data, &tokenizer, &options)?;
             if which == "dev" {
-                // One name per class of the data (labels are class ids 0..n); test labels
-                // may be placeholders and are not checked.
-                let classes = dataset
-                    .items()
-                    .iter()
-                    .map(|i| i.label + 1)
-                    .max()
-                    .unwrap_or(0);
-                load_label_names(&label_names, classes)?;
+                if files.train.is_some() {
+                    // The names were counted against the training classes: dev labels need
+                    // only be among them (a small dev set may lack a class).
+                    dataset.check_labels_below(num_names)?;
+                } else {
+                    // One name per class of the data (labels are class ids 0..n).
+                    let classes = dataset
+                        .items()
+                        .iter()
+                        .map(|i| i.label + 1)
+                        .max()
+                        .unwrap_or(0);
+                    names_for(classes)?;
+                }
+                // Test labels may be placeholders and are not checked.
             }
             let start = Instant::now();
             let result = classifier.classify(&model, &dataset, &config, &device)?;

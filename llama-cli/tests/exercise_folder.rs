@@ -201,3 +201,32 @@ fn a_missing_default_file_is_one_line_naming_it_and_its_flag() {
         "{stderr}"
     );
 }
+
+/// With a training file, the label names are counted against its classes, as the exercise
+/// does: a dev set that lacks a class (here only label 0) still prompts.
+#[test]
+fn a_dev_set_lacking_a_class_prompts_when_the_training_file_names_the_classes() {
+    let dir = exercise_folder(8);
+    let d = dir.path();
+    let dev = std::fs::read_to_string(d.join("data/cfimdb-dev.txt")).unwrap();
+    let zeros: Vec<&str> = dev.lines().filter(|l| l.starts_with("0 ||| ")).collect();
+    assert!(!zeros.is_empty() && zeros.len() < dev.lines().count());
+    std::fs::write(d.join("zeros.txt"), zeros.join("\n") + "\n").unwrap();
+    let out = cli_in(
+        d,
+        &[
+            "prompt",
+            "--train",
+            "data/cfimdb-train.txt",
+            "--dev",
+            "zeros.txt",
+            "--label-names",
+            "data/cfimdb-label-mapping.json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        prediction_lines(&d.join("zeros-prompting-output.txt")).len(),
+        zeros.len()
+    );
+}
