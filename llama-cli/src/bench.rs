@@ -13,6 +13,7 @@ use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, ValueEnum};
+use indicatif::ProgressBar;
 use llama_model::adamw::AdamWConfig;
 use llama_model::generate::{GenerateConfig, Generator};
 
@@ -396,7 +397,9 @@ fn bench_generate<B: Backend>(
     llama: &Llama<B>,
     split: usize,
     f: &mut Figures,
+    bar: &ProgressBar,
 ) -> Result<()> {
+    bar.set_prefix("bench generate");
     let n = args.prompt_tokens as usize;
     if n + args.new_tokens as usize > model.config.max_seq_len {
         bail!(
@@ -413,10 +416,12 @@ fn bench_generate<B: Backend>(
     prompt.extend((1..n).map(|_| rng.random_range(low..model.config.vocab_size as u32)));
     reset_peak_rss();
     time_generation(llama, &prompt, 8, split)?; // warm-up
+    bar.inc(1);
     let mut ttft = vec![];
     let mut decode = vec![];
     for _ in 0..args.runs {
         let (first, speed) = time_generation(llama, &prompt, args.new_tokens as usize, split)?;
+        bar.inc(1);
         ttft.push(first.as_secs_f64());
         decode.push(speed);
     }
@@ -434,7 +439,9 @@ fn bench_prompt<B: Backend>(
     tokenizer: &Tokenizer,
     device: &B::Device,
     f: &mut Figures,
+    bar: &ProgressBar,
 ) -> Result<()> {
+    bar.set_prefix("bench prompt");
     let names = read_label_names(fixture_or(
         &args.label_names,
         "data/sst-label-mapping.json",
@@ -459,11 +466,13 @@ fn bench_prompt<B: Backend>(
             device,
         )?;
     }
+    bar.inc(1);
     let mut rates = vec![];
     for part in items.chunks(chunk).take(args.runs as usize) {
         let start = Instant::now();
         classifier.classify_items(llama, part, &config, device)?;
         rates.push(part.len() as f64 / start.elapsed().as_secs_f64());
+        bar.inc(1);
     }
     f.prompt_sentences_per_s = Some(median(rates));
     f.prompt_peak_rss_mb = peak_rss_mb();
@@ -488,7 +497,9 @@ fn bench_train<B: AutodiffBackend>(
     tokenizer: &Tokenizer,
     device: &B::Device,
     f: &mut Figures,
+    bar: &ProgressBar,
 ) -> Result<()> {
+    bar.set_prefix("bench train");
     let train_data = fixture_or(&args.train_data, "data/sst-train.txt", "--train-data")?;
     let dataset = SentenceDataset::from_file(&train_data, tokenizer, &DataOptions::default())?;
     let items = dataset.items();
@@ -531,6 +542,7 @@ fn bench_train<B: AutodiffBackend>(
         if step > 0 {
             times.push(start.elapsed().as_secs_f64());
         }
+        bar.inc(1);
     }
     let step = median(times);
     f.train_step_seconds = Some(step);
@@ -570,17 +582,26 @@ impl Job for BenchArgs {
         } else {
             None
         };
+        // A warm-up and the timed runs of each phase; drawn only between runs.
+        let phases = [Phase::Generate, Phase::Prompt, Phase::Train]
+            .into_iter()
+            .filter(|&p| wants(p))
+            .count();
+        let bar = crate::progress::bar(phases * (self.runs as usize + 1), "bench", "runs");
         if let Some(llama) = &decoding {
-            bench_generate(&self, &model, llama, split, &mut f).context("generation phase")?;
+            bench_generate(&self, &model, llama, split, &mut f, &bar)
+                .context("generation phase")?;
         }
         if let (true, Some(tok)) = (wants(Phase::Prompt), &tokenizer) {
             // The layout `llama-cli prompt` uses.
             let llama = backend.layout_for_batches(model.llama.clone());
-            bench_prompt(&self, &llama, tok, &device, &mut f).context("prompting phase")?;
+            bench_prompt(&self, &llama, tok, &device, &mut f, &bar).context("prompting phase")?;
         }
         if let (true, Some(tok)) = (wants(Phase::Train), &tokenizer) {
-            bench_train::<B>(&self, &model, tok, &device, &mut f).context("training phase")?;
+            bench_train::<B>(&self, &model, tok, &device, &mut f, &bar)
+                .context("training phase")?;
         }
+        bar.finish_and_clear();
 
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         // A decoded token reads every weight once (norms are f32 either way, a rounding error).

@@ -13,13 +13,15 @@ use llama_train::data::{
     load_label_names, read_label_names, read_labelled_file, DataError, DataOptions, SentenceDataset,
 };
 use llama_train::finetune::{
-    evaluate, finetune_with, load_classifier, FinetuneConfig, FinetuneData, RunControl,
+    evaluate_with_progress, finetune_with, load_classifier, FinetuneConfig, FinetuneData,
+    RunControl,
 };
 use llama_train::predictions::write_predictions;
 use llama_train::prompting::{PromptingConfig, ZeroShotClassifier};
 use llama_train::training_loop::INTERRUPTED;
 
 use crate::backend::{BackendKind, Job};
+use crate::confusion;
 use crate::data_files::{self, DataFiles, GivenFiles, TrainFile};
 use crate::flag_values;
 use crate::model_args::ModelArgs;
@@ -205,7 +207,16 @@ impl Job for PromptArgs {
                 // Test labels may be placeholders and are not checked.
             }
             let start = Instant::now();
-            let result = classifier.classify(&model, &dataset, &config, &device)?;
+            let bar = crate::progress::bar(
+                dataset.items().len(),
+                &format!("prompt {which}"),
+                "sentences",
+            );
+            let result =
+                classifier.classify_with_progress(&model, &dataset, &config, &device, |n| {
+                    bar.inc(n as u64)
+                })?;
+            bar.finish_and_clear();
             let secs = start.elapsed().as_secs_f64();
             write_predictions(out, &result.predictions, &dataset.sentences())?;
             println!(
@@ -217,6 +228,13 @@ impl Job for PromptArgs {
                 result.predictions.len() as f64 / secs,
                 out.display()
             );
+            confusion::report(
+                which,
+                &result.labels,
+                &result.predictions,
+                classifier.label_names(),
+                &confusion::picture_beside(out, data),
+            )?;
         }
         Ok(())
     }
@@ -266,6 +284,9 @@ pub struct FinetuneArgs {
     /// Stop after this many training steps and save, so that `--resume` continues.
     #[arg(long, value_parser = flag_values::positive())]
     pub max_steps: Option<usize>,
+    /// A metrics.csv row (and, without bars, a progress line) every N training steps.
+    #[arg(long, default_value_t = 50, value_parser = flag_values::positive())]
+    pub log_every: usize,
 }
 
 impl Job for FinetuneArgs {
@@ -294,6 +315,7 @@ impl Job for FinetuneArgs {
             .with_seed(self.seed)
             .with_option(self.option)
             .with_max_sentence_len(self.max_sentence_len)
+            .with_log_every(self.log_every)
             .with_position(if self.pad_position_pooling {
                 SentencePosition::LastPosition
             } else {
@@ -309,9 +331,10 @@ impl Job for FinetuneArgs {
             None => None,
         };
         let data = FinetuneData::new(train, dev, test, tokenizer.pad_id());
-        if let Some(names) = &files.label_names {
-            load_label_names(names, data.num_labels)?;
-        }
+        let label_names = match &files.label_names {
+            Some(names) => load_label_names(names, data.num_labels)?,
+            None => (0..data.num_labels).map(|c| c.to_string()).collect(),
+        };
         eprintln!(
             "fine-tuning ({}) on {} training sentences, {} classes; backend {backend}; artifacts in {}",
             config.option,
@@ -323,6 +346,7 @@ impl Job for FinetuneArgs {
             resume: self.resume,
             interrupter: Some(interrupter),
             max_steps: self.max_steps,
+            progress: crate::progress::mode(),
         };
         let start = Instant::now();
         let outcome = finetune_with(&config, llama, &llama_config, &data, &device, &control)?;
@@ -335,6 +359,13 @@ impl Job for FinetuneArgs {
             outcome.dev.macro_f1,
             dev_out.display()
         );
+        confusion::report(
+            "dev",
+            &data.dev.labels(),
+            &outcome.dev.predictions,
+            &label_names,
+            &out_dir.join("confusion-dev.png"),
+        )?;
         if let (Some(test), Some(out), Some(test_data)) = (&outcome.test, &test_out, &data.test) {
             write_predictions(out, &test.predictions, &test_data.sentences())?;
             println!(
@@ -343,6 +374,13 @@ impl Job for FinetuneArgs {
                 test.macro_f1,
                 out.display()
             );
+            confusion::report(
+                "test",
+                &test_data.labels(),
+                &test.predictions,
+                &label_names,
+                &out_dir.join("confusion-test.png"),
+            )?;
         }
         println!("saved classifier: {}", outcome.record_path.display());
         Ok(())
@@ -386,6 +424,10 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
     #[arg(long, default_value_t = 8, value_parser = flag_values::positive())]
     pub batch_size: usize,
+    /// JSON list of label names in class order, for the confusion matrix [default:
+    /// `<name>-label-mapping.json` beside the data, if present].
+    #[arg(long, alias = "label_names")]
+    pub label_names: Option<PathBuf>,
 }
 
 impl Job for EvalArgs {
@@ -404,14 +446,26 @@ impl Job for EvalArgs {
             .as_ref()
             .map(|f| f.data_options())
             .unwrap_or_default();
+        let num_labels = saved.model.num_labels();
+        let label_names = match self
+            .label_names
+            .clone()
+            .or_else(|| data_files::label_names_beside(&self.data))
+        {
+            Some(path) => load_label_names(path, num_labels)?,
+            None => (0..num_labels).map(|c| c.to_string()).collect(),
+        };
         let dataset = SentenceDataset::from_file(&self.data, &tokenizer, &options)?;
-        let result = evaluate(
+        let bar = crate::progress::bar(dataset.items().len(), "eval", "sentences");
+        let result = evaluate_with_progress(
             &saved.model,
             &dataset,
             self.batch_size,
             tokenizer.pad_id(),
             &device,
+            |n| bar.inc(n as u64),
         )?;
+        bar.finish_and_clear();
         write_predictions(&out, &result.predictions, &dataset.sentences())?;
         println!(
             "{}: accuracy {:.3}, macro-F1 {:.3} over {} sentences; wrote {}",
@@ -421,6 +475,13 @@ impl Job for EvalArgs {
             result.predictions.len(),
             out.display()
         );
+        confusion::report(
+            "eval",
+            &dataset.labels(),
+            &result.predictions,
+            &label_names,
+            &confusion::picture_beside(&out, &self.data),
+        )?;
         Ok(())
     }
 }

@@ -41,6 +41,16 @@ fn prefix_of(path: &Path, split: &str) -> Option<PathBuf> {
     (!stem.is_empty()).then(|| path.with_file_name(stem))
 }
 
+/// The label-name file beside a data file named `<prefix>-<split>.txt`:
+/// `<prefix>-label-mapping.json`, if it exists.
+pub fn label_names_beside(data: &Path) -> Option<PathBuf> {
+    ["train", "dev", "test"]
+        .iter()
+        .find_map(|split| prefix_of(data, split))
+        .map(|prefix| sibling(&prefix, "-label-mapping.json"))
+        .filter(|path| path.is_file())
+}
+
 /// `<prefix><suffix>` as a path (`data/sst` + `-dev.txt`).
 fn sibling(prefix: &Path, suffix: &str) -> PathBuf {
     let mut name = prefix.as_os_str().to_os_string();

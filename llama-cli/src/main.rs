@@ -5,12 +5,15 @@ mod backend;
 mod bench;
 mod check;
 mod classify;
+mod confusion;
 mod data_files;
 mod flag_values;
 mod generate;
 mod model_args;
 mod output;
 mod perplexity;
+mod plot;
+mod progress;
 mod sanity;
 mod weight_dtype;
 
@@ -44,6 +47,13 @@ struct Cli {
     /// CPU threads for ndarray, flex and libtorch (0 = one per core).
     #[arg(long, global = true, default_value_t = 0)]
     threads: usize,
+    /// Progress of long commands: bars on a terminal (auto) or plain lines (plain, also
+    /// what a pipe or a log file gets).
+    #[arg(long, global = true, value_enum, default_value_t = progress::ProgressFlag::Auto)]
+    progress: progress::ProgressFlag,
+    /// Plain progress lines, no bars (the same as `--progress plain`).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +77,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Perplexity of a model on a text file (one document per line).
     Perplexity(perplexity::PerplexityArgs),
+    /// Redraw a training run's curves from its metrics.csv (PNG or SVG).
+    Plot(plot::PlotArgs),
 }
 
 /// Run `f`, turning a panic inside a library (a bug, or a backend that panics on a missing
@@ -98,6 +110,7 @@ fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 fn main() -> ExitCode {
     allocator::keep_freed_memory();
     let cli = Cli::parse(); // usage errors exit with status 2
+    progress::set(cli.progress, cli.quiet);
     let result = catch_panics(|| {
         backend::set_threads(cli.threads)?;
         on_pool(|| match cli.command {
@@ -109,6 +122,7 @@ fn main() -> ExitCode {
             Command::Eval(args) => run_on(cli.backend, cli.device, args),
             Command::Check(args) => run_on(cli.backend, cli.device, args),
             Command::Perplexity(args) => run_on(cli.backend, cli.device, args),
+            Command::Plot(args) => plot::run(&args),
         })
     });
     match result {

@@ -1,7 +1,6 @@
 //! `llama-cli perplexity`: how well a model predicts a text file (see
 //! [`llama_train::perplexity`] for the exact definition).
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -45,18 +44,11 @@ impl Job for PerplexityArgs {
         );
         let start = Instant::now();
         let total = rows.len();
-        // A counter redrawn on a terminal; nothing on a pipe or in a log file.
-        let terminal = std::io::stderr().is_terminal();
+        let bar = crate::progress::bar(total, "perplexity", "documents");
         let figures = perplexity(&model, &rows, self.batch_size, &device, |done| {
-            if terminal {
-                let mut err = std::io::stderr().lock();
-                let _ = write!(err, "\r{done}/{total} documents");
-                let _ = err.flush();
-            }
+            bar.set_position(done as u64)
         })?;
-        if terminal {
-            eprintln!();
-        }
+        bar.finish_and_clear();
         eprintln!("scored in {:.1} s", start.elapsed().as_secs_f64());
         println!(
             "{}: {} documents, {} predicted tokens, mean NLL {:.6}, perplexity {:.4}",

@@ -7,6 +7,8 @@
 //!   classifier.json   its ClassifierConfig
 //!   finetune.json     the FinetuneConfig of the run
 //!   resume.json       the resumable state (crate::resume)
+//!   metrics.csv       a row per logged step and per dev evaluation (crate::metrics_log)
+//!   curves.png        the loss and dev curves (crate::curves)
 //!   checkpoint/       Burn's checkpoint of model and optimizer (model-<steps>.mpk, ...)
 //!   train/ valid/     Burn's per-epoch metric logs
 //! ```
@@ -65,7 +67,7 @@ pub(crate) fn save_best<Bk: Backend>(
 /// of epochs this run may not reach would enter the best-epoch search, and an old checkpoint
 /// could be taken for this run's. Only Burn's own names (`train/epoch-*`, `valid/epoch-*`,
 /// `checkpoint/{model,optim,scheduler}-*.mpk`) and ours (`classifier.mpk`, `resume.json`)
-/// are touched.
+/// are touched, and the run's tables and pictures (`metrics.csv`, `curves.png`).
 pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
     let entries = |sub: &str| -> Vec<(PathBuf, String)> {
         std::fs::read_dir(dir.join(sub))
@@ -98,6 +100,8 @@ pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
     stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk")));
     stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial.mpk")));
     stale.push(dir.join(crate::resume::RESUME_FILE));
+    stale.push(dir.join(crate::metrics_log::METRICS_FILE));
+    stale.push(dir.join(crate::curves::CURVES_FILE));
     for path in stale {
         if path.is_file() {
             std::fs::remove_file(&path).map_err(io_err(&path))?;

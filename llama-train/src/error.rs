@@ -9,6 +9,7 @@ use crate::classifier::ClassifierError;
 use crate::config::ConfigError;
 use crate::data::DataError;
 use crate::metrics::MetricsError;
+use crate::metrics_log::MetricsLogError;
 use crate::resume::{Position, ResumeError};
 
 /// Why fine-tuning or evaluation failed.
@@ -29,6 +30,9 @@ pub enum FinetuneError {
     /// Scores could not be computed.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The run's `metrics.csv` could not be read back.
+    #[error(transparent)]
+    MetricsLog(#[from] MetricsLogError),
     /// A dataset without examples.
     #[error("the {which} set is empty")]
     EmptyDataset {

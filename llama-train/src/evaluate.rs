@@ -96,6 +96,19 @@ pub fn evaluate<B: Backend>(
     pad_id: u32,
     device: &B::Device,
 ) -> Result<Evaluation, FinetuneError> {
+    evaluate_with_progress(model, dataset, batch_size, pad_id, device, |_| {})
+}
+
+/// [`evaluate`], calling `on_batch(sentences)` after each batch with the number of
+/// sentences it held (for a progress bar).
+pub fn evaluate_with_progress<B: Backend>(
+    model: &LlamaEmbeddingClassifier<B>,
+    dataset: &SentenceDataset,
+    batch_size: usize,
+    pad_id: u32,
+    device: &B::Device,
+    mut on_batch: impl FnMut(usize),
+) -> Result<Evaluation, FinetuneError> {
     if B::ad_enabled(device) {
         return Err(FinetuneError::AutodiffModel);
     }
@@ -129,6 +142,7 @@ pub fn evaluate<B: Backend>(
             loss_sum += nll;
         }
         predictions.extend(class_ids(log_probs.argmax(1).reshape([chunk.len()])));
+        on_batch(chunk.len());
     }
     let matrix = ConfusionMatrix::new(&dataset.labels(), &predictions)?;
     Ok(Evaluation {

@@ -9,8 +9,10 @@
 //!    [`crate::training_loop`]: each epoch's batch order comes from `(seed, epoch)` and each
 //!    step's dropout masks from `(seed, epoch, batch)`, AdamW at a constant learning rate, dev
 //!    evaluation after each epoch. Metrics: loss, accuracy, macro-F1 (train and dev),
-//!    learning rate and iteration speed (train), shown by [`ProgressRenderer`] and logged
-//!    by Burn under `artifact_dir/train` and `artifact_dir/valid`.
+//!    learning rate and iteration speed (train), shown by [`ProgressRenderer`], logged
+//!    by Burn under `artifact_dir/train` and `artifact_dir/valid`, and tabled in
+//!    `artifact_dir/metrics.csv` (every `log_every` steps and every dev evaluation) with
+//!    their picture `artifact_dir/curves.png`.
 //! 3. After every epoch the best model so far (by dev accuracy; a tie keeps the earlier
 //!    epoch) is `artifact_dir/classifier.mpk`, next to `classifier.json` (its
 //!    [`ClassifierConfig`]) and `finetune.json`; Burn's checkpoint of the model and the
@@ -58,6 +60,7 @@ use crate::artifacts::{clear_previous_run, save_json};
 use crate::classifier::{ClassifierConfig, ClassifierError, LlamaEmbeddingClassifier};
 use crate::data::{SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
 use crate::error::io_err;
+use crate::metrics_log::{rows_to_resume, METRICS_FILE};
 use crate::resume::{ResumeState, RunSettings};
 use crate::training_loop::{Components, EpochOrdered, LoopEnd, ResumableLoop, SaveEveryCall};
 
@@ -67,11 +70,13 @@ pub use crate::artifacts::{
 };
 pub use crate::config::{ConfigError, FinetuneConfig};
 pub use crate::error::FinetuneError;
-pub use crate::evaluate::{evaluate, load_classifier, Evaluation, SavedClassifier};
+pub use crate::evaluate::{
+    evaluate, evaluate_with_progress, load_classifier, Evaluation, SavedClassifier,
+};
 pub use crate::metrics::{
     ClassPredictions, MacroF1Metric, ACCURACY, ITERATION_SPEED, LEARNING_RATE, LOSS, MACRO_F1,
 };
-pub use crate::progress::ProgressRenderer;
+pub use crate::progress::{ProgressMode, ProgressRenderer};
 pub use crate::resume::EpochSummary;
 
 /// The data of a fine-tuning run.
@@ -155,6 +160,8 @@ pub struct RunControl {
     pub interrupter: Option<Interrupter>,
     /// Stop after this many training steps of this call and save (a time-boxed run).
     pub max_steps: Option<usize>,
+    /// Bars on a terminal, or plain lines (the default for a library).
+    pub progress: ProgressMode,
 }
 
 /// Fine-tune a classifier over `llama` (with hyper-parameters `llama_config`) on `data`;
@@ -268,6 +275,7 @@ pub fn finetune_with<B: AutodiffBackend>(
         .set_device(device.clone())
         .build(data.dev.clone());
 
+    let metrics = rows_to_resume(&dir.join(METRICS_FILE), state.steps)?;
     let previous_key = (state.steps > 0).then_some(state.steps);
     let state = Arc::new(Mutex::new(state));
     let end = Arc::new(Mutex::new(None));
@@ -277,11 +285,13 @@ pub fn finetune_with<B: AutodiffBackend>(
         seed: config.seed,
         batch_size: config.batch_size,
         max_steps: control.max_steps,
+        log_every: config.log_every,
+        metrics,
         state: state.clone(),
         end: end.clone(),
         backend: std::marker::PhantomData,
     };
-    let renderer = ProgressRenderer::new(config.epochs, config.log_every);
+    let renderer = ProgressRenderer::new(config.epochs, config.log_every, control.progress);
     let training = SupervisedTraining::new(dir, train_loader, valid_loader)
         .metrics((
             AccuracyMetric::new(),
@@ -326,17 +336,28 @@ pub fn finetune_with<B: AutodiffBackend>(
     // Predict with the model as reloaded from its file, so that these predictions are
     // exactly what a later `eval` of the saved classifier gives.
     let saved = load_classifier::<B::InnerBackend>(dir, device)?;
-    let dev = evaluate(
-        &saved.model,
-        &data.dev,
-        config.batch_size,
-        data.pad_id,
-        device,
-    )?;
+    let predict = |dataset: &SentenceDataset, which: &str| {
+        let bar = control.progress.bar(
+            dataset.items().len(),
+            format!("best model (epoch {best_epoch}): {which}"),
+            "sentences",
+        );
+        let result = evaluate_with_progress(
+            &saved.model,
+            dataset,
+            config.batch_size,
+            data.pad_id,
+            device,
+            |n| bar.inc(n as u64),
+        );
+        bar.finish_and_clear();
+        result
+    };
+    let dev = predict(&data.dev, "dev")?;
     let test = data
         .test
         .as_ref()
-        .map(|test| evaluate(&saved.model, test, config.batch_size, data.pad_id, device))
+        .map(|test| predict(test, "test"))
         .transpose()?;
     Ok(FinetuneOutcome {
         model: saved.model,

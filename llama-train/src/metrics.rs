@@ -237,6 +237,17 @@ impl Tally {
             .unwrap_or(f64::NAN)
     }
 
+    /// Mean loss, accuracy and macro-F1 (fractions) of what was added; `None` when nothing
+    /// was.
+    pub fn scores(&self) -> Option<TallyScores> {
+        let matrix = ConfusionMatrix::new(&self.targets, &self.predictions).ok()?;
+        Some(TallyScores {
+            loss: self.loss_sum / self.targets.len() as f64,
+            accuracy: matrix.accuracy(),
+            macro_f1: matrix.macro_f1(),
+        })
+    }
+
     /// Loss, accuracy and macro-F1 (percent) of what was added.
     pub fn summary(&self) -> BTreeMap<String, f64> {
         let n = self.targets.len().max(1) as f64;
@@ -252,6 +263,17 @@ impl Tally {
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
+}
+
+/// The scores of a [`Tally`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TallyScores {
+    /// Mean loss per example.
+    pub loss: f64,
+    /// Fraction of correct predictions.
+    pub accuracy: f64,
+    /// Macro-averaged F1, a fraction.
+    pub macro_f1: f64,
 }
 
 /// Predicted and true classes of a batch, the input of [`MacroF1Metric`].

@@ -1,9 +1,9 @@
-//! The terminal side of fine-tuning: a plain-text renderer of Burn's training events that
-//! redraws one status line on a terminal and prints plain lines elsewhere, with the epoch
+//! The terminal side of fine-tuning: a renderer of Burn's training events that draws
+//! `indicatif` bars on a terminal and prints plain lines elsewhere, with the epoch
 //! summaries.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::time::Instant;
 
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
@@ -12,7 +12,10 @@ use burn::train::renderer::{
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
 
+use indicatif::{ProgressBar, ProgressDrawTarget};
+
 use crate::metrics::{ACCURACY, ITERATION_SPEED, LEARNING_RATE, LOSS, MACRO_F1};
+pub use crate::progress_bar::ProgressMode;
 
 /// Count-weighted running means of one split's metrics over the current epoch, for display.
 ///
@@ -91,14 +94,22 @@ fn format_metrics(values: &BTreeMap<String, f64>) -> String {
         .join(" | ")
 }
 
-/// A plain-text [`MetricsRenderer`] (Burn's own prints a Debug line per batch without the
-/// `tui` feature): on a terminal it redraws one status line; otherwise it prints a line
-/// every `log_every` training iterations. After each split of each epoch it prints a summary
-/// line of the epoch means.
+/// Boxed maker of a bar's draw target (standard error, or a test's screen).
+type TargetMaker = Box<dyn Fn() -> ProgressDrawTarget + Send + Sync>;
+
+/// Burn's training events shown as people expect them (Burn's own renderer prints a Debug
+/// line per batch without its `tui` feature): with bars on (see [`ProgressMode`]), an
+/// `indicatif` bar per pass (each epoch's training, then its dev evaluation) with elapsed
+/// time, time left, rate and running figures; otherwise a plain line every `log_every`
+/// training iterations. Either way, after each split of each epoch a summary line of the
+/// epoch means goes to standard output.
 pub struct ProgressRenderer {
     num_epochs: usize,
     log_every: usize,
-    terminal: bool,
+    /// Where bars are drawn; `None` for plain lines.
+    target: Option<TargetMaker>,
+    /// The bar of the pass being shown.
+    bar: Option<ProgressBar>,
     names: HashMap<MetricId, String>,
     train: Running,
     valid: Running,
@@ -107,17 +118,35 @@ pub struct ProgressRenderer {
     valid_epoch: Option<usize>,
     train_started: Option<Instant>,
     train_seconds: f64,
-    last_draw: Option<Instant>,
 }
 
 impl ProgressRenderer {
-    /// A renderer for `num_epochs` epochs printing a line every `log_every` iterations
-    /// (when stdout is not a terminal).
-    pub fn new(num_epochs: usize, log_every: usize) -> Self {
+    /// A renderer for `num_epochs` epochs, drawing bars on standard error when `mode` says
+    /// so, else printing a line every `log_every` iterations (0: summaries only).
+    pub fn new(num_epochs: usize, log_every: usize, mode: ProgressMode) -> Self {
+        let target: Option<TargetMaker> = if mode.bars() {
+            Some(Box::new(ProgressDrawTarget::stderr))
+        } else {
+            None
+        };
+        Self::with_target(num_epochs, log_every, target)
+    }
+
+    /// A renderer drawing its bars to the targets `target` makes (a test's screen).
+    pub fn with_draw_target(
+        num_epochs: usize,
+        log_every: usize,
+        target: impl Fn() -> ProgressDrawTarget + Send + Sync + 'static,
+    ) -> Self {
+        Self::with_target(num_epochs, log_every, Some(Box::new(target)))
+    }
+
+    fn with_target(num_epochs: usize, log_every: usize, target: Option<TargetMaker>) -> Self {
         Self {
             num_epochs,
             log_every,
-            terminal: std::io::stdout().is_terminal(),
+            target,
+            bar: None,
             names: HashMap::new(),
             train: Running::default(),
             valid: Running::default(),
@@ -125,7 +154,6 @@ impl ProgressRenderer {
             valid_epoch: None,
             train_started: None,
             train_seconds: 0.0,
-            last_draw: None,
         }
     }
 
@@ -136,30 +164,42 @@ impl ProgressRenderer {
             .unwrap_or_else(|| format!("{id:?}"))
     }
 
-    fn print_line(&mut self, line: &str) {
-        let mut out = std::io::stdout().lock();
-        // Errors writing progress (a closed pipe) must not stop training.
-        if self.terminal {
-            let _ = write!(out, "\r\x1b[2K{line}\n");
-        } else {
+    /// A line on standard output, above the bar if one is drawn.
+    fn print_line(&self, line: &str) {
+        let print = || {
+            let mut out = std::io::stdout().lock();
+            // Errors writing progress (a closed pipe) must not stop training.
             let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
         }
-        let _ = out.flush();
     }
 
-    fn draw_status(&mut self, line: &str) {
-        let now = Instant::now();
-        // Redraw at most ten times a second.
-        if self
-            .last_draw
-            .is_some_and(|t| now.duration_since(t).as_millis() < 100)
-        {
+    /// Show `(done, total)` of the pass `prefix` on its bar, starting the bar if the pass is
+    /// new.
+    fn draw_bar(&mut self, prefix: String, (done, total): (usize, usize), message: String) {
+        let Some(target) = &self.target else {
             return;
+        };
+        let bar = self.bar.get_or_insert_with(|| {
+            crate::progress_bar::styled_bar(total, prefix.clone(), "sentences", target())
+        });
+        if bar.prefix() != prefix {
+            bar.finish_and_clear();
+            *bar = crate::progress_bar::styled_bar(total, prefix, "sentences", target());
         }
-        self.last_draw = Some(now);
-        let mut out = std::io::stdout().lock();
-        let _ = write!(out, "\r\x1b[2K{line}");
-        let _ = out.flush();
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(message);
+    }
+
+    fn clear_bar(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
     }
 
     /// Close the training pass of the current epoch: print and record its summary.
@@ -167,6 +207,7 @@ impl ProgressRenderer {
         let Some(epoch) = self.train_epoch.take() else {
             return;
         };
+        self.clear_bar();
         self.train_seconds = self
             .train_started
             .map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -186,6 +227,7 @@ impl ProgressRenderer {
         let Some(epoch) = self.valid_epoch.take() else {
             return;
         };
+        self.clear_bar();
         let summary = self.valid.summary();
         let line = format!(
             "epoch {epoch}/{} dev:   {}",
@@ -194,6 +236,15 @@ impl ProgressRenderer {
         );
         self.print_line(&line);
         self.valid = Running::default();
+    }
+}
+
+impl Drop for ProgressRenderer {
+    /// A run that stops early (Ctrl-C, a step budget) leaves its bar where it stopped.
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
     }
 }
 
@@ -225,16 +276,16 @@ impl MetricsRendererTraining for ProgressRenderer {
             self.train.items = (p.items_processed, p.items_total);
         }
         let iteration = self.train.iterations;
-        let (done, total) = self.train.items;
-        let line = format!(
-            "epoch {epoch}/{} iter {iteration} ({done}/{total}) {}",
-            self.num_epochs,
-            format_metrics(&self.train.summary())
-        );
-        if self.terminal {
-            self.draw_status(&line);
+        let metrics = format_metrics(&self.train.summary());
+        if self.target.is_some() {
+            let prefix = format!("epoch {epoch}/{} train", self.num_epochs);
+            self.draw_bar(prefix, self.train.items, metrics);
         } else if self.log_every > 0 && iteration.is_multiple_of(self.log_every) {
-            self.print_line(&line);
+            let (done, total) = self.train.items;
+            self.print_line(&format!(
+                "epoch {epoch}/{} iter {iteration} ({done}/{total}) {metrics}",
+                self.num_epochs
+            ));
         }
     }
 
@@ -245,13 +296,14 @@ impl MetricsRendererTraining for ProgressRenderer {
             self.finish_train();
             self.valid_epoch = Some(epoch);
         }
-        if self.terminal {
-            let (done, total) = item
+        if self.target.is_some() {
+            let items = item
                 .progress
                 .as_ref()
                 .map_or((0, 0), |p| (p.items_processed, p.items_total));
-            let line = format!("epoch {epoch}/{} dev ({done}/{total})", self.num_epochs);
-            self.draw_status(&line);
+            let prefix = format!("epoch {epoch}/{} dev  ", self.num_epochs);
+            let metrics = format_metrics(&self.valid.summary());
+            self.draw_bar(prefix, items, metrics);
         }
     }
 
@@ -299,5 +351,92 @@ mod tests {
         assert_eq!(summary[LEARNING_RATE], 5e-4);
         let line = format_metrics(&summary);
         assert_eq!(line, "loss 1.8000 | lr 5.0e-4");
+    }
+
+    /// A terminal that records what is written to it.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            160
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.write_str("<clear>")
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn progress(done: usize, total: usize) -> burn::data::dataloader::Progress {
+        burn::data::dataloader::Progress {
+            items_processed: done,
+            items_total: total,
+        }
+    }
+
+    #[test]
+    fn on_a_terminal_each_pass_gets_a_bar_with_time_left_rate_and_figures() {
+        let screen = Screen::default();
+        let target = screen.clone();
+        let mut renderer = ProgressRenderer::with_draw_target(2, 50, move || {
+            ProgressDrawTarget::term_like_with_hz(Box::new(target.clone()), 200)
+        });
+        renderer.train.add(LOSS, &NumericEntry::Value(1.5));
+        let item = |done, iteration| TrainingProgress {
+            progress: Some(progress(done, 80)),
+            global_progress: progress(1, 2),
+            iteration: Some(iteration),
+        };
+        renderer.render_train(item(40, 5), vec![]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        renderer.render_train(item(80, 10), vec![]);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        // The dev pass closes the training bar and opens its own.
+        renderer.render_valid(
+            TrainingProgress {
+                progress: Some(progress(8, 16)),
+                global_progress: progress(1, 2),
+                iteration: Some(1),
+            },
+            vec![],
+        );
+        drop(renderer);
+        let text = screen.0.lock().unwrap().clone();
+        let train = text
+            .lines()
+            .flat_map(|l| l.split("<clear>"))
+            .find(|l| l.contains("80/80"))
+            .unwrap_or_else(|| panic!("no finished training bar in {text:?}"));
+        assert!(train.starts_with("epoch 1/2 train ["), "{train}");
+        assert!(
+            train.contains("=] 80/80 sentences [00:00:00<00:00:00, "),
+            "{train}"
+        );
+        assert!(train.contains("/s] loss 1.5000"), "{train}");
+        assert!(
+            text.contains("epoch 1/2 dev   [") && text.contains("8/16 sentences"),
+            "{text}"
+        );
     }
 }

@@ -352,6 +352,19 @@ impl ZeroShotClassifier {
         config: &PromptingConfig,
         device: &B::Device,
     ) -> Result<ZeroShotOutput, PromptingError> {
+        self.classify_with_progress(model, dataset, config, device, |_| {})
+    }
+
+    /// [`classify`](Self::classify), calling `on_batch(sentences)` after each batch with the
+    /// number of sentences it held (for a progress bar).
+    pub fn classify_with_progress<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        dataset: &SentenceDataset,
+        config: &PromptingConfig,
+        device: &B::Device,
+        mut on_batch: impl FnMut(usize),
+    ) -> Result<ZeroShotOutput, PromptingError> {
         if dataset.options().prompt_suffix.as_deref() != Some(self.suffix.as_str()) {
             return Err(PromptingError::WrongSuffix {
                 path: dataset.path().to_path_buf(),
@@ -359,7 +372,7 @@ impl ZeroShotClassifier {
                 found: dataset.options().prompt_suffix.clone(),
             });
         }
-        self.classify_items(model, dataset.items(), config, device)
+        self.classify_rows(model, dataset.items(), config, device, &mut on_batch)
     }
 
     /// Classifies items whose tokens already hold the prompt (no suffix check), and scores
@@ -370,6 +383,17 @@ impl ZeroShotClassifier {
         items: &[SentenceItem],
         config: &PromptingConfig,
         device: &B::Device,
+    ) -> Result<ZeroShotOutput, PromptingError> {
+        self.classify_rows(model, items, config, device, &mut |_| {})
+    }
+
+    fn classify_rows<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        items: &[SentenceItem],
+        config: &PromptingConfig,
+        device: &B::Device,
+        on_batch: &mut dyn FnMut(usize),
     ) -> Result<ZeroShotOutput, PromptingError> {
         if config.batch_size == 0 {
             return Err(PromptingError::ZeroBatchSize);
@@ -400,6 +424,7 @@ impl ZeroShotClassifier {
             for (&i, row_scores) in chunk.iter().zip(chunk_scores) {
                 scores[i] = row_scores;
             }
+            on_batch(chunk.len());
         }
         // The first maximum, as `np.argmax`; an all-NaN row (never seen) would give class 0.
         let predictions: Vec<usize> = scores.iter().map(|s| argmax(s).unwrap_or(0)).collect();

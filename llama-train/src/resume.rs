@@ -202,6 +202,10 @@ pub struct ResumeState {
     pub tally: Tally,
     /// Training seconds already spent on the partial epoch.
     pub partial_seconds: f64,
+    /// Running totals of the steps since the last `metrics.csv` training row, so that a
+    /// resumed run logs the rows an uninterrupted one would.
+    #[serde(default)]
+    pub window: Tally,
     /// Best dev accuracy so far (its model is `classifier.mpk`).
     pub best: Option<BestEpoch>,
     /// Summaries of the finished epochs.
@@ -262,6 +266,7 @@ impl ResumeState {
             steps: 0,
             tally: Tally::default(),
             partial_seconds: 0.0,
+            window: Tally::default(),
             best: None,
             history: Vec::new(),
             settings,

@@ -13,7 +13,9 @@
 //!
 //! After every epoch (training pass, then dev) the loop saves, in this order: the best model
 //! so far as `classifier.mpk` when the dev accuracy improved (strictly: a tie keeps the
-//! earlier epoch), Burn's checkpoint of the model and the optimizer, then `resume.json`. When
+//! earlier epoch), Burn's checkpoint of the model and the optimizer, `metrics.csv` (a row
+//! every `log_every` steps and one per dev evaluation, see [`crate::metrics_log`]) and
+//! `curves.png`, then `resume.json`. When
 //! the [`Interrupter`](burn::train::Interrupter) fires (Ctrl-C) or the step budget is spent,
 //! the current step finishes and the same checkpoint is saved mid-epoch.
 //!
@@ -70,8 +72,10 @@ use rand::SeedableRng;
 
 use crate::artifacts::save_best;
 use crate::classifier::LlamaEmbeddingClassifier;
+use crate::curves::{save_curves, CURVES_FILE};
 use crate::data::{SentenceBatch, SentenceDataset, SentenceItem};
 use crate::metrics::LEARNING_RATE;
+use crate::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
 use crate::resume::EpochSummary;
 use crate::resume::{BestEpoch, Position, ResumeState, Tally};
 
@@ -211,6 +215,10 @@ pub(crate) struct ResumableLoop<B: AutodiffBackend> {
     pub(crate) batch_size: usize,
     /// Stop after this many steps of this call.
     pub(crate) max_steps: Option<usize>,
+    /// A `metrics.csv` row every this many steps (0: dev rows only).
+    pub(crate) log_every: usize,
+    /// The `metrics.csv` rows of the run so far (those a resumed run keeps).
+    pub(crate) metrics: Vec<MetricsRow>,
     /// State in, final state out.
     pub(crate) state: Arc<Mutex<ResumeState>>,
     pub(crate) end: Arc<Mutex<Option<LoopEnd>>>,
@@ -260,23 +268,36 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
             .clone();
         let n = self.train.len();
         let mut steps_here = 0;
+        let mut rows = self.metrics.clone();
+        // Training time of the earlier calls of a resumed run, then this call's.
+        let wall_offset = rows.last().map_or(0.0, |r| r.wall_seconds);
+        let run_started = Instant::now();
+        let wall = || wall_offset + run_started.elapsed().as_secs_f64();
 
-        // Save the model, the optimizer and `state` (whose `next` says where to continue).
-        let mut save =
-            |learner: &Learner<Components<B>>, state: &ResumeState| -> Result<(), String> {
-                if let Some(checkpointer) = checkpointer.as_mut() {
-                    checkpointer.checkpoint(learner, state.steps, &store);
+        // Save the model, the optimizer, the metrics and their curves, and `state` (whose
+        // `next` says where to continue; written last, so a crash between these writes
+        // resumes from the previous state, and the metrics rows past it are dropped).
+        let mut save = |learner: &Learner<Components<B>>,
+                        state: &ResumeState,
+                        rows: &[MetricsRow]|
+         -> Result<(), String> {
+            if let Some(checkpointer) = checkpointer.as_mut() {
+                checkpointer.checkpoint(learner, state.steps, &store);
+            }
+            // Burn's checkpointer reports a failed write through the interrupter.
+            if interrupter.should_stop() {
+                if let Some(message) = interrupter.get_message().filter(|m| m != INTERRUPTED) {
+                    return Err(format!("saving the checkpoint failed: {message}"));
                 }
-                // Burn's checkpointer reports a failed write through the interrupter.
-                if interrupter.should_stop() {
-                    if let Some(message) = interrupter.get_message().filter(|m| m != INTERRUPTED) {
-                        return Err(format!("saving the checkpoint failed: {message}"));
-                    }
-                }
-                state.save(&self.dir).map_err(|e| e.to_string())?;
-                *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state.clone();
-                Ok(())
-            };
+            }
+            write_metrics(&self.dir.join(METRICS_FILE), rows).map_err(|e| e.to_string())?;
+            if rows.iter().any(|r| r.loss.is_some()) {
+                save_curves(rows, &self.dir.join(CURVES_FILE)).map_err(|e| e.to_string())?;
+            }
+            state.save(&self.dir).map_err(|e| e.to_string())?;
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state.clone();
+            Ok(())
+        };
 
         for epoch in state.next.epoch..=num_epochs {
             let global = Progress::new(epoch, num_epochs);
@@ -297,6 +318,14 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                 state.steps += 1;
                 steps_here += 1;
                 state.tally.add(&output);
+                state.window.add(&output);
+                if self.log_every > 0 && state.steps.is_multiple_of(self.log_every) {
+                    let window = std::mem::take(&mut state.window);
+                    let mut row =
+                        MetricsRow::from_tally(epoch, state.steps, Split::Train, &window, wall());
+                    row.lr = Some(learner.lr_current());
+                    rows.push(row);
+                }
                 processor.process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
                     output,
                     iterator.progress(),
@@ -319,7 +348,7 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                     epoch,
                     batches_done: batch,
                 };
-                let end = match save(&learner, &state) {
+                let end = match save(&learner, &state, &rows) {
                     Ok(()) => LoopEnd::Stopped {
                         at: state.next,
                         interrupted,
@@ -370,13 +399,20 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                 });
             }
             state.history.push(summary);
+            rows.push(MetricsRow::from_tally(
+                epoch,
+                state.steps,
+                Split::Dev,
+                &dev,
+                wall(),
+            ));
             state.tally = Tally::default();
             state.partial_seconds = 0.0;
             state.next = Position {
                 epoch: epoch + 1,
                 batches_done: 0,
             };
-            if let Err(e) = save(&learner, &state) {
+            if let Err(e) = save(&learner, &state, &rows) {
                 self.finish(LoopEnd::Failed(e));
                 return (learner.model(), processor);
             }
