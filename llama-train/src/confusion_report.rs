@@ -146,7 +146,7 @@ impl Layout {
         let grid = self.cell * n as i32;
         (
             (self.left + grid + 40) as u32,
-            (self.top + grid + 80) as u32,
+            (self.top + grid + 50) as u32,
         )
     }
 }

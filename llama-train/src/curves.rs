@@ -10,6 +10,7 @@ use std::path::Path;
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::metrics_log::{MetricsRow, Split};
 use crate::plot_canvas::{save_picture, Picture, PlotError, FONT};
@@ -122,12 +123,19 @@ impl Curves<'_> {
             .configure_mesh()
             .x_desc("optimizer step")
             .y_desc("loss")
+            .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style((FONT, 14))
             .axis_desc_style((FONT, 16))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(text)?;
-        // Epoch ends: a dashed line and the epoch's number at the top.
+        // Epoch ends: a dashed line, the epoch's number at its foot on the left (clear of the
+        // legend and of the frame's right edge).
+        let foot = y.start + (y.end - y.start) * 0.02;
+        let epoch_font = (FONT, 13)
+            .into_font()
+            .color(&BLACK.mix(0.6))
+            .pos(Pos::new(HPos::Right, VPos::Bottom));
         for row in self.dev() {
             let x = row.step as f64;
             chart
@@ -140,9 +148,9 @@ impl Curves<'_> {
                 .map_err(text)?;
             chart
                 .draw_series(std::iter::once(Text::new(
-                    format!("epoch {}", row.epoch),
-                    (x, y.end),
-                    (FONT, 13).into_font().color(&BLACK.mix(0.6)),
+                    format!("epoch {} ", row.epoch),
+                    (x, foot),
+                    epoch_font.clone(),
                 )))
                 .map_err(text)?;
         }
@@ -230,6 +238,7 @@ impl Curves<'_> {
             .x_desc("epoch")
             .y_desc(y_desc)
             .x_labels(epochs.min(12) + 1)
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .x_label_formatter(&|v| {
                 if (v - v.round()).abs() < 1e-6 {
                     format!("{}", v.round())
