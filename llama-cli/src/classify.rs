@@ -24,6 +24,7 @@ use crate::backend::{BackendKind, Job};
 use crate::confusion;
 use crate::data_files::{self, DataFiles, GivenFiles, TrainFile};
 use crate::flag_values;
+use crate::lora_args::LoraArgs;
 use crate::model_args::ModelArgs;
 use crate::output::check_writable;
 
@@ -287,6 +288,8 @@ pub struct FinetuneArgs {
     /// A metrics.csv row (and, without bars, a progress line) every N training steps.
     #[arg(long, default_value_t = 50, value_parser = flag_values::positive())]
     pub log_every: usize,
+    #[command(flatten)]
+    pub lora: LoraArgs,
 }
 
 impl Job for FinetuneArgs {
@@ -316,6 +319,7 @@ impl Job for FinetuneArgs {
             .with_option(self.option)
             .with_max_sentence_len(self.max_sentence_len)
             .with_log_every(self.log_every)
+            .with_lora(self.lora.config())
             .with_position(if self.pad_position_pooling {
                 SentencePosition::LastPosition
             } else {
@@ -342,6 +346,17 @@ impl Job for FinetuneArgs {
             data.num_labels,
             out_dir.display()
         );
+        if let Some(lora) = &config.lora {
+            lora.check(&llama)?;
+            eprintln!(
+                "LoRA rank {}, alpha {}, on {}: {} adapter parameters train (plus the head); the model's {} stay frozen",
+                lora.rank,
+                lora.alpha(),
+                lora.targets_list(),
+                lora.adapter_parameters(&llama),
+                burn::module::Module::num_params(&llama)
+            );
+        }
         let control = RunControl {
             resume: self.resume,
             interrupter: Some(interrupter),
@@ -383,6 +398,14 @@ impl Job for FinetuneArgs {
             )?;
         }
         println!("saved classifier: {}", outcome.record_path.display());
+        if let Some(adapter) = &outcome.adapter_path {
+            let bytes = std::fs::metadata(adapter).map_or(0, |m| m.len());
+            println!(
+                "saved LoRA adapter and head: {} ({:.1} KiB)",
+                adapter.display(),
+                bytes as f64 / 1024.0
+            );
+        }
         Ok(())
     }
 }

@@ -59,6 +59,23 @@ pub fn finetune_option() -> impl TypedValueParser<Value = FinetuneOption> {
         .try_map(|s| s.parse::<FinetuneOption>())
 }
 
+/// `--lora-alpha`: a positive finite number.
+pub fn lora_alpha(s: &str) -> Result<f64, String> {
+    let alpha = number(s)?;
+    if alpha.is_finite() && alpha > 0.0 {
+        Ok(alpha)
+    } else {
+        Err(format!("LoRA alpha must be a positive number, not {s}"))
+    }
+}
+
+/// `--lora-targets`: names from q,k,v,o,w1,w2,w3.
+pub fn lora_targets(s: &str) -> Result<crate::lora_args::LoraTargets, String> {
+    llama_model::lora::LoraTarget::parse_list(s)
+        .map(crate::lora_args::LoraTargets)
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,8 @@ mod confusion;
 mod data_files;
 mod flag_values;
 mod generate;
+mod lora_args;
+mod merge_lora;
 mod model_args;
 mod output;
 mod perplexity;
@@ -79,6 +81,8 @@ enum Command {
     Perplexity(perplexity::PerplexityArgs),
     /// Redraw a training run's curves from its metrics.csv (PNG or SVG).
     Plot(plot::PlotArgs),
+    /// Merge a LoRA adapter into its base model's weights and write a plain model.
+    MergeLora(merge_lora::MergeLoraArgs),
 }
 
 /// Run `f`, turning a panic inside a library (a bug, or a backend that panics on a missing
@@ -123,6 +127,7 @@ fn main() -> ExitCode {
             Command::Check(args) => run_on(cli.backend, cli.device, args),
             Command::Perplexity(args) => run_on(cli.backend, cli.device, args),
             Command::Plot(args) => plot::run(&args),
+            Command::MergeLora(args) => run_on(cli.backend, cli.device, args),
         })
     });
     match result {

@@ -8,15 +8,15 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::kv_cache::KvCache;
+use crate::lora_linear::LoraLinear;
 use crate::param_source::{join, ParamSource, RandomInit};
 use crate::rope::RopeAngles;
-use crate::split_matmul::linear_split;
 
 /// Configuration of an [`Attention`] block.
 #[derive(Config, Debug)]
@@ -42,13 +42,13 @@ pub struct AttentionConfig {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `dim -> n_heads * head_dim`
-    pub compute_query: Linear<B>,
+    pub compute_query: LoraLinear<B>,
     /// `dim -> n_kv_heads * head_dim`
-    pub compute_key: Linear<B>,
+    pub compute_key: LoraLinear<B>,
     /// `dim -> n_kv_heads * head_dim`
-    pub compute_value: Linear<B>,
+    pub compute_value: LoraLinear<B>,
     /// `n_heads * head_dim -> dim`
-    pub compute_output: Linear<B>,
+    pub compute_output: LoraLinear<B>,
     attn_dropout: Dropout,
     resid_dropout: Dropout,
     n_heads: usize,
@@ -74,7 +74,9 @@ impl AttentionConfig {
         let (dim, kv_dim) = (self.dim, self.n_kv_heads * head_dim);
         let (std, output_std) = (self.init_std, self.output_init_std);
         let mut linear = |name: &str, d_in: usize, d_out: usize, std: f64| {
-            source.linear(&join(prefix, name), d_in, d_out, std)
+            source
+                .linear(&join(prefix, name), d_in, d_out, std)
+                .map(LoraLinear::from)
         };
         Ok(Attention {
             compute_query: linear("compute_query.weight", dim, dim, std)?,
@@ -115,9 +117,18 @@ impl<B: Backend> Attention<B> {
         let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let n_rep = h / kv;
 
-        let q = linear_split(&self.compute_query, x.clone(), split).reshape([batch, seq, h, hd]);
-        let k = linear_split(&self.compute_key, x.clone(), split).reshape([batch, seq, kv, hd]);
-        let v = linear_split(&self.compute_value, x, split).reshape([batch, seq, kv, hd]);
+        let q = self
+            .compute_query
+            .forward_split(x.clone(), split)
+            .reshape([batch, seq, h, hd]);
+        let k = self
+            .compute_key
+            .forward_split(x.clone(), split)
+            .reshape([batch, seq, kv, hd]);
+        let v = self
+            .compute_value
+            .forward_split(x, split)
+            .reshape([batch, seq, kv, hd]);
 
         // Rotate queries and keys by their absolute positions, then go head-major.
         let q = angles.rotate(q).swap_dims(1, 2); // [b, h, s, hd]
@@ -149,6 +160,6 @@ impl<B: Backend> Attention<B> {
             .swap_dims(1, 2)
             .reshape([batch, seq, dim]);
         self.resid_dropout
-            .forward(linear_split(&self.compute_output, out, split))
+            .forward(self.compute_output.forward_split(out, split))
     }
 }

@@ -2,13 +2,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::lora_linear::LoraLinear;
 use crate::param_source::{join, ParamSource, RandomInit};
-use crate::split_matmul::linear_split;
 
 /// Configuration of a [`FeedForward`] block.
 #[derive(Config, Debug)]
@@ -32,11 +32,11 @@ pub struct FeedForwardConfig {
 #[derive(Module, Debug)]
 pub struct FeedForward<B: Backend> {
     /// Gate projection `dim -> hidden_dim`.
-    pub w1: Linear<B>,
+    pub w1: LoraLinear<B>,
     /// Down projection `hidden_dim -> dim`.
-    pub w2: Linear<B>,
+    pub w2: LoraLinear<B>,
     /// Up projection `dim -> hidden_dim`.
-    pub w3: Linear<B>,
+    pub w3: LoraLinear<B>,
     pub dropout: Dropout,
 }
 
@@ -56,9 +56,15 @@ impl FeedForwardConfig {
     ) -> Result<FeedForward<B>, S::Error> {
         let (dim, hidden) = (self.dim, self.hidden_dim);
         Ok(FeedForward {
-            w1: source.linear(&join(prefix, "w1.weight"), dim, hidden, self.init_std)?,
-            w2: source.linear(&join(prefix, "w2.weight"), hidden, dim, self.init_std)?,
-            w3: source.linear(&join(prefix, "w3.weight"), dim, hidden, self.w3_init_std)?,
+            w1: source
+                .linear(&join(prefix, "w1.weight"), dim, hidden, self.init_std)?
+                .into(),
+            w2: source
+                .linear(&join(prefix, "w2.weight"), hidden, dim, self.init_std)?
+                .into(),
+            w3: source
+                .linear(&join(prefix, "w3.weight"), dim, hidden, self.w3_init_std)?
+                .into(),
             dropout: DropoutConfig::new(self.dropout).init(),
         })
     }
@@ -73,9 +79,9 @@ impl<B: Backend> FeedForward<B> {
     /// [`Self::forward`] with each weight product split into `parts` column blocks run in
     /// parallel (decoding; see [`crate::split_matmul`]).
     pub fn forward_split(&self, x: Tensor<B, 3>, parts: usize) -> Tensor<B, 3> {
-        let gate = silu(linear_split(&self.w1, x.clone(), parts));
-        let up = linear_split(&self.w3, x, parts);
+        let gate = silu(self.w1.forward_split(x.clone(), parts));
+        let up = self.w3.forward_split(x, parts);
         self.dropout
-            .forward(linear_split(&self.w2, gate * up, parts))
+            .forward(self.w2.forward_split(gate * up, parts))
     }
 }

@@ -11,6 +11,7 @@ use crate::config::LlamaConfig;
 use crate::feed_forward::FeedForwardConfig;
 use crate::kv_cache::LlamaCache;
 use crate::layer::{LlamaLayer, LlamaLayerConfig};
+use crate::lora_linear::LoraLinear;
 use crate::param_source::{ParamSource, RandomInit};
 use crate::rms_norm::{RmsNorm, RmsNormConfig};
 use crate::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
@@ -183,22 +184,49 @@ impl<B: Backend> Llama<B> {
     /// seven of each layer and the separate output projection, if any (not the embedding
     /// table).
     pub fn map_linear_weights(mut self, f: impl Fn(Tensor<B, 2>) -> Tensor<B, 2>) -> Self {
-        let layers = self.layers.iter_mut().flat_map(|layer| {
-            let attention = &mut layer.attention;
-            [
-                &mut attention.compute_query,
-                &mut attention.compute_key,
-                &mut attention.compute_value,
-                &mut attention.compute_output,
-                &mut layer.feed_forward.w1,
-                &mut layer.feed_forward.w2,
-                &mut layer.feed_forward.w3,
-            ]
-        });
-        for linear in layers.chain(self.output.as_mut()) {
+        for (_, linear) in self.projections_mut() {
             linear.weight = linear.weight.clone().map(&f);
         }
+        if let Some(output) = self.output.as_mut() {
+            output.weight = output.weight.clone().map(&f);
+        }
         self
+    }
+
+    /// The seven projections of every layer with their parameter-name prefixes
+    /// (`layers.0.attention.compute_query`, …, `layers.0.feed_forward.w3`), in layer order.
+    pub fn projections_mut(&mut self) -> impl Iterator<Item = (String, &mut LoraLinear<B>)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, layer)| {
+            let attention = &mut layer.attention;
+            let feed_forward = &mut layer.feed_forward;
+            [
+                ("attention.compute_query", &mut attention.compute_query),
+                ("attention.compute_key", &mut attention.compute_key),
+                ("attention.compute_value", &mut attention.compute_value),
+                ("attention.compute_output", &mut attention.compute_output),
+                ("feed_forward.w1", &mut feed_forward.w1),
+                ("feed_forward.w2", &mut feed_forward.w2),
+                ("feed_forward.w3", &mut feed_forward.w3),
+            ]
+            .map(|(name, linear)| (format!("layers.{i}.{name}"), linear))
+        })
+    }
+
+    /// [`Self::projections_mut`], read-only.
+    pub fn projections(&self) -> impl Iterator<Item = (String, &LoraLinear<B>)> {
+        self.layers.iter().enumerate().flat_map(|(i, layer)| {
+            let (attention, feed_forward) = (&layer.attention, &layer.feed_forward);
+            [
+                ("attention.compute_query", &attention.compute_query),
+                ("attention.compute_key", &attention.compute_key),
+                ("attention.compute_value", &attention.compute_value),
+                ("attention.compute_output", &attention.compute_output),
+                ("feed_forward.w1", &feed_forward.w1),
+                ("feed_forward.w2", &feed_forward.w2),
+                ("feed_forward.w3", &feed_forward.w3),
+            ]
+            .map(|(name, linear)| (format!("layers.{i}.{name}"), linear))
+        })
     }
 
     /// Project hidden states `[batch, seq, dim]` to logits `[batch, seq, vocab]`.

@@ -37,6 +37,8 @@ pub const CLASSIFIER_RECORD_STEM: &str = "classifier";
 /// File name of the saved [`FinetuneConfig`](crate::config::FinetuneConfig) in an artifact
 /// folder.
 pub const FINETUNE_CONFIG_FILE: &str = "finetune.json";
+/// File name of a LoRA run's adapter (with the classifier head) in an artifact folder.
+pub const ADAPTER_FILE: &str = "adapter.safetensors";
 
 /// Writes a config as pretty JSON to `path` with the workspace's atomic writer.
 pub(crate) fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), FinetuneError> {
@@ -102,6 +104,7 @@ pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
     stale.push(dir.join(crate::resume::RESUME_FILE));
     stale.push(dir.join(crate::metrics_log::METRICS_FILE));
     stale.push(dir.join(crate::curves::CURVES_FILE));
+    stale.push(dir.join(ADAPTER_FILE));
     for path in stale {
         if path.is_file() {
             std::fs::remove_file(&path).map_err(io_err(&path))?;

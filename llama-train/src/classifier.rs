@@ -30,6 +30,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+use llama_model::lora::{LoraConfig, LoraError};
 use llama_model::param_source::ForRecord;
 use llama_model::{Llama, LlamaConfig};
 use rand::rngs::StdRng;
@@ -42,6 +43,9 @@ use crate::dropout::seeded_dropout;
 /// Why a classifier could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ClassifierError {
+    /// The LoRA settings do not fit the model.
+    #[error(transparent)]
+    Lora(#[from] LoraError),
     /// `num_labels` is 0.
     #[error("a classifier needs at least one label (num_labels = 0)")]
     NoLabels,
@@ -144,6 +148,9 @@ pub struct ClassifierConfig {
     /// Which hidden state represents a sentence.
     #[config(default = "SentencePosition::LastToken")]
     pub position: SentencePosition,
+    /// LoRA adapters on the Llama body (the base weights then stay frozen); `None`: none.
+    #[config(default = "None")]
+    pub lora: Option<LoraConfig>,
 }
 
 /// Checks a dropout probability: `Ok(p)` for `p` in `[0, 1)`, else
@@ -218,6 +225,11 @@ impl ClassifierConfig {
                 found: llama.dim(),
             });
         }
+        let llama = match &self.lora {
+            // Its own stream of draws: the head's stay those of a run without LoRA.
+            Some(lora) => llama.with_lora(lora, seed ^ LORA_SEED_SALT)?,
+            None => llama,
+        };
         let (weight, bias) = head_init(self.llama.dim, self.num_labels, seed);
         Ok(LlamaEmbeddingClassifier {
             llama,
@@ -227,6 +239,9 @@ impl ClassifierConfig {
         })
     }
 }
+
+/// Mixed into the run's seed for the LoRA adapters' draws.
+const LORA_SEED_SALT: u64 = 0x6c6f_7261_5f41;
 
 /// PyTorch's `nn.Linear(dim, labels)` initialisation drawn from `seed`: weight row-major
 /// `[labels, dim]` and bias `[labels]`, each uniform in `±1/sqrt(dim)`.
@@ -308,11 +323,16 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
 
     /// Apply the fine-tuning option: [`FinetuneOption::Pretrain`] makes every Llama parameter
     /// require no gradient, so only the head is trained (and the backward pass stops at the
-    /// head); [`FinetuneOption::Finetune`] leaves the module as it is.
+    /// head); [`FinetuneOption::Finetune`] trains everything, or, when the Llama carries LoRA
+    /// adapters, the adapters and the head only.
     pub fn with_option(self, option: FinetuneOption) -> Self {
         match option {
             FinetuneOption::Pretrain => Self {
                 llama: self.llama.no_grad(),
+                ..self
+            },
+            FinetuneOption::Finetune if self.llama.has_lora() => Self {
+                llama: self.llama.freeze_base(),
                 ..self
             },
             FinetuneOption::Finetune => self,

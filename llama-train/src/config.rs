@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use burn::config::Config;
 use llama_model::adamw::{validate_lr, AdamWError};
+use llama_model::lora::LoraConfig;
 use llama_model::AdamWConfig;
 
 use crate::classifier::{validate_dropout, ClassifierError, FinetuneOption, SentencePosition};
@@ -63,10 +64,13 @@ pub struct FinetuneConfig {
     /// Which hidden state represents a sentence.
     #[config(default = "SentencePosition::LastToken")]
     pub position: SentencePosition,
-    /// When stdout is not a terminal, print a progress line every this many training
-    /// iterations (0: epoch summaries only). On a terminal one status line is redrawn.
+    /// A `metrics.csv` row, and off a terminal a progress line, every this many training
+    /// steps (0: per-epoch rows and lines only).
     #[config(default = 50)]
     pub log_every: usize,
+    /// Train LoRA adapters (and the head) instead of every weight; `None`: full fine-tuning.
+    #[config(default = "None")]
+    pub lora: Option<LoraConfig>,
 }
 
 impl FinetuneConfig {
@@ -88,6 +92,12 @@ impl FinetuneConfig {
         AdamWConfig::new()
             .with_weight_decay(self.weight_decay)
             .validate()?;
+        if self.lora.is_some() && self.option == FinetuneOption::Pretrain {
+            return bad(
+                "LoRA trains adapters on the Llama, which the `pretrain` option freezes: use `finetune`"
+                    .into(),
+            );
+        }
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use llama_model::adamw::AdamWError;
+use llama_model::lora_file::LoraFileError;
 
 use crate::classifier::ClassifierError;
 use crate::config::ConfigError;
@@ -24,6 +25,9 @@ pub enum FinetuneError {
     /// The optimizer settings are invalid.
     #[error(transparent)]
     Optimizer(#[from] AdamWError),
+    /// The LoRA adapter could not be written.
+    #[error(transparent)]
+    Adapter(#[from] LoraFileError),
     /// A dataset's labels do not fit the classifier.
     #[error(transparent)]
     Data(#[from] DataError),

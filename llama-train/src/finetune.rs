@@ -42,7 +42,7 @@
 //! generator (global to the process on ndarray and flex), so other runs or tests in the same
 //! process, on other threads, do not change a run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::data::dataloader::DataLoaderBuilder;
@@ -54,9 +54,12 @@ use burn::train::{
     Interrupter, Learner, LearnerModelRecord, LearnerOptimizerRecord, SupervisedTraining,
     TrainingStrategy,
 };
+use llama_model::checkpoint::{raw_tensor, TensorMap};
+use llama_model::lora::LoraConfig;
+use llama_model::lora_file::save_adapter;
 use llama_model::{AdamWConfig, Llama, LlamaConfig};
 
-use crate::artifacts::{clear_previous_run, save_json};
+use crate::artifacts::{clear_previous_run, save_json, ADAPTER_FILE};
 use crate::classifier::{ClassifierConfig, ClassifierError, LlamaEmbeddingClassifier};
 use crate::data::{SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
 use crate::error::io_err;
@@ -142,6 +145,8 @@ pub struct FinetuneOutcome<B: Backend> {
     pub best_epoch: usize,
     /// The saved record of the best model (`artifact_dir/classifier.mpk`).
     pub record_path: PathBuf,
+    /// With LoRA: the best model's adapters and head alone (`artifact_dir/adapter.safetensors`).
+    pub adapter_path: Option<PathBuf>,
     /// Dev predictions and scores of the best model.
     pub dev: Evaluation,
     /// Test predictions (and scores, meaningful only with real labels), if a test set was
@@ -221,7 +226,8 @@ pub fn finetune_with<B: AutodiffBackend>(
 
     let classifier_config = ClassifierConfig::new(llama_config.clone(), data.num_labels)
         .with_hidden_dropout_prob(config.hidden_dropout_prob)
-        .with_position(config.position);
+        .with_position(config.position)
+        .with_lora(config.lora.clone());
     let mut model = classifier_config.init_with_llama(llama, config.seed)?;
     let recorder = ClassifierRecorder::new();
     let checkpoint = |kind: &str| {
@@ -353,6 +359,10 @@ pub fn finetune_with<B: AutodiffBackend>(
         bar.finish_and_clear();
         result
     };
+    let adapter_path = match &classifier_config.lora {
+        Some(lora) => Some(save_classifier_adapter(&saved.model, lora, dir)?),
+        None => None,
+    };
     let dev = predict(&data.dev, "dev")?;
     let test = data
         .test
@@ -364,8 +374,29 @@ pub fn finetune_with<B: AutodiffBackend>(
         classifier_config: saved.config,
         best_epoch,
         record_path,
+        adapter_path,
         dev,
         test,
         epochs: state.history,
     })
+}
+
+/// Write the adapters of a LoRA-trained `model` and its head (`classifier_head.weight`
+/// `[labels, dim]`, `classifier_head.bias`) to `dir/adapter.safetensors`.
+fn save_classifier_adapter<B: Backend>(
+    model: &LlamaEmbeddingClassifier<B>,
+    lora: &LoraConfig,
+    dir: &Path,
+) -> Result<PathBuf, FinetuneError> {
+    let path = dir.join(ADAPTER_FILE);
+    let mut head = TensorMap::new();
+    head.insert(
+        "classifier_head.weight".into(),
+        raw_tensor(model.classifier_head.weight.val().transpose()),
+    );
+    if let Some(bias) = &model.classifier_head.bias {
+        head.insert("classifier_head.bias".into(), raw_tensor(bias.val()));
+    }
+    save_adapter(&path, &model.llama, lora, head)?;
+    Ok(path)
 }

@@ -13,6 +13,7 @@ pub mod error;
 pub mod evaluate;
 pub mod finetune;
 pub mod labelled_file;
+pub mod lm_objective;
 pub mod metrics;
 pub mod metrics_log;
 pub mod perplexity;

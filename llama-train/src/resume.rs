@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use llama_model::lora::LoraConfig;
+
 use crate::classifier::{FinetuneOption, SentencePosition};
 use crate::config::FinetuneConfig;
 use crate::data::SentenceDataset;
@@ -101,6 +103,9 @@ pub struct RunSettings {
     option: FinetuneOption,
     position: SentencePosition,
     max_sentence_len: Option<usize>,
+    /// LoRA settings, if any.
+    #[serde(default)]
+    lora: Option<LoraConfig>,
     /// Training sentences and a hash of their tokens and labels.
     train_items: usize,
     train_hash: u64,
@@ -118,6 +123,7 @@ impl RunSettings {
             option: config.option,
             position: config.position,
             max_sentence_len: config.max_sentence_len,
+            lora: config.lora.clone(),
             train_items: train.items().len(),
             train_hash: fingerprint(train),
         }
@@ -125,7 +131,16 @@ impl RunSettings {
 
     /// The first setting that differs from `other`, as `(name, saved, now)`.
     fn difference(&self, now: &Self) -> Option<(&'static str, String, String)> {
-        let pairs: [(&str, String, String); 9] = [
+        let lora = |l: &Option<LoraConfig>| match l {
+            Some(l) => format!(
+                "rank {}, alpha {}, targets {}",
+                l.rank,
+                l.alpha(),
+                l.targets_list()
+            ),
+            None => "off".into(),
+        };
+        let pairs: [(&str, String, String); 10] = [
             ("seed", self.seed.to_string(), now.seed.to_string()),
             ("lr", self.lr.to_string(), now.lr.to_string()),
             (
@@ -154,6 +169,7 @@ impl RunSettings {
                 format!("{:?}", self.max_sentence_len),
                 format!("{:?}", now.max_sentence_len),
             ),
+            ("LoRA", lora(&self.lora), lora(&now.lora)),
             (
                 "training data",
                 format!(

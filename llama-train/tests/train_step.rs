@@ -8,11 +8,14 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use llama_model::compare::compare;
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, AdamWConfig, LoadOptions};
 use llama_train::classifier::{ClassifierConfig, LlamaEmbeddingClassifier, SentencePosition};
 use serde_json::Value;
+
+mod common;
+
+use common::{assert_close, assert_rel, dims, floats};
 
 type TB = Autodiff<NdArray>;
 
@@ -34,12 +37,7 @@ fn safetensors_f32(relative: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
         if name == "__metadata__" || info["dtype"] != "F32" {
             continue;
         }
-        let shape: Vec<usize> = info["shape"]
-            .as_array()
-            .expect("shape")
-            .iter()
-            .map(|d| d.as_u64().expect("dim") as usize)
-            .collect();
+        let shape = dims(&info["shape"]);
         let start = info["data_offsets"][0].as_u64().expect("offset") as usize;
         let end = info["data_offsets"][1].as_u64().expect("offset") as usize;
         let values = data[start..end]
@@ -49,14 +47,6 @@ fn safetensors_f32(relative: &str) -> HashMap<String, (Vec<usize>, Vec<f32>)> {
         out.insert(name.clone(), (shape, values));
     }
     out
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    match v {
-        Value::Array(items) => items.iter().flat_map(floats).collect(),
-        Value::Number(n) => vec![n.as_f64().expect("number") as f32],
-        other => panic!("not a number array: {other}"),
-    }
 }
 
 fn ints(v: &Value) -> (Vec<i64>, Vec<usize>) {
@@ -130,32 +120,6 @@ fn loss_of(model: &LlamaEmbeddingClassifier<TB>, b: &Batch) -> (Tensor<TB, 2>, T
     (log_probs, loss)
 }
 
-fn assert_close(what: &str, actual: &[f32], expected: &[f32], atol: f64, rtol: f64) -> f64 {
-    let c = compare(actual, expected, atol, rtol);
-    println!(
-        "{what}: max |diff| {:.3e} ({} values)",
-        c.max_abs_diff, c.len
-    );
-    assert!(
-        c.passed(),
-        "{what}: {} of {} values outside atol {atol} rtol {rtol}; max |diff| {:e} at {}",
-        c.violations,
-        c.len,
-        c.max_abs_diff,
-        c.max_abs_index
-    );
-    c.max_abs_diff
-}
-
-fn assert_rel(what: &str, actual: f64, expected: f64, rtol: f64) {
-    let rel = (actual - expected).abs() / expected.abs().max(1e-12);
-    println!("{what}: {actual} vs {expected} (rel {rel:.2e})");
-    assert!(
-        (actual - expected).abs() <= rtol * expected.abs(),
-        "{what}: {actual} vs {expected} (rel {rel:e} > {rtol})"
-    );
-}
-
 /// A parameter's gradient in PyTorch's layout (Linear weights transposed back to `[out, in]`).
 fn grad_pt(
     model: &LlamaEmbeddingClassifier<TB>,
@@ -224,12 +188,7 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
     let grads = loss.backward();
     for (name, expected) in fx["grads"].as_object().expect("grads") {
         let actual = grad_pt(&model, &grads, name);
-        let shape: Vec<usize> = expected["shape"]
-            .as_array()
-            .expect("shape")
-            .iter()
-            .map(|d| d.as_u64().expect("dim") as usize)
-            .collect();
+        let shape = dims(&expected["shape"]);
         assert_eq!(actual.len(), shape.iter().product::<usize>(), "{name} size");
         let norm = actual
             .iter()

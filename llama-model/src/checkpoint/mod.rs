@@ -14,6 +14,7 @@
 mod llama2c_bin;
 mod pytorch;
 mod safetensors_file;
+mod safetensors_writer;
 pub mod tensors;
 
 use std::io::Read;
@@ -23,6 +24,8 @@ use burn::tensor::backend::Backend;
 
 use crate::config::{ConfigError, LlamaConfig};
 use crate::llama::Llama;
+pub use safetensors_file::read_tensors;
+pub use safetensors_writer::{model_tensors, raw_tensor, save_model, write_safetensors};
 pub use tensors::{RawTensor, TensorMap};
 
 /// Why a checkpoint could not be loaded. Every variant names the file.

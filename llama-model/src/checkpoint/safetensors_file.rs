@@ -1,6 +1,7 @@
 //! safetensors weights (exercise naming; `output.weight` may be a copy of the embeddings),
 //! with the config in a JSON file beside them.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -69,14 +70,25 @@ pub(super) fn read(
             source,
         })?;
 
+    let (_, tensors) = read_tensors(path)?;
+    Ok((config, tensors))
+}
+
+/// The tensors of a safetensors file (f32, f16 or bf16, as f32, under the exercise's names)
+/// and the file's metadata (its `__metadata__` strings, if any).
+pub fn read_tensors(
+    path: &Path,
+) -> Result<(Option<HashMap<String, String>>, TensorMap), CheckpointError> {
     let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Corrupt {
+    let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt {
         path: path.to_path_buf(),
         detail: e.to_string(),
-    })?;
+    };
+    let file = SafeTensors::deserialize(&bytes).map_err(corrupt)?;
+    let (_, header) = SafeTensors::read_metadata(&bytes).map_err(corrupt)?;
     let mut tensors = TensorMap::new();
     for (name, view) in file.tensors() {
         let data =
@@ -95,5 +107,5 @@ pub(super) fn read(
         })?;
         tensors.insert(canonical_name(&name), tensor);
     }
-    Ok((config, tensors))
+    Ok((header.metadata().clone(), tensors))
 }
