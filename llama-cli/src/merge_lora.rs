@@ -42,6 +42,12 @@ impl Job for MergeLoraArgs {
             );
         }
         check_writable(&self.out)?;
+        if !self.adapter.is_file() {
+            bail!(
+                "{}: no such adapter file (a `finetune --lora-rank` run writes adapter.safetensors in its --out-dir)",
+                self.adapter.display()
+            );
+        }
         // The adapter first: a wrong file fails before the model loads.
         let adapter = AdapterFile::read(&self.adapter)?;
         let options = LoadOptions {

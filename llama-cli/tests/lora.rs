@@ -189,6 +189,11 @@ fn a_lora_finetune_saves_a_small_adapter_that_merges_into_a_loadable_model() {
     };
     one_error_line(&merge(&other, &adapter), 1, "for another model");
     one_error_line(&merge(&other, &other), 1, "not a LoRA adapter");
+    one_error_line(
+        &merge(&other, &d.join("none.safetensors")),
+        1,
+        "no such adapter file",
+    );
     assert!(!refused.exists() && !d.join("refused.config.json").exists());
 }
 
