@@ -7,6 +7,8 @@ mod check;
 mod classify;
 mod confusion;
 mod data_files;
+mod eval;
+mod finetune;
 mod flag_values;
 mod generate;
 mod lora_args;
@@ -16,6 +18,7 @@ mod output;
 mod perplexity;
 mod plot;
 mod progress;
+mod prompt;
 mod sanity;
 mod weight_dtype;
 
@@ -69,12 +72,12 @@ enum Command {
     /// Measure generation, prompting and fine-tuning speed and memory.
     Bench(bench::BenchArgs),
     /// Zero-shot classification by prompting (label-name log-probabilities).
-    Prompt(classify::PromptArgs),
+    Prompt(prompt::PromptArgs),
     /// Fine-tune a classifier head (and the model) with Burn's Learner and our AdamW.
     #[command(alias = "train")]
-    Finetune(classify::FinetuneArgs),
+    Finetune(finetune::FinetuneArgs),
     /// Re-run a saved classifier on a data file.
-    Eval(classify::EvalArgs),
+    Eval(eval::EvalArgs),
     /// The exercise's RoPE, optimizer and sanity checks, with its success lines.
     Check(check::CheckArgs),
     /// Perplexity of a model on a text file (one document per line).
