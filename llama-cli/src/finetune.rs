@@ -125,8 +125,8 @@ impl Job for FinetuneArgs {
             data.num_labels,
             out_dir.display()
         );
+        // `finetune_with` checks the LoRA settings against the model before it writes anything.
         if let Some(lora) = &config.lora {
-            lora.check(&llama)?;
             eprintln!(
                 "LoRA rank {}, alpha {}, on {}: {} adapter parameters train (plus the head); the model's {} stay frozen",
                 lora.rank,

@@ -70,11 +70,6 @@ impl<B: Backend> LoraAdapter<B> {
         }
     }
 
-    /// The rank `r`.
-    pub fn rank(&self) -> usize {
-        self.lora_a.dims()[1]
-    }
-
     /// `(alpha / r) · (x A) B` for `x` `[rows, d_in]`: `[rows, d_out]`.
     pub fn delta(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         x.matmul(self.lora_a.val()).matmul(self.lora_b.val()) * self.scale

@@ -214,6 +214,10 @@ pub fn finetune_with<B: AutodiffBackend>(
             "max_steps must be at least 1".into(),
         ));
     }
+    // The adapters are attached after the run folder exists: refuse bad settings before.
+    if let Some(lora) = &config.lora {
+        lora.check(&llama).map_err(ClassifierError::from)?;
+    }
     let dir = &config.artifact_dir;
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let settings = RunSettings::new(config, &data.train);
