@@ -13,7 +13,7 @@ pub fn positive() -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(1..)
 }
 
-fn number(s: &str) -> Result<f64, String> {
+pub(crate) fn number(s: &str) -> Result<f64, String> {
     s.parse().map_err(|_| format!("`{s}` is not a number"))
 }
 
@@ -57,23 +57,6 @@ pub fn top_p(s: &str) -> Result<f64, String> {
 pub fn finetune_option() -> impl TypedValueParser<Value = FinetuneOption> {
     clap::builder::PossibleValuesParser::new(["finetune", "pretrain"])
         .try_map(|s| s.parse::<FinetuneOption>())
-}
-
-/// `--lora-alpha`: a positive finite number.
-pub fn lora_alpha(s: &str) -> Result<f64, String> {
-    let alpha = number(s)?;
-    if alpha.is_finite() && alpha > 0.0 {
-        Ok(alpha)
-    } else {
-        Err(format!("LoRA alpha must be a positive number, not {s}"))
-    }
-}
-
-/// `--lora-targets`: names from q,k,v,o,w1,w2,w3.
-pub fn lora_targets(s: &str) -> Result<crate::lora_args::LoraTargets, String> {
-    llama_model::lora::LoraTarget::parse_list(s)
-        .map(crate::lora_args::LoraTargets)
-        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -14,11 +14,11 @@ pub struct LoraArgs {
     #[arg(long, value_parser = flag_values::positive())]
     pub lora_rank: Option<usize>,
     /// LoRA's alpha: the adapters' update is scaled by alpha / rank [default: the rank].
-    #[arg(long, requires = "lora_rank", value_parser = flag_values::lora_alpha)]
+    #[arg(long, requires = "lora_rank", value_parser = lora_alpha)]
     pub lora_alpha: Option<f64>,
     /// The projections of every layer that get adapters, comma-separated, from
     /// q,k,v,o,w1,w2,w3.
-    #[arg(long, requires = "lora_rank", default_value = "q,v", value_parser = flag_values::lora_targets)]
+    #[arg(long, requires = "lora_rank", default_value = "q,v", value_parser = lora_targets)]
     pub lora_targets: LoraTargets,
 }
 
@@ -35,4 +35,21 @@ impl LoraArgs {
                 .with_targets(self.lora_targets.0.clone())
         })
     }
+}
+
+/// `--lora-alpha`: a positive finite number.
+fn lora_alpha(s: &str) -> Result<f64, String> {
+    let alpha = flag_values::number(s)?;
+    if alpha.is_finite() && alpha > 0.0 {
+        Ok(alpha)
+    } else {
+        Err(format!("LoRA alpha must be a positive number, not {s}"))
+    }
+}
+
+/// `--lora-targets`: names from q,k,v,o,w1,w2,w3.
+fn lora_targets(s: &str) -> Result<LoraTargets, String> {
+    LoraTarget::parse_list(s)
+        .map(LoraTargets)
+        .map_err(|e| e.to_string())
 }
