@@ -10,14 +10,14 @@ use llama_train::classifier::{FinetuneOption, SentencePosition};
 use llama_train::data::{load_label_names, SentenceDataset};
 use llama_train::finetune::{finetune_with, FinetuneConfig, FinetuneData, RunControl};
 use llama_train::predictions::write_predictions;
-use llama_train::training_loop::INTERRUPTED;
 
 use crate::backend::{BackendKind, Job};
 use crate::classify::{describe_files, DataArgs};
 use crate::confusion;
 use crate::data_files::TrainFile;
 use crate::flag_values;
-use crate::lora_args::LoraArgs;
+use crate::interrupt::interrupt_on_ctrl_c;
+use crate::lora_args::{self, LoraArgs};
 use crate::model_args::ModelArgs;
 
 /// Arguments of `llama-cli finetune`.
@@ -127,14 +127,7 @@ impl Job for FinetuneArgs {
         );
         // `finetune_with` checks the LoRA settings against the model before it writes anything.
         if let Some(lora) = &config.lora {
-            eprintln!(
-                "LoRA rank {}, alpha {}, on {}: {} adapter parameters train (plus the head); the model's {} stay frozen",
-                lora.rank,
-                lora.alpha(),
-                lora.targets_list(),
-                lora.adapter_parameters(&llama),
-                burn::module::Module::num_params(&llama)
-            );
+            eprintln!("{}", lora_args::describe(lora, &llama, " (plus the head)"));
         }
         let control = RunControl {
             resume: self.resume,
@@ -187,24 +180,4 @@ impl Job for FinetuneArgs {
         }
         Ok(())
     }
-}
-
-/// An interrupter fired by the first Ctrl-C (training then finishes its step and saves);
-/// a second Ctrl-C exits at once.
-fn interrupt_on_ctrl_c() -> burn::train::Interrupter {
-    let interrupter = burn::train::Interrupter::new();
-    let handle = interrupter.clone();
-    let handler = ctrlc::set_handler(move || {
-        if handle.should_stop() {
-            eprintln!("\nsecond Ctrl-C: exiting without saving");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: finishing the current step, then saving (Ctrl-C again to quit now)");
-        handle.stop(Some(INTERRUPTED));
-    });
-    if let Err(e) = handler {
-        // Training still works; it just cannot be stopped gracefully.
-        eprintln!("warning: cannot catch Ctrl-C ({e}): an interrupted run will not be saved");
-    }
-    interrupter
 }

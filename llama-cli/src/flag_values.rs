@@ -32,6 +32,28 @@ pub fn weight_decay(s: &str) -> Result<f64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A finite number `>= 0` (`--min-lr`, `--grad-clip`).
+pub fn non_negative(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("expected a finite number >= 0, not {s}"))
+    }
+}
+
+/// A share strictly between 0 and 1 (`--val-fraction`).
+pub fn fraction(s: &str) -> Result<f64, String> {
+    let v = number(s)?;
+    if v > 0.0 && v < 1.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "expected a fraction between 0 and 1 (exclusive), not {s}"
+        ))
+    }
+}
+
 /// `--hidden-dropout-prob`: [`validate_dropout`].
 pub fn dropout(s: &str) -> Result<f64, String> {
     validate_dropout(number(s)?).map_err(|e| e.to_string())

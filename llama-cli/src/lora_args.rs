@@ -1,4 +1,5 @@
-//! The LoRA flags of `finetune`: `--lora-rank`, `--lora-alpha`, `--lora-targets`.
+//! The LoRA flags of `finetune` and `pretrain`: `--lora-rank`, `--lora-alpha`,
+//! `--lora-targets`, `--lora-dropout`.
 
 use clap::Args;
 use llama_model::lora::{LoraConfig, LoraTarget};
@@ -8,9 +9,9 @@ use crate::flag_values;
 /// Train low-rank adapters instead of every weight.
 #[derive(Debug, Args)]
 pub struct LoraArgs {
-    /// Train rank-R LoRA adapters on the targeted projections (and the head), the model's own
-    /// weights frozen, instead of every weight; the adapter and head are saved alone as
-    /// `adapter.safetensors` in the output folder.
+    /// Train rank-R LoRA adapters on the targeted projections (and, for finetune, the head),
+    /// the model's own weights frozen, instead of every weight; the adapters (and head) are
+    /// saved alone as `adapter.safetensors` in the output folder.
     #[arg(long, value_parser = flag_values::positive())]
     pub lora_rank: Option<usize>,
     /// LoRA's alpha: the adapters' update is scaled by alpha / rank [default: the rank].
@@ -20,6 +21,10 @@ pub struct LoraArgs {
     /// q,k,v,o,w1,w2,w3.
     #[arg(long, requires = "lora_rank", default_value = "q,v", value_parser = lora_targets)]
     pub lora_targets: LoraTargets,
+    /// Dropout on each adapter's input while training, its masks drawn from the seed and
+    /// the step (a resumed run draws the same ones).
+    #[arg(long, requires = "lora_rank", default_value_t = 0.0, value_parser = flag_values::dropout)]
+    pub lora_dropout: f64,
 }
 
 /// A parsed `--lora-targets` list.
@@ -33,8 +38,31 @@ impl LoraArgs {
             LoraConfig::new(rank)
                 .with_alpha(self.lora_alpha)
                 .with_targets(self.lora_targets.0.clone())
+                .with_dropout(self.lora_dropout)
         })
     }
+}
+
+/// The line that says what a LoRA run trains on `llama`, `also` naming what else trains
+/// (the head, for `finetune`).
+pub fn describe<B: burn::tensor::backend::Backend>(
+    lora: &LoraConfig,
+    llama: &llama_model::Llama<B>,
+    also: &str,
+) -> String {
+    format!(
+        "LoRA rank {}, alpha {}, on {}{}: {} adapter parameters train{also}; the model's {} stay frozen",
+        lora.rank,
+        lora.alpha(),
+        lora.targets_list(),
+        if lora.dropout > 0.0 {
+            format!(" (input dropout {})", lora.dropout)
+        } else {
+            String::new()
+        },
+        lora.adapter_parameters(llama),
+        burn::module::Module::num_params(llama)
+    )
 }
 
 /// `--lora-alpha`: a positive finite number.

@@ -11,15 +11,18 @@ mod eval;
 mod finetune;
 mod flag_values;
 mod generate;
+mod interrupt;
 mod lora_args;
 mod merge_lora;
 mod model_args;
 mod output;
 mod perplexity;
 mod plot;
+mod pretrain;
 mod progress;
 mod prompt;
 mod sanity;
+mod text_format;
 mod weight_dtype;
 
 use std::process::ExitCode;
@@ -28,6 +31,7 @@ use clap::{Parser, Subcommand};
 
 use backend::{run_on, BackendKind};
 use llama_train::finetune::FinetuneError;
+use llama_train::pretrain_error::PretrainError;
 
 /// jemalloc keeping freed memory, large buffers on transparent huge pages: see [`allocator`].
 #[global_allocator]
@@ -82,6 +86,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Perplexity of a model on a text file (one document per line).
     Perplexity(perplexity::PerplexityArgs),
+    /// Train the language model on text: continue a checkpoint, or start a preset.
+    Pretrain(pretrain::PretrainArgs),
     /// Redraw a training run's curves from its metrics.csv (PNG or SVG).
     Plot(plot::PlotArgs),
     /// Merge a LoRA adapter into its base model's weights and write a plain model.
@@ -129,18 +135,19 @@ fn main() -> ExitCode {
             Command::Eval(args) => run_on(cli.backend, cli.device, args),
             Command::Check(args) => run_on(cli.backend, cli.device, args),
             Command::Perplexity(args) => run_on(cli.backend, cli.device, args),
+            Command::Pretrain(args) => run_on(cli.backend, cli.device, args),
             Command::Plot(args) => plot::run(&args),
             Command::MergeLora(args) => run_on(cli.backend, cli.device, args),
         })
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => match err.downcast_ref::<FinetuneError>() {
+        Err(err) => match stopped(&err) {
             // A run stopped early was saved: say how to continue it.
-            Some(FinetuneError::Stopped { interrupted, .. }) => {
+            Some(interrupted) => {
                 eprintln!("{err}");
                 eprintln!("resume with: {}", resume_command());
-                if *interrupted {
+                if interrupted {
                     ExitCode::from(130) // the shell's convention for SIGINT
                 } else {
                     ExitCode::SUCCESS
@@ -151,6 +158,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// `Some(interrupted)` when `err` is a training run that stopped early and was saved.
+fn stopped(err: &anyhow::Error) -> Option<bool> {
+    match (err.downcast_ref(), err.downcast_ref()) {
+        (Some(FinetuneError::Stopped { interrupted, .. }), _)
+        | (_, Some(PretrainError::Stopped { interrupted, .. })) => Some(*interrupted),
+        _ => None,
     }
 }
 

@@ -7,20 +7,25 @@ use std::time::Instant;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use llama_train::perplexity::{encode_documents, perplexity, read_documents};
+use llama_train::documents::read_text;
+use llama_train::perplexity::{encode_documents, perplexity};
 
 use crate::backend::{BackendKind, Job};
 use crate::flag_values;
 use crate::model_args::ModelArgs;
+use crate::text_format::TextFormatFlag;
 
 /// Arguments of `llama-cli perplexity`.
 #[derive(Debug, Args)]
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Plain text, one document per non-empty line.
+    /// Plain text, one document per non-empty line (or JSON Lines with --text-format jsonl).
     #[arg(long)]
     pub text: PathBuf,
+    /// How the text file holds its documents.
+    #[arg(long, value_enum, default_value = "plain")]
+    pub text_format: TextFormatFlag,
     /// Documents per forward pass (changes the figure only by float rounding).
     #[arg(long, default_value_t = 8, value_parser = flag_values::positive())]
     pub batch_size: usize,
@@ -31,7 +36,7 @@ impl Job for PerplexityArgs {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         // Read the text first: a bad file fails before the model loads.
-        let documents = read_documents(&self.text)?;
+        let documents = read_text(&self.text, self.text_format.into())?;
         let (model, config, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
         let text = encode_documents(&tokenizer, &documents, config.max_seq_len, &self.text)?;
         let rows = text.rows;

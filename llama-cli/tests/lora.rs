@@ -2,27 +2,14 @@
 //! model that other commands load, and one clear error for each bad LoRA input.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::{cli, path, text};
 
 use llama_model::checkpoint::{read_tensors, save_model};
 use llama_model::fixtures::fixture;
 use llama_model::LlamaConfig;
-
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama-cli"))
-        .args(["--backend", "ndarray", "--quiet"])
-        .args(args)
-        .output()
-        .expect("llama-cli runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn path(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// The first `n` lines of a fixture data file, written to `dir`.
 fn head(dir: &Path, name: &str, n: usize) -> String {

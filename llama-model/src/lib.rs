@@ -25,6 +25,7 @@ pub mod param_source;
 pub mod rms_norm;
 pub mod rope;
 pub mod sampling;
+pub mod seeded_dropout;
 pub mod split_matmul;
 pub mod tokenizer;
 pub mod weight_layout;

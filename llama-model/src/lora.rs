@@ -129,6 +129,9 @@ pub enum LoraError {
     /// No targets.
     #[error("LoRA needs at least one target")]
     NoTargets,
+    /// A dropout probability outside `[0, 1)`.
+    #[error("LoRA dropout {0} must be in [0, 1)")]
+    Dropout(f64),
 }
 
 /// The settings of a LoRA adapter: rank `r`, scale `alpha / r`, and the adapted projections.
@@ -142,6 +145,9 @@ pub struct LoraConfig {
     /// The adapted projections of every layer.
     #[config(default = "vec![LoraTarget::Q, LoraTarget::V]")]
     pub targets: Vec<LoraTarget>,
+    /// Dropout on each adapter's input in training, in `[0, 1)` (PEFT's `lora_dropout`).
+    #[config(default = 0.0)]
+    pub dropout: f64,
 }
 
 impl LoraConfig {
@@ -153,6 +159,17 @@ impl LoraConfig {
     /// `alpha / r`.
     pub fn scale(&self) -> f64 {
         self.alpha() / self.rank as f64
+    }
+
+    /// The settings in words: `rank 8, alpha 16, targets q,v, dropout 0.05`.
+    pub fn summary(&self) -> String {
+        format!(
+            "rank {}, alpha {}, targets {}, dropout {}",
+            self.rank,
+            self.alpha(),
+            self.targets_list(),
+            self.dropout
+        )
     }
 
     /// The targets as `--lora-targets` spells them (`q,v`).
@@ -182,6 +199,9 @@ impl LoraConfig {
         let alpha = self.alpha();
         if !(alpha.is_finite() && alpha > 0.0) {
             return Err(LoraError::Alpha(alpha));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(LoraError::Dropout(self.dropout));
         }
         Ok(())
     }
@@ -213,17 +233,33 @@ impl<B: Backend> Llama<B> {
         for (index, (name, linear)) in self.projections_mut().enumerate() {
             if config.targets(&name) {
                 let layer_seed = seed ^ (0x4c6f_5241_u64 << 16).wrapping_add(index as u64);
-                linear.lora = Some(LoraAdapter::new(
-                    linear.d_in(),
-                    linear.d_out(),
-                    config.rank,
-                    scale,
-                    layer_seed,
-                    &device,
-                ));
+                linear.lora = Some(
+                    LoraAdapter::new(
+                        linear.d_in(),
+                        linear.d_out(),
+                        config.rank,
+                        scale,
+                        layer_seed,
+                        &device,
+                    )
+                    .with_dropout(config.dropout),
+                );
             }
         }
         Ok(self)
+    }
+
+    /// The model whose adapters draw their next training dropout masks from `seed` (each
+    /// adapter its own, mixed with its position); call it before each step's forward pass.
+    /// Without adapter dropout this changes nothing.
+    pub fn with_lora_dropout_seed(mut self, seed: u64) -> Self {
+        for (index, (_, linear)) in self.projections_mut().enumerate() {
+            if let Some(lora) = &mut linear.lora {
+                lora.dropout_seed =
+                    seed.rotate_left(17) ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+        }
+        self
     }
 
     /// Whether any projection carries an adapter.

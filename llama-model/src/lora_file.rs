@@ -101,6 +101,7 @@ pub fn save_adapter<B: Backend>(
     metadata.insert("r".into(), config.rank.to_string());
     metadata.insert("lora_alpha".into(), config.alpha().to_string());
     metadata.insert("target_modules".into(), config.targets_list());
+    metadata.insert("lora_dropout".into(), config.dropout.to_string());
     write_safetensors(path, &tensors, Some(metadata))?;
     Ok(())
 }
@@ -144,9 +145,17 @@ impl AdapterFile {
                 source,
             }
         })?;
+        // A training setting, recorded as PEFT records it; absent from older files.
+        let dropout = match metadata.get("lora_dropout") {
+            Some(p) => p
+                .parse()
+                .map_err(|_| not_adapter("metadata `lora_dropout` is not a number".into()))?,
+            None => 0.0,
+        };
         let config = LoraConfig::new(number("r")?)
             .with_alpha(Some(alpha))
-            .with_targets(targets);
+            .with_targets(targets)
+            .with_dropout(dropout);
         let shape = ["dim", "n_layers", "hidden_dim", "kv_dim", "vocab_size"]
             .into_iter()
             .map(|k| Ok((k.to_string(), number(&format!("base_{k}"))?)))

@@ -24,6 +24,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::seeded_dropout::seeded_dropout;
 use crate::split_matmul::matmul_split;
 
 /// The trainable low-rank pair of a [`LoraLinear`].
@@ -35,6 +36,10 @@ pub struct LoraAdapter<B: Backend> {
     pub lora_b: Param<Tensor<B, 2>>,
     /// `alpha / rank` (a setting, not saved in records).
     pub scale: f64,
+    /// Dropout probability on the adapter's input in training (a setting).
+    pub dropout: f64,
+    /// Seed of the next training dropout mask ([`crate::Llama::with_lora_dropout_seed`]).
+    pub dropout_seed: u64,
 }
 
 impl<B: Backend> LoraAdapter<B> {
@@ -58,7 +63,14 @@ impl<B: Backend> LoraAdapter<B> {
             lora_a: Param::from_tensor(Tensor::from_data(TensorData::new(a, [d_in, rank]), device)),
             lora_b: Param::from_tensor(Tensor::zeros([rank, d_out], device)),
             scale,
+            dropout: 0.0,
+            dropout_seed: 0,
         }
+    }
+
+    /// The adapter with dropout probability `p` on its input in training.
+    pub fn with_dropout(self, p: f64) -> Self {
+        Self { dropout: p, ..self }
     }
 
     /// The adapter from given factors `a` `[d_in, rank]` and `b` `[rank, d_out]`.
@@ -67,12 +79,18 @@ impl<B: Backend> LoraAdapter<B> {
             lora_a: Param::from_tensor(a),
             lora_b: Param::from_tensor(b),
             scale,
+            dropout: 0.0,
+            dropout_seed: 0,
         }
     }
 
-    /// `(alpha / r) · (x A) B` for `x` `[rows, d_in]`: `[rows, d_out]`.
+    /// `(alpha / r) · (dropout(x) A) B` for `x` `[rows, d_in]`: `[rows, d_out]`. Dropout
+    /// acts in training only (an autodiff backend), its mask drawn from `dropout_seed`.
     pub fn delta(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.lora_a.val()).matmul(self.lora_b.val()) * self.scale
+        seeded_dropout(x, self.dropout, self.dropout_seed)
+            .matmul(self.lora_a.val())
+            .matmul(self.lora_b.val())
+            * self.scale
     }
 
     /// The update to the weight, `(alpha / r) A B` `[d_in, d_out]`.
@@ -249,5 +267,43 @@ mod tests {
         let lora = layer.lora.as_ref().unwrap();
         assert!(lora.lora_b.grad(&grads).is_some());
         assert!(lora.lora_a.grad(&grads).is_some());
+    }
+
+    #[test]
+    fn adapter_dropout_acts_in_training_only_with_masks_from_its_seed() {
+        type TB = Autodiff<NdArray>;
+        let device = Default::default();
+        let x = Tensor::<TB, 2>::ones([6, 16], &device);
+        let a = Tensor::<TB, 2>::ones([16, 2], &device);
+        let b = Tensor::<TB, 2>::ones([2, 3], &device);
+        let adapter = LoraAdapter::from_factors(a, b, 1.0).with_dropout(0.5);
+        let values = |t: Tensor<TB, 2>| t.into_data().to_vec::<f32>().unwrap();
+        let seeded = |seed| {
+            let mut adapter = adapter.clone();
+            adapter.dropout_seed = seed;
+            values(adapter.delta(x.clone()))
+        };
+        // Without dropout every output is 16 · 2 = 32. With it, a row keeping k of its 16
+        // inputs (each scaled by 2) gives 2 · 2k = 4k: a multiple of 4 from 0 to 64.
+        let (first, again, other) = (seeded(1), seeded(1), seeded(2));
+        assert_eq!(first, again);
+        assert_ne!(first, other);
+        assert!(first
+            .iter()
+            .all(|v| v % 4.0 == 0.0 && (0.0..=64.0).contains(v)));
+        assert!(first.iter().any(|&v| v != 32.0));
+        // On the inference backend (and so for `valid()` models) nothing is dropped.
+        let plain = LoraAdapter::<B>::from_factors(
+            Tensor::ones([16, 2], &device),
+            Tensor::ones([2, 3], &device),
+            1.0,
+        )
+        .with_dropout(0.5);
+        let out: Vec<f32> = plain
+            .delta(Tensor::ones([6, 16], &device))
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert!(out.iter().all(|&v| v == 32.0));
     }
 }

@@ -38,7 +38,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::SentenceBatch;
-use crate::dropout::seeded_dropout;
+use llama_model::seeded_dropout::seeded_dropout;
 
 /// Why a classifier could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -384,7 +384,17 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
         lengths: Tensor<B, 1, Int>,
         dropout_seed: Option<u64>,
     ) -> Tensor<B, 2> {
-        let embedding = self.sentence_embedding(tokens, lengths);
+        let embedding = match dropout_seed {
+            // LoRA's input dropout: the adapters' masks come from the same step seed.
+            Some(seed) if self.llama.has_lora() => {
+                let seeded = Self {
+                    llama: self.llama.clone().with_lora_dropout_seed(seed),
+                    ..self.clone()
+                };
+                seeded.sentence_embedding(tokens, lengths)
+            }
+            _ => self.sentence_embedding(tokens, lengths),
+        };
         let embedding = match dropout_seed {
             Some(seed) => seeded_dropout(embedding, self.dropout.prob, seed),
             None => self.dropout.forward(embedding),

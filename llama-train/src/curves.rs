@@ -1,10 +1,10 @@
 //! `curves.png`: a run's training curves at a glance, drawn from its `metrics.csv` rows.
 //!
 //! Left, the training loss per step (each point the mean since the previous logged row) with
-//! the dev loss at each epoch's end, and a dashed line where every epoch ends. Right, the dev
-//! figures per epoch: accuracy and macro-F1 for a classifier (higher is better), perplexity
-//! for a language model (lower is better), with the best epoch marked: the one a run keeps
-//! (the first of equals, as the training loop chooses).
+//! the dev loss at each evaluation, and a dashed line where every epoch ends. Right, the dev
+//! figures: accuracy and macro-F1 per epoch for a classifier (higher is better), perplexity
+//! per evaluation step for a language model (lower is better), with the best evaluation
+//! marked: the one a run keeps (the first of equals, as the training loops choose).
 
 use std::path::Path;
 
@@ -136,7 +136,13 @@ impl Curves<'_> {
             .into_font()
             .color(&BLACK.mix(0.6))
             .pos(Pos::new(HPos::Right, VPos::Bottom));
-        for row in self.dev() {
+        // The last evaluation of each epoch is at its end (a language model is also evaluated
+        // within epochs, and before training, as epoch 0).
+        let dev_rows = self.dev();
+        let epoch_ends = dev_rows.iter().enumerate().filter(|(i, r)| {
+            r.epoch > 0 && dev_rows.get(i + 1).is_none_or(|next| next.epoch != r.epoch)
+        });
+        for (_, row) in epoch_ends {
             let x = row.step as f64;
             chart
                 .draw_series(DashedLineSeries::new(
@@ -168,7 +174,7 @@ impl Curves<'_> {
             chart
                 .draw_series(dev.iter().map(|&p| Circle::new(p, 5, DEV_COLOUR.filled())))
                 .map_err(text)?
-                .label("dev, at the epoch's end")
+                .label("dev, at each evaluation")
                 .legend(|(x, y)| Circle::new((x + 10, y), 5, DEV_COLOUR.filled()));
         }
         chart
@@ -213,13 +219,24 @@ impl Curves<'_> {
                 "dev perplexity",
                 DEV_COLOUR,
                 dev.iter()
-                    .filter_map(|r| Some((r.epoch as f64, r.perplexity?)))
+                    .filter_map(|r| Some((r.step as f64, r.perplexity?)))
                     .collect(),
             )],
         };
-        let first = dev.first().map_or(1, |r| r.epoch) as f64;
-        let last = dev.last().map_or(1, |r| r.epoch) as f64;
-        let x = (first - 0.5)..(last + 0.5);
+        // A classifier is evaluated once per epoch; a language model every so many steps.
+        let x_of = |r: &MetricsRow| match figure {
+            DevFigure::Classification => r.epoch as f64,
+            DevFigure::Perplexity => r.step as f64,
+        };
+        let first = dev.first().map_or(1.0, |r| x_of(r));
+        let last = dev.last().map_or(1.0, |r| x_of(r));
+        let x = match figure {
+            DevFigure::Classification => (first - 0.5)..(last + 0.5),
+            DevFigure::Perplexity => {
+                let pad = ((last - first) * 0.04).max(0.5);
+                (first - pad)..(last + pad)
+            }
+        };
         let y = padded_range(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)));
         let (caption, y_desc) = match figure {
             DevFigure::Classification => ("Dev accuracy and macro-F1", "percent"),
@@ -233,12 +250,19 @@ impl Curves<'_> {
             .build_cartesian_2d(x, y.clone())
             .map_err(text)?;
         let epochs = (last - first) as usize + 1;
+        let (x_desc, x_labels) = match figure {
+            DevFigure::Classification => ("epoch", epochs.min(12) + 1),
+            DevFigure::Perplexity => ("step", 8),
+        };
         chart
             .configure_mesh()
-            .x_desc("epoch")
+            .x_desc(x_desc)
             .y_desc(y_desc)
-            .x_labels(epochs.min(12) + 1)
-            .y_label_formatter(&|v| format!("{v:.0}"))
+            .x_labels(x_labels)
+            .y_label_formatter(&|v| match figure {
+                DevFigure::Classification => format!("{v:.0}"),
+                DevFigure::Perplexity => format!("{v:.1}"),
+            })
             .x_label_formatter(&|v| {
                 if (v - v.round()).abs() < 1e-6 {
                     format!("{}", v.round())
@@ -252,14 +276,17 @@ impl Curves<'_> {
             .draw()
             .map_err(text)?;
         if let Some(best) = self.best(figure).map(|i| dev[i]) {
-            let bx = best.epoch as f64;
+            let bx = x_of(best);
             chart
                 .draw_series(std::iter::once(PathElement::new(
                     vec![(bx, y.start), (bx, y.end)],
                     BEST_COLOUR.stroke_width(3),
                 )))
                 .map_err(text)?
-                .label(format!("best: epoch {}", best.epoch))
+                .label(match figure {
+                    DevFigure::Classification => format!("best: epoch {}", best.epoch),
+                    DevFigure::Perplexity => format!("best: step {}", best.step),
+                })
                 .legend(|(x, y)| {
                     PathElement::new(vec![(x, y), (x + 20, y)], BEST_COLOUR.stroke_width(3))
                 });

@@ -29,7 +29,7 @@ pub struct SentenceBatch<B: Backend> {
     pub lengths: Tensor<B, 1, Int>,
     /// `[batch]`: class index of each row.
     pub labels: Tensor<B, 1, Int>,
-    /// Seed of this batch's dropout mask in training ([`crate::dropout::seeded_dropout`]);
+    /// Seed of this batch's dropout mask in training ([`llama_model::seeded_dropout::seeded_dropout`]);
     /// `None` (what the batcher gives) draws the mask from the backend's generator. The
     /// fine-tuning loop sets it from `(seed, epoch, batch)`.
     pub dropout_seed: Option<u64>,

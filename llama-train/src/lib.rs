@@ -1,6 +1,6 @@
 //! Sentence classification with Llama 2 on Burn: the exercise's SST-5 and CFIMDB tasks,
 //! by zero-shot prompting and by fine-tuning a classifier head with Burn's Learner; and the
-//! language model's perplexity on text.
+//! language model itself: its perplexity on text, and training it on text (`pretrain`).
 
 pub mod artifacts;
 pub mod classifier;
@@ -8,17 +8,23 @@ pub mod config;
 pub mod confusion_report;
 pub mod curves;
 pub mod data;
-pub mod dropout;
+pub mod documents;
 pub mod error;
 pub mod evaluate;
 pub mod finetune;
 pub mod labelled_file;
+pub mod lm_corpus;
 pub mod lm_objective;
+pub mod lr_schedule;
 pub mod metrics;
 pub mod metrics_log;
 pub mod perplexity;
 pub mod plot_canvas;
 pub mod predictions;
+pub mod pretrain;
+pub mod pretrain_config;
+pub mod pretrain_error;
+pub mod pretrain_state;
 pub mod progress;
 pub mod progress_bar;
 pub mod prompting;

@@ -131,15 +131,7 @@ impl RunSettings {
 
     /// The first setting that differs from `other`, as `(name, saved, now)`.
     fn difference(&self, now: &Self) -> Option<(&'static str, String, String)> {
-        let lora = |l: &Option<LoraConfig>| match l {
-            Some(l) => format!(
-                "rank {}, alpha {}, targets {}",
-                l.rank,
-                l.alpha(),
-                l.targets_list()
-            ),
-            None => "off".into(),
-        };
+        let lora = |l: &Option<LoraConfig>| l.as_ref().map_or("off".into(), LoraConfig::summary);
         let pairs: [(&str, String, String); 10] = [
             ("seed", self.seed.to_string(), now.seed.to_string()),
             ("lr", self.lr.to_string(), now.lr.to_string()),
@@ -249,7 +241,7 @@ pub enum ResumeError {
     },
     /// A setting differs from the saved run's.
     #[error(
-        "cannot resume the run in {}: its {what} was {saved}, now {now}; resume with the same settings (only --epochs may grow) or start a new run",
+        "cannot resume the run in {}: its {what} was {saved}, now {now}; resume with the same settings or start a new run",
         dir.display()
     )]
     Mismatch {
@@ -273,6 +265,53 @@ pub enum ResumeError {
     },
 }
 
+/// Reads `dir/resume.json` as a `T` whose layout version (read by `version_of`) must be
+/// `version`: the loader of every kind of run's state.
+pub(crate) fn read_resume_file<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    version: u32,
+    version_of: impl Fn(&T) -> u32,
+) -> Result<T, ResumeError> {
+    let path = dir.join(RESUME_FILE);
+    let corrupt = |detail: String| ResumeError::Corrupt {
+        path: path.clone(),
+        detail,
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ResumeError::NotFound(dir.to_path_buf()))
+        }
+        Err(e) => return Err(corrupt(e.to_string())),
+    };
+    // Another kind of run's state (fine-tuning against pretraining) fails to parse here.
+    let state: T = serde_json::from_str(&text)
+        .map_err(|e| corrupt(format!("{e} (is this folder another kind of run's?)")))?;
+    let found = version_of(&state);
+    if found != version {
+        return Err(corrupt(format!(
+            "layout version {found} (this build reads {version})"
+        )));
+    }
+    Ok(state)
+}
+
+/// The error for the first differing setting `(name, saved, now)`, if any.
+pub(crate) fn check_settings(
+    dir: &Path,
+    difference: Option<(&'static str, String, String)>,
+) -> Result<(), ResumeError> {
+    match difference {
+        Some((what, saved, now)) => Err(ResumeError::Mismatch {
+            dir: dir.to_path_buf(),
+            what,
+            saved,
+            now,
+        }),
+        None => Ok(()),
+    }
+}
+
 impl ResumeState {
     /// The state at the start of a run with `settings`.
     pub fn start(settings: RunSettings) -> Self {
@@ -291,40 +330,8 @@ impl ResumeState {
 
     /// Read `dir/resume.json` and check that it belongs to a run with `settings`.
     pub fn load(dir: &Path, settings: &RunSettings) -> Result<Self, ResumeError> {
-        let path = dir.join(RESUME_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ResumeError::NotFound(dir.to_path_buf()))
-            }
-            Err(e) => {
-                return Err(ResumeError::Corrupt {
-                    path,
-                    detail: e.to_string(),
-                })
-            }
-        };
-        let state: Self = serde_json::from_str(&text).map_err(|e| ResumeError::Corrupt {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        if state.version != VERSION {
-            return Err(ResumeError::Corrupt {
-                path,
-                detail: format!(
-                    "layout version {} (this build reads {VERSION})",
-                    state.version
-                ),
-            });
-        }
-        if let Some((what, saved, now)) = state.settings.difference(settings) {
-            return Err(ResumeError::Mismatch {
-                dir: dir.to_path_buf(),
-                what,
-                saved,
-                now,
-            });
-        }
+        let state: Self = read_resume_file(dir, VERSION, |s: &Self| s.version)?;
+        check_settings(dir, state.settings.difference(settings))?;
         Ok(state)
     }
 

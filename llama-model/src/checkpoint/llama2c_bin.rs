@@ -122,14 +122,18 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
     })
 }
 
-/// The tensors of the file in storage order: `(name, shape)`; per-layer stacks are split
-/// into one tensor per layer by the caller.
-fn layout(h: &Header) -> Vec<(&'static str, Vec<usize>)> {
-    let c = &h.config;
+/// The tensors of a file in storage order: `(name, shape)`; per-layer stacks are split
+/// into one tensor per layer by the caller. Names starting with `<` are the legacy RoPE
+/// tables.
+pub(super) fn layout(
+    c: &LlamaConfig,
+    legacy_rope_tables: bool,
+    shared_classifier: bool,
+) -> Vec<(&'static str, Vec<usize>)> {
     let (d, hid, l, v) = (c.dim, c.hidden_dim(), c.n_layers, c.vocab_size);
     let kv = c.n_kv_heads() * c.head_dim();
     let head = c.head_dim();
-    let mut out = if h.legacy_rope_tables {
+    let mut out = if legacy_rope_tables {
         vec![
             ("tok_embeddings.weight", vec![v, d]),
             ("attention_norm.weight", vec![l, d]),
@@ -160,14 +164,14 @@ fn layout(h: &Header) -> Vec<(&'static str, Vec<usize>)> {
             ("feed_forward.w3.weight", vec![l, hid, d]),
         ]
     };
-    if !h.shared_classifier {
+    if !shared_classifier {
         out.push(("output.weight", vec![v, d]));
     }
     out
 }
 
 /// Per-layer tensors are stored stacked; these names get a `layers.{i}.` prefix.
-fn is_per_layer(name: &str) -> bool {
+pub(super) fn is_per_layer(name: &str) -> bool {
     !matches!(
         name,
         "tok_embeddings.weight" | "norm.weight" | "output.weight"
@@ -181,7 +185,11 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointEr
         source,
     })?;
     let header = parse_header(path, &bytes)?;
-    let layout = layout(&header);
+    let layout = layout(
+        &header.config,
+        header.legacy_rope_tables,
+        header.shared_classifier,
+    );
     let floats: usize = layout
         .iter()
         .map(|(_, shape)| shape.iter().product::<usize>())

@@ -12,6 +12,7 @@
 //! `strict=False`; we do not).
 
 mod llama2c_bin;
+mod llama2c_writer;
 mod pytorch;
 mod safetensors_file;
 mod safetensors_writer;
@@ -24,6 +25,7 @@ use burn::tensor::backend::Backend;
 
 use crate::config::{ConfigError, LlamaConfig};
 use crate::llama::Llama;
+pub use llama2c_writer::save_llama2c_bin;
 pub use safetensors_file::read_tensors;
 pub use safetensors_writer::{model_tensors, raw_tensor, save_model, write_safetensors};
 pub use tensors::{RawTensor, TensorMap};

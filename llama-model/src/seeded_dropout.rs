@@ -4,10 +4,11 @@
 //! is global to the process on ndarray and flex: any other code that seeds or draws from it
 //! between our seeding and our draw (another training run on another thread, a test running
 //! beside ours) changes the mask. A mask drawn from its own seed depends on nothing else, so
-//! a fine-tuning step is reproducible from `(seed, epoch, batch)` alone.
+//! a training step is reproducible from `(seed, epoch, batch)` alone (the classifier's head
+//! dropout, LoRA's input dropout).
 //!
-//! The mask is drawn on the host and uploaded: it is `[batch, dim]` for the classifier, a
-//! few hundred kilobytes at most.
+//! The mask is drawn on the host and uploaded: `[batch, dim]` for the classifier, `[tokens,
+//! d_in]` for a LoRA adapter.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -20,7 +21,7 @@ use rand::{Rng, SeedableRng};
 ///
 /// As Burn's `Dropout`, it is active only on an autodiff backend (training); elsewhere, or
 /// with `prob == 0`, `input` is returned as it is. `prob` must be in `[0, 1)`
-/// ([`crate::classifier::ClassifierConfig::check`] ensures it).
+/// (the callers' configs check it).
 pub fn seeded_dropout<B: Backend, const D: usize>(
     input: Tensor<B, D>,
     prob: f64,
