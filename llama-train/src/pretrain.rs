@@ -175,7 +175,7 @@ pub fn pretrain_with<B: AutodiffBackend>(
         wall_offset: state.wall_seconds,
     };
     if state.evaluations.is_empty() {
-        run.evaluate(&model, &mut state, 0.0)?;
+        run.evaluate(&model.valid(), &mut state, 0.0)?;
         run.save(&model, &optim, &mut state)?;
     }
 
@@ -357,6 +357,9 @@ impl<'a, D: Clone> Run<'a, D> {
         state: &mut PretrainState,
         lr: f64,
     ) -> Result<(), PretrainError> {
+        // The inference model (`valid()`): on an autodiff backend every scored batch would
+        // also record its graph (gigabytes on a dev set) and LoRA dropout would act.
+        debug_assert!(!B::ad_enabled(self.device), "evaluate the inference model");
         let rows = &self.corpus.val_rows;
         let bar = self
             .control
