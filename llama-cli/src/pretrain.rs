@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use llama_model::{Llama, LlamaConfig, Tokenizer};
-use llama_train::documents::{encode_documents, read_text, TextFormat};
+use llama_train::documents::{encode_documents, read_text, Document, TextFormat};
 use llama_train::finetune::RunControl;
 use llama_train::lm_corpus::{LmCorpus, Validation};
 use llama_train::pretrain::{pretrain_with, window_len};
@@ -165,16 +165,22 @@ impl PretrainArgs {
     }
 }
 
+/// The documents of each file, read once, before the model loads (a bad file fails first).
+fn read_files(files: &[PathBuf], format: TextFormat) -> Result<Vec<(&PathBuf, Vec<Document>)>> {
+    files
+        .iter()
+        .map(|path| Ok((path, read_text(path, format)?)))
+        .collect()
+}
+
 /// The documents of `files`, each BOS + ids (uncut), in order.
 fn encode_files(
-    files: &[PathBuf],
-    format: TextFormat,
+    files: &[(&PathBuf, Vec<Document>)],
     tokenizer: &Tokenizer,
 ) -> Result<Vec<Vec<u32>>> {
     let mut rows = Vec::new();
-    for path in files {
-        let documents = read_text(path, format)?;
-        rows.extend(encode_documents(tokenizer, &documents, usize::MAX, path)?.rows);
+    for (path, documents) in files {
+        rows.extend(encode_documents(tokenizer, documents, usize::MAX, path)?.rows);
     }
     Ok(rows)
 }
@@ -190,19 +196,17 @@ impl Job for PretrainArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let interrupter = interrupt_on_ctrl_c();
         let format = TextFormat::from(self.text_format);
-        // Read the texts first: a bad file fails before the model loads.
-        for path in self.text.iter().chain(&self.val_text) {
-            read_text(path, format)?;
-        }
+        let train_files = read_files(&self.text, format)?;
+        let val_files = read_files(&self.val_text, format)?;
         let config = self.run_config();
         config.check()?;
         let (llama, llama_config, tokenizer) = self.model::<B>(&device)?;
         let seq_len = window_len(&config, &llama_config)?;
-        let train = encode_files(&self.text, format, &tokenizer)?;
+        let train = encode_files(&train_files, &tokenizer)?;
         let validation = if self.val_text.is_empty() {
             Validation::Fraction(self.val_fraction.unwrap_or(0.05))
         } else {
-            Validation::Documents(encode_files(&self.val_text, format, &tokenizer)?)
+            Validation::Documents(encode_files(&val_files, &tokenizer)?)
         };
         let corpus = LmCorpus::new(
             train,
@@ -228,8 +232,8 @@ impl Job for PretrainArgs {
             },
             config.artifact_dir.display()
         );
+        // `pretrain_with` checks the LoRA settings against the model before it writes anything.
         if let Some(lora) = &config.lora {
-            lora.check(&llama)?;
             eprintln!("{}", lora_args::describe(lora, &llama, ""));
         }
         let control = RunControl {

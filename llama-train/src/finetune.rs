@@ -169,6 +169,15 @@ pub struct RunControl {
     pub progress: ProgressMode,
 }
 
+impl RunControl {
+    /// Whether the interrupter has fired (Ctrl-C).
+    pub fn interrupted(&self) -> bool {
+        self.interrupter
+            .as_ref()
+            .is_some_and(Interrupter::should_stop)
+    }
+}
+
 /// Fine-tune a classifier over `llama` (with hyper-parameters `llama_config`) on `data`;
 /// see the [module docs](self) for the steps and the files written to
 /// `config.artifact_dir`.

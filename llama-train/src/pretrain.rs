@@ -228,10 +228,7 @@ pub fn pretrain_with<B: AutodiffBackend>(
                 bar.suspend(|| run.evaluate(&model.valid(), &mut state, lr))?;
                 run.save(&model, &optim, &mut state)?;
             }
-            let stop = control
-                .interrupter
-                .as_ref()
-                .is_some_and(burn::train::Interrupter::should_stop);
+            let stop = control.interrupted();
             if !last_of_epoch && (stop || control.max_steps.is_some_and(|m| steps_here >= m)) {
                 bar.finish_and_clear();
                 run.save(&model, &optim, &mut state)?;
@@ -247,10 +244,7 @@ pub fn pretrain_with<B: AutodiffBackend>(
         state.epoch += 1;
         state.epoch_steps = 0;
         run.save(&model, &optim, &mut state)?;
-        let stop = control
-            .interrupter
-            .as_ref()
-            .is_some_and(burn::train::Interrupter::should_stop);
+        let stop = control.interrupted();
         let spent = control.max_steps.is_some_and(|m| steps_here >= m);
         if (stop || spent) && state.epoch <= config.epochs {
             return Err(PretrainError::Stopped {
