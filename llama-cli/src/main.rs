@@ -5,13 +5,16 @@ mod backend;
 mod bench;
 mod check;
 mod classify;
+mod collective_args;
 mod confusion;
+mod coordinator;
 mod data_files;
 mod eval;
 mod finetune;
 mod flag_values;
 mod generate;
 mod interrupt;
+mod launch;
 mod lora_args;
 mod merge_lora;
 mod model_args;
@@ -92,12 +95,19 @@ enum Command {
     Plot(plot::PlotArgs),
     /// Merge a LoRA adapter into its base model's weights and write a plain model.
     MergeLora(merge_lora::MergeLoraArgs),
+    /// Serve the coordinator of a data-parallel run (the ranks register with it).
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Start a data-parallel run on this machine: the coordinator and N ranks of a command
+    /// (`launch --nproc 2 -- finetune …`).
+    Launch(launch::LaunchArgs),
 }
 
 /// Run `f`, turning a panic inside a library (a bug, or a backend that panics on a missing
 /// device) into an error instead of a backtrace.
 fn catch_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
-    std::panic::set_hook(Box::new(|_| {}));
+    if std::env::var_os("LLAMA_DEBUG_PANICS").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     let _ = std::panic::take_hook();
     result.unwrap_or_else(|payload| {
@@ -124,6 +134,19 @@ fn main() -> ExitCode {
     allocator::keep_freed_memory();
     let cli = Cli::parse(); // usage errors exit with status 2
     progress::set(cli.progress, cli.quiet);
+    // Burn's network layer installs a logger that prints every connection to stdout unless
+    // the application has one: ours drops them (errors reach the user as our one line).
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
+    if let Command::Launch(args) = &cli.command {
+        // Not on the pool: the ranks compute; this process waits for them.
+        return match launch::run(args) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = catch_panics(|| {
         backend::set_threads(cli.threads)?;
         on_pool(|| match cli.command {
@@ -138,6 +161,8 @@ fn main() -> ExitCode {
             Command::Pretrain(args) => run_on(cli.backend, cli.device, args),
             Command::Plot(args) => plot::run(&args),
             Command::MergeLora(args) => run_on(cli.backend, cli.device, args),
+            Command::Coordinator(args) => coordinator::run(&args),
+            Command::Launch(_) => unreachable!("handled above"),
         })
     });
     match result {

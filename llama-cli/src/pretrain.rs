@@ -241,6 +241,7 @@ impl Job for PretrainArgs {
             interrupter: Some(interrupter),
             max_steps: self.max_steps,
             progress: crate::progress::mode(),
+            collective: None,
         };
         let start = Instant::now();
         let outcome = pretrain_with(&config, llama, &llama_config, &corpus, &device, &control)?;

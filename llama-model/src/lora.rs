@@ -252,11 +252,18 @@ impl<B: Backend> Llama<B> {
     /// The model whose adapters draw their next training dropout masks from `seed` (each
     /// adapter its own, mixed with its position); call it before each step's forward pass.
     /// Without adapter dropout this changes nothing.
-    pub fn with_lora_dropout_seed(mut self, seed: u64) -> Self {
+    pub fn with_lora_dropout_seed(self, seed: u64) -> Self {
+        self.with_lora_dropout_rows(seed, 0)
+    }
+
+    /// [`Self::with_lora_dropout_seed`] for rows `first_row..` of a global batch: the masks
+    /// are those rows' part of the global batch's masks (data-parallel training).
+    pub fn with_lora_dropout_rows(mut self, seed: u64, first_row: usize) -> Self {
         for (index, (_, linear)) in self.projections_mut().enumerate() {
             if let Some(lora) = &mut linear.lora {
                 lora.dropout_seed =
                     seed.rotate_left(17) ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                lora.dropout_first_row = first_row;
             }
         }
         self

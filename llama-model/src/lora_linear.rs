@@ -24,7 +24,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::seeded_dropout::seeded_dropout;
+use crate::seeded_dropout::seeded_dropout_rows;
 use crate::split_matmul::matmul_split;
 
 /// The trainable low-rank pair of a [`LoraLinear`].
@@ -40,6 +40,9 @@ pub struct LoraAdapter<B: Backend> {
     pub dropout: f64,
     /// Seed of the next training dropout mask ([`crate::Llama::with_lora_dropout_seed`]).
     pub dropout_seed: u64,
+    /// Global index of the batch's first row (data-parallel training: each process draws
+    /// its rows' part of the global batch's mask; 0 on one process).
+    pub dropout_first_row: usize,
 }
 
 impl<B: Backend> LoraAdapter<B> {
@@ -65,6 +68,7 @@ impl<B: Backend> LoraAdapter<B> {
             scale,
             dropout: 0.0,
             dropout_seed: 0,
+            dropout_first_row: 0,
         }
     }
 
@@ -81,13 +85,20 @@ impl<B: Backend> LoraAdapter<B> {
             scale,
             dropout: 0.0,
             dropout_seed: 0,
+            dropout_first_row: 0,
         }
     }
 
     /// `(alpha / r) · (dropout(x) A) B` for `x` `[rows, d_in]`: `[rows, d_out]`. Dropout
     /// acts in training only (an autodiff backend), its mask drawn from `dropout_seed`.
     pub fn delta(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        seeded_dropout(x, self.dropout, self.dropout_seed)
+        self.delta_rows(x, 0)
+    }
+
+    /// [`Self::delta`] of rows `first_row..` of a larger input (the dropout mask is that
+    /// part of the larger input's mask; see [`seeded_dropout_rows`]).
+    fn delta_rows(&self, x: Tensor<B, 2>, first_row: usize) -> Tensor<B, 2> {
+        seeded_dropout_rows(x, self.dropout, self.dropout_seed, first_row)
             .matmul(self.lora_a.val())
             .matmul(self.lora_b.val())
             * self.scale
@@ -143,7 +154,11 @@ impl<B: Backend> LoraLinear<B> {
         let [batch, seq, d_in] = x.dims();
         let mut out = match &self.lora {
             Some(lora) => {
-                let delta = lora.delta(x.clone().reshape([batch * seq, d_in]));
+                // Token rows: batch row `r` is rows `r·seq..(r+1)·seq`.
+                let delta = lora.delta_rows(
+                    x.clone().reshape([batch * seq, d_in]),
+                    lora.dropout_first_row * seq,
+                );
                 matmul_split(x, self.weight.val(), parts)
                     + delta.reshape([batch, seq, self.d_out()])
             }

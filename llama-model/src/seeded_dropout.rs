@@ -27,15 +27,37 @@ pub fn seeded_dropout<B: Backend, const D: usize>(
     prob: f64,
     seed: u64,
 ) -> Tensor<B, D> {
+    seeded_dropout_rows(input, prob, seed, 0)
+}
+
+/// [`seeded_dropout`] of rows `first_row..first_row + rows` (along dimension 0) of a larger
+/// tensor: the mask is that part of the mask [`seeded_dropout`] draws for the whole.
+///
+/// Data-parallel training cuts a global batch into row blocks, one per process; each draws
+/// its block's part of the global batch's mask, so a run on several processes drops the
+/// same elements as a run on one.
+pub fn seeded_dropout_rows<B: Backend, const D: usize>(
+    input: Tensor<B, D>,
+    prob: f64,
+    seed: u64,
+    first_row: usize,
+) -> Tensor<B, D> {
     let device = input.device();
     if !B::ad_enabled(&device) || prob <= 0.0 {
         return input;
     }
     let keep = 1.0 - prob;
     let scale = (1.0 / keep) as f32;
+    let rows = input.dims()[0];
     let shape = input.shape();
+    let numel = shape.num_elements();
+    let per_row = numel.checked_div(rows).unwrap_or(0);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mask: Vec<f32> = (0..shape.num_elements())
+    // The draws of the rows before ours, in the order the whole mask draws them.
+    for _ in 0..first_row * per_row {
+        rng.random::<f64>();
+    }
+    let mask: Vec<f32> = (0..numel)
         .map(|_| {
             if rng.random::<f64>() < keep {
                 scale
@@ -95,5 +117,16 @@ mod tests {
         assert!(plain.iter().all(|&v| v == 1.0));
         let zero = values(seeded_dropout(ones::<TB>(), 0.0, 5));
         assert!(zero.iter().all(|&v| v == 1.0));
+    }
+
+    #[test]
+    fn row_blocks_draw_their_part_of_the_whole_mask() {
+        let whole = values(seeded_dropout(ones::<TB>(), 0.3, 21));
+        // Rows 0..15 and 15..40 of the [40, 50] tensor, drawn apart.
+        let top = Tensor::<TB, 2>::ones([15, 50], &Default::default());
+        let bottom = Tensor::<TB, 2>::ones([25, 50], &Default::default());
+        let mut parts = values(seeded_dropout_rows(top, 0.3, 21, 0));
+        parts.extend(values(seeded_dropout_rows(bottom, 0.3, 21, 15)));
+        assert_eq!(parts, whole);
     }
 }

@@ -13,6 +13,8 @@
 //!   train/ valid/     Burn's per-epoch metric logs
 //! ```
 
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
+use burn::train::metric::store::EventStoreClient;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -71,32 +73,15 @@ pub(crate) fn save_best<Bk: Backend>(
 /// `checkpoint/{model,optim,scheduler}-*.mpk`) and ours (`classifier.mpk`, `resume.json`)
 /// are touched, and the run's tables and pictures (`metrics.csv`, `curves.png`).
 pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
-    let entries = |sub: &str| -> Vec<(PathBuf, String)> {
-        std::fs::read_dir(dir.join(sub))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     for split in ["train", "valid"] {
-        for (path, name) in entries(split) {
+        for (path, name) in entries(dir, split) {
             if name.starts_with("epoch-") && path.is_dir() {
                 std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
             }
         }
     }
-    let checkpoint = |name: &str| {
-        ["model-", "optim-", "scheduler-"]
-            .iter()
-            .any(|prefix| name.starts_with(prefix))
-            && name.ends_with(".mpk")
-    };
-    let mut stale: Vec<PathBuf> = entries("checkpoint")
+    let mut stale: Vec<PathBuf> = checkpoint_files(dir)
         .into_iter()
-        .filter(|(path, name)| checkpoint(name) && path.is_file())
         .map(|(path, _)| path)
         .collect();
     stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk")));
@@ -105,12 +90,98 @@ pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
     stale.push(dir.join(crate::metrics_log::METRICS_FILE));
     stale.push(dir.join(crate::curves::CURVES_FILE));
     stale.push(dir.join(ADAPTER_FILE));
-    for path in stale {
+    remove_files(stale)
+}
+
+/// Remove the checkpoints of `dir` but the one of step `keep` (what `resume.json` points
+/// to): the loop keeps the previous checkpoint until the next `resume.json` is written, so
+/// a resumed run finds one more than it needs.
+pub(crate) fn remove_stale_checkpoints(dir: &Path, keep: usize) -> Result<(), FinetuneError> {
+    let keep = format!("-{keep}.mpk");
+    remove_files(
+        checkpoint_files(dir)
+            .into_iter()
+            .filter(|(_, name)| !name.ends_with(&keep))
+            .map(|(path, _)| path)
+            .collect(),
+    )
+}
+
+/// Burn's checkpoint files in `dir/checkpoint`, with their names.
+fn checkpoint_files(dir: &Path) -> Vec<(PathBuf, String)> {
+    let checkpoint = |name: &str| {
+        ["model-", "optim-", "scheduler-"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+            && name.ends_with(".mpk")
+    };
+    entries(dir, "checkpoint")
+        .into_iter()
+        .filter(|(path, name)| checkpoint(name) && path.is_file())
+        .collect()
+}
+
+fn entries(dir: &Path, sub: &str) -> Vec<(PathBuf, String)> {
+    std::fs::read_dir(dir.join(sub))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| Some((e.path(), e.file_name().into_string().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn remove_files(paths: Vec<PathBuf>) -> Result<(), FinetuneError> {
+    for path in paths {
         if path.is_file() {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
         }
     }
     Ok(())
+}
+
+/// Saves Burn's checkpoint every time it is asked to, under the key it is given (the step
+/// count), and deletes the one before the previous: the previous one is what `resume.json`
+/// points to until the loop writes the next `resume.json`, so a crash in between still
+/// resumes.
+///
+/// The delete also flushes: Burn's checkpointers write on their own threads behind
+/// rendezvous channels, so once a delete has been handed over, the save before it is on
+/// disk.
+pub(crate) struct SaveEveryCall {
+    previous: Option<usize>,
+    older: Option<usize>,
+}
+
+impl SaveEveryCall {
+    pub(crate) fn new(previous: Option<usize>) -> Self {
+        Self {
+            previous,
+            older: None,
+        }
+    }
+}
+
+impl SaveEveryCall {
+    fn actions(&mut self, key: usize) -> Vec<CheckpointingAction> {
+        let stale = if self.previous == Some(key) {
+            None
+        } else {
+            std::mem::replace(&mut self.older, self.previous.replace(key))
+        };
+        vec![
+            CheckpointingAction::Save,
+            // Nothing to delete: a key that never exists, only to flush the saves.
+            CheckpointingAction::Delete(stale.unwrap_or(usize::MAX)),
+        ]
+    }
+}
+
+impl CheckpointingStrategy for SaveEveryCall {
+    fn checkpointing(&mut self, key: usize, _store: &EventStoreClient) -> Vec<CheckpointingAction> {
+        self.actions(key)
+    }
 }
 
 #[cfg(test)]
@@ -153,5 +224,29 @@ mod tests {
         ] {
             assert!(d.join(kept).exists(), "{kept}");
         }
+    }
+
+    #[test]
+    fn checkpoint_strategy_keeps_the_previous_key_until_the_next_save() {
+        let mut strategy = SaveEveryCall::new(None);
+        let flush = CheckpointingAction::Delete(usize::MAX);
+        assert_eq!(
+            strategy.actions(5),
+            [CheckpointingAction::Save, flush.clone()]
+        );
+        assert_eq!(
+            strategy.actions(9),
+            [CheckpointingAction::Save, flush.clone()]
+        );
+        assert_eq!(
+            strategy.actions(12),
+            [CheckpointingAction::Save, CheckpointingAction::Delete(5)]
+        );
+        // The same key again (a stop right after an epoch's save): nothing deleted.
+        assert_eq!(strategy.actions(12), [CheckpointingAction::Save, flush]);
+        assert_eq!(
+            strategy.actions(14),
+            [CheckpointingAction::Save, CheckpointingAction::Delete(9)]
+        );
     }
 }

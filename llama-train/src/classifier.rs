@@ -38,7 +38,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::SentenceBatch;
-use llama_model::seeded_dropout::seeded_dropout;
+use llama_model::seeded_dropout::seeded_dropout_rows;
 
 /// Why a classifier could not be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -377,18 +377,31 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
     }
 
     /// [`Self::forward`] with the training dropout mask drawn from `dropout_seed` when given
-    /// ([`seeded_dropout`]), so that the step does not depend on the backend's generator.
+    /// ([`llama_model::seeded_dropout::seeded_dropout`]), so that the step does not depend on the backend's generator.
     pub fn forward_with_dropout_seed(
         &self,
         tokens: Tensor<B, 2, Int>,
         lengths: Tensor<B, 1, Int>,
         dropout_seed: Option<u64>,
     ) -> Tensor<B, 2> {
+        self.forward_rows(tokens, lengths, dropout_seed, 0)
+    }
+
+    /// [`Self::forward_with_dropout_seed`] of rows `first_row..` of a larger batch: the
+    /// dropout masks are those rows' part of the larger batch's masks (data-parallel
+    /// training; see [`llama_model::seeded_dropout::seeded_dropout_rows`]).
+    fn forward_rows(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        lengths: Tensor<B, 1, Int>,
+        dropout_seed: Option<u64>,
+        first_row: usize,
+    ) -> Tensor<B, 2> {
         let embedding = match dropout_seed {
             // LoRA's input dropout: the adapters' masks come from the same step seed.
             Some(seed) if self.llama.has_lora() => {
                 let seeded = Self {
-                    llama: self.llama.clone().with_lora_dropout_seed(seed),
+                    llama: self.llama.clone().with_lora_dropout_rows(seed, first_row),
                     ..self.clone()
                 };
                 seeded.sentence_embedding(tokens, lengths)
@@ -396,7 +409,7 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
             _ => self.sentence_embedding(tokens, lengths),
         };
         let embedding = match dropout_seed {
-            Some(seed) => seeded_dropout(embedding, self.dropout.prob, seed),
+            Some(seed) => seeded_dropout_rows(embedding, self.dropout.prob, seed, first_row),
             None => self.dropout.forward(embedding),
         };
         log_softmax(self.classifier_head.forward(embedding), 1)
@@ -409,8 +422,12 @@ impl<B: Backend> LlamaEmbeddingClassifier<B> {
     /// loss is its mean ([`nll_loss`]). `output` is the log-probabilities `[batch, labels]`.
     /// The batch's `dropout_seed` chooses the training dropout mask.
     pub fn forward_classification(&self, batch: SentenceBatch<B>) -> ClassificationOutput<B> {
-        let log_probs =
-            self.forward_with_dropout_seed(batch.tokens, batch.lengths, batch.dropout_seed);
+        let log_probs = self.forward_rows(
+            batch.tokens,
+            batch.lengths,
+            batch.dropout_seed,
+            batch.first_row,
+        );
         let losses = nll_per_example(log_probs.clone(), batch.labels.clone());
         ClassificationOutput::new(losses, log_probs, batch.labels)
     }
@@ -500,6 +517,7 @@ mod tests {
             labels: Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), device),
             dropout_seed: None,
             loss_divisor: None,
+            first_row: 0,
         }
     }
 

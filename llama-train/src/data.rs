@@ -38,6 +38,35 @@ pub struct SentenceBatch<B: Backend> {
     /// also for the last, partial batch of an epoch; `None` (what the batcher gives) divides
     /// by the rows present.
     pub loss_divisor: Option<usize>,
+    /// Global index of row 0 when this batch is one process's rows of a larger batch
+    /// (data-parallel training, [`Self::rows`]): the dropout masks are those rows' part of
+    /// the global batch's masks. 0 otherwise.
+    pub first_row: usize,
+}
+
+impl<B: Backend> SentenceBatch<B> {
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.tokens.dims()[0]
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows `range` of this batch, padded to this batch's width (so that a row's padding,
+    /// and with it its dropout mask, is what it is in the whole batch), `first_row` set to
+    /// the global index of `range.start`.
+    pub fn rows(self, range: std::ops::Range<usize>) -> Self {
+        Self {
+            first_row: self.first_row + range.start,
+            tokens: self.tokens.slice(range.clone()),
+            lengths: self.lengths.slice(range.clone()),
+            labels: self.labels.slice(range),
+            ..self
+        }
+    }
 }
 
 /// How sentences become token sequences.
@@ -289,6 +318,7 @@ pub fn make_batch<B: Backend, R: AsRef<[u32]>>(
         labels: Tensor::from_data(TensorData::new(labels, [n_labels]), device),
         dropout_seed: None,
         loss_divisor: None,
+        first_row: 0,
     }
 }
 

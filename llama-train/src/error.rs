@@ -88,6 +88,9 @@ pub enum FinetuneError {
         /// `true` when the interrupter fired, `false` when the step budget was spent.
         interrupted: bool,
     },
+    /// Joining a data-parallel run failed.
+    #[error(transparent)]
+    Collective(#[from] crate::collective_settings::CollectiveError),
     /// Saving during training failed (training stopped; the last saved state is intact).
     #[error("fine-tuning stopped: {0}")]
     Save(String),

@@ -59,13 +59,18 @@ use llama_model::lora::LoraConfig;
 use llama_model::lora_file::save_adapter;
 use llama_model::{AdamWConfig, Llama, LlamaConfig};
 
-use crate::artifacts::{clear_previous_run, save_json, ADAPTER_FILE};
+use crate::artifacts::{
+    clear_previous_run, remove_stale_checkpoints, save_json, SaveEveryCall, ADAPTER_FILE,
+};
 use crate::classifier::{ClassifierConfig, ClassifierError, LlamaEmbeddingClassifier};
+use crate::collective::{Collective, ExchangeStats};
+use crate::collective_settings::CollectiveSettings;
 use crate::data::{SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
 use crate::error::io_err;
+use crate::fnv::weights_digest;
 use crate::metrics_log::{rows_to_resume, METRICS_FILE};
 use crate::resume::{ResumeState, RunSettings};
-use crate::training_loop::{Components, EpochOrdered, LoopEnd, ResumableLoop, SaveEveryCall};
+use crate::training_loop::{Components, EpochOrdered, LoopEnd, ResumableLoop};
 
 // The parts of a run live in their own modules; these re-exports keep `finetune::…` paths.
 pub use crate::artifacts::{
@@ -154,6 +159,29 @@ pub struct FinetuneOutcome<B: Backend> {
     pub test: Option<Evaluation>,
     /// Per-epoch metric means.
     pub epochs: Vec<EpochSummary>,
+    /// Training steps of the run (all calls of a resumed run).
+    pub steps: usize,
+    /// [`weights_digest`] of the weights after the last step (not the best epoch's): the
+    /// ranks of a data-parallel run compare theirs.
+    pub last_weights_digest: u64,
+    /// On a data-parallel run: what this rank's exchanges cost.
+    pub exchange: Option<ExchangeStats>,
+}
+
+/// What one rank of a (possibly data-parallel) run ends with.
+#[derive(Debug)]
+pub enum RankOutcome<B: Backend> {
+    /// Rank 0 (or a run on one process): the outcome.
+    Main(Box<FinetuneOutcome<B>>),
+    /// Another rank: it trained, rank 0 saved.
+    Other {
+        /// Training steps of the run so far.
+        steps: usize,
+        /// [`weights_digest`] of its weights after the last step.
+        last_weights_digest: u64,
+        /// What its exchanges cost.
+        exchange: ExchangeStats,
+    },
 }
 
 /// How a fine-tuning run starts and when it stops early.
@@ -167,6 +195,9 @@ pub struct RunControl {
     pub max_steps: Option<usize>,
     /// Bars on a terminal, or plain lines (the default for a library).
     pub progress: ProgressMode,
+    /// Data-parallel training: this process's rank in a run on several (see
+    /// [`crate::collective`]); `None` trains alone.
+    pub collective: Option<CollectiveSettings>,
 }
 
 impl RunControl {
@@ -216,6 +247,25 @@ pub fn finetune_with<B: AutodiffBackend>(
     device: &B::Device,
     control: &RunControl,
 ) -> Result<FinetuneOutcome<B::InnerBackend>, FinetuneError> {
+    match finetune_rank(config, llama, llama_config, data, device, control)? {
+        RankOutcome::Main(outcome) => Ok(*outcome),
+        RankOutcome::Other { .. } => Err(FinetuneError::InvalidConfig(
+            "only rank 0 of a data-parallel run has the outcome: call finetune_rank".into(),
+        )),
+    }
+}
+
+/// [`finetune_with`] on any rank of a data-parallel run ([`RunControl::collective`]):
+/// every rank trains its share of each batch; rank 0 evaluates, saves and predicts, and
+/// returns the outcome; the other ranks write nothing.
+pub fn finetune_rank<B: AutodiffBackend>(
+    config: &FinetuneConfig,
+    llama: Llama<B>,
+    llama_config: &LlamaConfig,
+    data: &FinetuneData,
+    device: &B::Device,
+    control: &RunControl,
+) -> Result<RankOutcome<B::InnerBackend>, FinetuneError> {
     config.check()?;
     data.check()?;
     if control.max_steps == Some(0) {
@@ -228,12 +278,35 @@ pub fn finetune_with<B: AutodiffBackend>(
         lora.check(&llama).map_err(ClassifierError::from)?;
     }
     let dir = &config.artifact_dir;
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let settings = RunSettings::new(config, &data.train);
+    let world_size = control.collective.as_ref().map_or(1, |c| c.world_size);
+    let is_main = control.collective.as_ref().is_none_or(|c| c.is_main());
+    let settings = RunSettings::new(config, &data.train).with_world_size(world_size);
+    let digest = settings.digest();
+    // Join the other ranks before anything is written: a bad address or a missing rank
+    // leaves no run folder. (Rank 0 writes nothing another rank reads before the first
+    // step, which waits for every rank.)
+    let collective = match &control.collective {
+        Some(settings) => Some(Arc::new(Collective::<B::InnerBackend>::join(
+            settings.clone(),
+            device,
+            digest,
+        )?)),
+        None => None,
+    };
+    if is_main {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
     let state = if control.resume {
-        ResumeState::load(dir, &settings)?
+        // Every rank reads rank 0's saved state (a shared folder, or a copy of it).
+        let state = ResumeState::load(dir, &settings)?;
+        if is_main && state.steps > 0 {
+            remove_stale_checkpoints(dir, state.steps)?;
+        }
+        state
     } else {
-        clear_previous_run(dir)?;
+        if is_main {
+            clear_previous_run(dir)?;
+        }
         ResumeState::start(settings)
     };
 
@@ -263,8 +336,10 @@ pub fn finetune_with<B: AutodiffBackend>(
     }
     // After loading: the option sets which parameters are trained.
     let model = model.with_option(config.option);
-    save_json(&classifier_config, &dir.join(CLASSIFIER_CONFIG_FILE))?;
-    save_json(config, &dir.join(FINETUNE_CONFIG_FILE))?;
+    if is_main {
+        save_json(&classifier_config, &dir.join(CLASSIFIER_CONFIG_FILE))?;
+        save_json(config, &dir.join(FINETUNE_CONFIG_FILE))?;
+    }
 
     let optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay)
@@ -294,7 +369,11 @@ pub fn finetune_with<B: AutodiffBackend>(
         .set_device(device.clone())
         .build(data.dev.clone());
 
-    let metrics = rows_to_resume(&dir.join(METRICS_FILE), state.steps)?;
+    let metrics = if is_main {
+        rows_to_resume(&dir.join(METRICS_FILE), state.steps)?
+    } else {
+        Vec::new()
+    };
     let previous_key = (state.steps > 0).then_some(state.steps);
     let state = Arc::new(Mutex::new(state));
     let end = Arc::new(Mutex::new(None));
@@ -308,10 +387,18 @@ pub fn finetune_with<B: AutodiffBackend>(
         metrics,
         state: state.clone(),
         end: end.clone(),
+        collective: collective.clone(),
         backend: std::marker::PhantomData,
     };
     let renderer = ProgressRenderer::new(config.epochs, config.log_every, control.progress);
-    let training = SupervisedTraining::new(dir, train_loader, valid_loader)
+    // The other ranks keep Burn's logs in a folder of their own, removed at the end.
+    let scratch = if is_main {
+        None
+    } else {
+        Some(tempfile::tempdir().map_err(io_err(dir))?)
+    };
+    let burn_dir = scratch.as_ref().map_or(dir.as_path(), |s| s.path());
+    let training = SupervisedTraining::new(burn_dir, train_loader, valid_loader)
         .metrics((
             AccuracyMetric::new(),
             LossMetric::new(),
@@ -329,9 +416,29 @@ pub fn finetune_with<B: AutodiffBackend>(
         // to `experiment.log`); a library must leave those to the application.
         .with_application_logger(None);
     // The model returned by `launch` is the last step's; the best one is on disk.
-    let _ = training.launch(learner);
+    let last_weights_digest = weights_digest(&training.launch(learner).model);
 
     let end = end.lock().unwrap_or_else(PoisonError::into_inner).take();
+    if let (Some(collective), Some(LoopEnd::Finished | LoopEnd::Stopped { .. })) =
+        (&collective, &end)
+    {
+        collective.leave();
+    }
+    if !is_main && matches!(end, Some(LoopEnd::Finished)) {
+        let steps = state.lock().unwrap_or_else(PoisonError::into_inner).steps;
+        return Ok(RankOutcome::Other {
+            steps,
+            last_weights_digest,
+            exchange: collective
+                .as_ref()
+                .map(|c| c.stats())
+                .unwrap_or(ExchangeStats {
+                    exchanges: 0,
+                    seconds: 0.0,
+                    bytes_sent: 0,
+                }),
+        });
+    }
     match end {
         Some(LoopEnd::Finished) => {}
         Some(LoopEnd::Stopped { at, interrupted }) => {
@@ -382,7 +489,7 @@ pub fn finetune_with<B: AutodiffBackend>(
         .as_ref()
         .map(|test| predict(test, "test"))
         .transpose()?;
-    Ok(FinetuneOutcome {
+    Ok(RankOutcome::Main(Box::new(FinetuneOutcome {
         model: saved.model,
         classifier_config: saved.config,
         best_epoch,
@@ -390,8 +497,11 @@ pub fn finetune_with<B: AutodiffBackend>(
         adapter_path,
         dev,
         test,
+        steps: state.steps,
         epochs: state.history,
-    })
+        last_weights_digest,
+        exchange: collective.as_ref().map(|c| c.stats()),
+    })))
 }
 
 /// Write the adapters of a LoRA-trained `model` and its head (`classifier_head.weight`

@@ -4,14 +4,18 @@
 
 pub mod artifacts;
 pub mod classifier;
+pub mod collective;
+pub mod collective_settings;
 pub mod config;
 pub mod confusion_report;
+pub mod coordinator;
 pub mod curves;
 pub mod data;
 pub mod documents;
 pub mod error;
 pub mod evaluate;
 pub mod finetune;
+pub mod fnv;
 pub mod labelled_file;
 pub mod lm_corpus;
 pub mod lm_objective;
@@ -28,5 +32,6 @@ pub mod pretrain_state;
 pub mod progress;
 pub mod progress_bar;
 pub mod prompting;
+pub mod rank_exchange;
 pub mod resume;
 pub mod training_loop;

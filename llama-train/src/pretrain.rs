@@ -125,6 +125,11 @@ pub fn pretrain_with<B: AutodiffBackend>(
             "max_steps must be at least 1".into(),
         ));
     }
+    if control.collective.is_some() {
+        return Err(PretrainError::InvalidConfig(
+            "pretrain runs on one process (data-parallel training is finetune's so far)".into(),
+        ));
+    }
     let mut model = match &config.lora {
         Some(lora) => llama.with_lora(lora, config.seed)?.freeze_base(),
         None => llama,

@@ -13,6 +13,7 @@ use llama_model::atomic_file::write_atomic;
 use llama_model::lora::LoraConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::fnv::Fnv1a;
 use crate::pretrain_config::PretrainConfig;
 use crate::pretrain_error::{io_err, PretrainError};
 use crate::resume::{check_settings, read_resume_file, ResumeError, RESUME_FILE};
@@ -143,14 +144,11 @@ impl PretrainSettings {
 
 /// FNV-1a over the windows' tokens, in order.
 fn fingerprint(windows: &[Vec<u32>]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut hash = Fnv1a::default();
     for &token in windows.iter().flatten() {
-        for byte in token.to_le_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
+        hash.bytes(&token.to_le_bytes());
     }
-    hash
+    hash.finish()
 }
 
 /// Where a run stands, and what it has measured: `resume.json`.

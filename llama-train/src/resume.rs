@@ -17,6 +17,7 @@ use llama_model::lora::LoraConfig;
 use crate::classifier::{FinetuneOption, SentencePosition};
 use crate::config::FinetuneConfig;
 use crate::data::SentenceDataset;
+use crate::fnv::Fnv1a;
 use crate::metrics::{ACCURACY, LOSS};
 // The epoch tally lives with the metrics; `resume::Tally` stays a valid path.
 pub use crate::metrics::Tally;
@@ -109,6 +110,13 @@ pub struct RunSettings {
     /// Training sentences and a hash of their tokens and labels.
     train_items: usize,
     train_hash: u64,
+    /// Processes of a data-parallel run (1: one process). A run resumes on as many.
+    #[serde(default = "one")]
+    world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl RunSettings {
@@ -126,13 +134,26 @@ impl RunSettings {
             lora: config.lora.clone(),
             train_items: train.items().len(),
             train_hash: fingerprint(train),
+            world_size: 1,
         }
+    }
+
+    /// The settings of a data-parallel run on `world_size` processes.
+    pub fn with_world_size(self, world_size: usize) -> Self {
+        Self { world_size, ..self }
+    }
+
+    /// A digest of every setting (the ranks of a data-parallel run compare theirs).
+    pub fn digest(&self) -> u64 {
+        let mut hash = Fnv1a::default();
+        hash.bytes(serde_json::to_string(self).unwrap_or_default().as_bytes());
+        hash.finish()
     }
 
     /// The first setting that differs from `other`, as `(name, saved, now)`.
     fn difference(&self, now: &Self) -> Option<(&'static str, String, String)> {
         let lora = |l: &Option<LoraConfig>| l.as_ref().map_or("off".into(), LoraConfig::summary);
-        let pairs: [(&str, String, String); 10] = [
+        let pairs: [(&str, String, String); 11] = [
             ("seed", self.seed.to_string(), now.seed.to_string()),
             ("lr", self.lr.to_string(), now.lr.to_string()),
             (
@@ -173,6 +194,11 @@ impl RunSettings {
                     now.train_items, now.train_hash
                 ),
             ),
+            (
+                "world size",
+                self.world_size.to_string(),
+                now.world_size.to_string(),
+            ),
         ];
         pairs.into_iter().find(|(_, a, b)| a != b)
     }
@@ -180,21 +206,15 @@ impl RunSettings {
 
 /// FNV-1a over every training item's label and tokens, in file order.
 fn fingerprint(train: &SentenceDataset) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |value: u64| {
-        for byte in value.to_le_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut hash = Fnv1a::default();
     for item in train.items() {
-        eat(item.label as u64);
-        eat(item.tokens.len() as u64);
+        hash.u64(item.label as u64);
+        hash.u64(item.tokens.len() as u64);
         for &token in &item.tokens {
-            eat(u64::from(token));
+            hash.u64(u64::from(token));
         }
     }
-    hash
+    hash.finish()
 }
 
 /// What `resume.json` holds.

@@ -36,18 +36,18 @@
 //! (`InferenceStep` over the valid loader, with its metrics) is driven the same way Burn's
 //! drives it.
 //!
-//! # Plugging Burn's multi-device execution back in
+//! # Several processes
 //!
-//! One step of training is one call of [`ResumableLoop::train_step`]: forward and backward
-//! of the global batch, then the optimizer step. That is the seam. Burn's
-//! `ExecutionStrategy::MultiDevice` (one worker per device, gradients summed on the main
-//! device) and its DDP strategy (gradients all-reduced with `burn-collective`) both split a
-//! global batch into per-device shards and combine the gradients before one optimizer step.
-//! To keep exact resumption, the shards must be cut from our ordered global batch (rows in
-//! the epoch order, dropout masks drawn per global row), not from Burn's own split loaders:
-//! `train_step` would hand each device its rows, run `TrainStep::step` there, sum the
-//! `GradientsParams` (`GradientsParams::all_reduce` for DDP), and step the optimizer once.
-//! Everything else in this loop (order, positions, saving) stays as it is.
+//! One step of training is one call of [`ResumableLoop::train_step`]. On a data-parallel
+//! run ([`crate::collective`]) it cuts this rank's rows out of the ordered global batch
+//! (rows in the epoch order, padded to the global batch's width, dropout masks the rows'
+//! part of the global batch's masks), runs Burn's `TrainStep` on them, sums the
+//! `GradientsParams` across ranks (`GradientsParams::all_reduce`, burn-collective) and steps
+//! the optimizer once; the rows' outputs are gathered so that the metrics are the global
+//! batch's. Everything else in this loop (order, positions, saving) stays as it is; only
+//! rank 0 evaluates and saves, and the ranks agree after every step and every epoch on
+//! whether to stop. Burn's own `MultiDevice` and DDP strategies split batches with their
+//! own loaders, which would lose the exact resumption; they are not used.
 
 use std::marker::PhantomData;
 use std::path::PathBuf;
@@ -58,8 +58,7 @@ use burn::data::dataloader::Progress;
 use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
-use burn::train::metric::store::EventStoreClient;
+use burn::tensor::{ElementConversion, Tensor};
 use burn::train::{
     ClassificationOutput, EventProcessorTraining, InferenceStep, Learner, LearnerEvent,
     LearningComponentsMarker, SupervisedLearningStrategy, SupervisedTrainingEventProcessor,
@@ -72,6 +71,7 @@ use rand::SeedableRng;
 
 use crate::artifacts::save_best;
 use crate::classifier::LlamaEmbeddingClassifier;
+use crate::collective::{row_share, Collective};
 use crate::curves::{save_curves, CURVES_FILE};
 use crate::data::{SentenceBatch, SentenceDataset, SentenceItem};
 use crate::metrics::LEARNING_RATE;
@@ -153,42 +153,6 @@ impl Dataset<SentenceItem> for EpochOrdered {
     }
 }
 
-/// Saves Burn's checkpoint every time it is asked to, under the key it is given (the step
-/// count), and deletes the previous one.
-///
-/// The delete also flushes: Burn's checkpointers write on their own threads behind
-/// rendezvous channels, so once a delete has been handed over, the save before it is on
-/// disk.
-pub(crate) struct SaveEveryCall {
-    previous: Option<usize>,
-}
-
-impl SaveEveryCall {
-    pub(crate) fn new(previous: Option<usize>) -> Self {
-        Self { previous }
-    }
-}
-
-impl SaveEveryCall {
-    fn actions(&mut self, key: usize) -> Vec<CheckpointingAction> {
-        let stale = match self.previous.replace(key) {
-            Some(previous) if previous != key => previous,
-            // Nothing to delete: a key that never exists, only to flush the saves.
-            _ => usize::MAX,
-        };
-        vec![
-            CheckpointingAction::Save,
-            CheckpointingAction::Delete(stale),
-        ]
-    }
-}
-
-impl CheckpointingStrategy for SaveEveryCall {
-    fn checkpointing(&mut self, key: usize, _store: &EventStoreClient) -> Vec<CheckpointingAction> {
-        self.actions(key)
-    }
-}
-
 /// How the loop ended.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum LoopEnd {
@@ -222,25 +186,78 @@ pub(crate) struct ResumableLoop<B: AutodiffBackend> {
     /// State in, final state out.
     pub(crate) state: Arc<Mutex<ResumeState>>,
     pub(crate) end: Arc<Mutex<Option<LoopEnd>>>,
+    /// Data-parallel training: this rank's membership (`None`: one process). Only rank 0
+    /// evaluates and saves.
+    pub(crate) collective: Option<Arc<Collective<B::InnerBackend>>>,
     pub(crate) backend: PhantomData<B>,
 }
 
 impl<B: AutodiffBackend> ResumableLoop<B> {
     /// One training step on a global batch: forward and backward, then one optimizer step at
-    /// the scheduled learning rate. The seam for multi-device execution (see the
-    /// [module docs](self)).
+    /// the scheduled learning rate. `stop` is this process's wish to stop after the step.
+    ///
+    /// On several ranks ([`Collective`]) this rank trains on its block of the batch's rows,
+    /// the gradients are summed across ranks before the optimizer step, and the rows'
+    /// outputs are gathered, so the item returned covers the whole batch on every rank;
+    /// the returned flag is whether any rank wants to stop (all stop after the same step).
     fn train_step(
+        &self,
         learner: &mut Learner<Components<B>>,
         batch: SentenceBatch<B>,
-    ) -> ClassificationOutput<B> {
+        step: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<(ClassificationOutput<B>, bool), String> {
         learner.lr_step();
-        let output = learner.train_step(batch);
-        learner.optimizer_step(output.grads);
-        output.item
+        let Some(collective) = &self.collective else {
+            let output = learner.train_step(batch);
+            learner.optimizer_step(output.grads);
+            return Ok((output.item, stop()));
+        };
+        let settings = collective.settings();
+        let rows = batch.len();
+        let (share, op) = row_share(rows, settings.rank, settings.world_size);
+        let output = learner.train_step(batch.rows(share.clone()));
+        let what = format!("step {step}'s gradient all-reduce");
+        let grads = collective
+            .all_reduce_grads(&learner.model(), output.grads, op, &what)
+            .map_err(|e| e.to_string())?;
+        learner.optimizer_step(grads);
+        // Every rank trained on all rows when there are fewer rows than ranks: rank 0's
+        // outputs stand for the batch.
+        let reported = if op == burn_collective::ReduceOperation::Mean && settings.rank > 0 {
+            0..0
+        } else {
+            share
+        };
+        collective
+            .gather_outputs(output.item, reported, rows, stop(), step)
+            .map_err(|e| e.to_string())
     }
 
     fn finish(&self, end: LoopEnd) {
         *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(end);
+    }
+
+    /// Whether any rank wants to stop after epoch `epoch`'s dev pass (rank 0 only can: it
+    /// alone evaluates, and Ctrl-C may come during that). On one process: `stop`.
+    fn agree_to_stop(&self, stop: bool, epoch: usize) -> Result<bool, String> {
+        let Some(collective) = &self.collective else {
+            return Ok(stop);
+        };
+        let flag = Tensor::<B::InnerBackend, 1>::from_floats(
+            [f32::from(u8::from(stop))],
+            collective.device(),
+        );
+        let summed = collective
+            .sum(flag, &format!("the end of epoch {epoch}"))
+            .map_err(|e| e.to_string())?;
+        Ok(summed.into_scalar().elem::<f32>() > 0.0)
+    }
+
+    fn is_main(&self) -> bool {
+        self.collective
+            .as_ref()
+            .is_none_or(|c| c.settings().is_main())
     }
 }
 
@@ -273,6 +290,7 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
         let wall_offset = rows.last().map_or(0.0, |r| r.wall_seconds);
         let run_started = Instant::now();
         let wall = || wall_offset + run_started.elapsed().as_secs_f64();
+        let is_main = self.is_main();
 
         // Save the model, the optimizer, the metrics and their curves, and `state` (whose
         // `next` says where to continue; written last, so a crash between these writes
@@ -281,6 +299,10 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                         state: &ResumeState,
                         rows: &[MetricsRow]|
          -> Result<(), String> {
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state.clone();
+            if !is_main {
+                return Ok(()); // rank 0 saves the run
+            }
             if let Some(checkpointer) = checkpointer.as_mut() {
                 checkpointer.checkpoint(learner, state.steps, &store);
             }
@@ -295,7 +317,6 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                 save_curves(rows, &self.dir.join(CURVES_FILE)).map_err(|e| e.to_string())?;
             }
             state.save(&self.dir).map_err(|e| e.to_string())?;
-            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state.clone();
             Ok(())
         };
 
@@ -314,7 +335,15 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                 }
                 item.dropout_seed = Some(step_seed(self.seed, epoch, batch - 1));
                 item.loss_divisor = Some(self.batch_size);
-                let output = Self::train_step(&mut learner, item);
+                let wants_stop = || interrupter.should_stop();
+                let (output, any_stop) =
+                    match self.train_step(&mut learner, item, state.steps + 1, &wants_stop) {
+                        Ok(done) => done,
+                        Err(e) => {
+                            self.finish(LoopEnd::Failed(e));
+                            return (learner.model(), processor);
+                        }
+                    };
                 state.steps += 1;
                 steps_here += 1;
                 state.tally.add(&output);
@@ -333,7 +362,7 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                     Some(batch),
                     Some(learner.lr_current()),
                 )));
-                if interrupter.should_stop() {
+                if any_stop {
                     stop = Some(true);
                 } else if self.max_steps.is_some_and(|max| steps_here >= max) {
                     stop = Some(false);
@@ -359,6 +388,26 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                 return (learner.model(), processor);
             }
             processor.process_train(LearnerEvent::EndEpoch(epoch));
+            let next = Position {
+                epoch: epoch + 1,
+                batches_done: 0,
+            };
+            if !is_main {
+                // Rank 0 evaluates and saves; this rank waits for its verdict on stopping.
+                state.tally = Tally::default();
+                state.partial_seconds = 0.0;
+                state.next = next;
+                let _ = save(&learner, &state, &rows);
+                match self.agree_to_stop(false, epoch) {
+                    Ok(false) => continue,
+                    Ok(true) => self.finish(LoopEnd::Stopped {
+                        at: state.next,
+                        interrupted: true,
+                    }),
+                    Err(e) => self.finish(LoopEnd::Failed(e)),
+                }
+                return (learner.model(), processor);
+            }
 
             // Dev evaluation (no dropout, no generator draws).
             let model = learner.model().valid();
@@ -408,15 +457,19 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
             ));
             state.tally = Tally::default();
             state.partial_seconds = 0.0;
-            state.next = Position {
-                epoch: epoch + 1,
-                batches_done: 0,
-            };
+            state.next = next;
             if let Err(e) = save(&learner, &state, &rows) {
                 self.finish(LoopEnd::Failed(e));
                 return (learner.model(), processor);
             }
-            if interrupter.should_stop() {
+            let stop = match self.agree_to_stop(interrupter.should_stop(), epoch) {
+                Ok(stop) => stop,
+                Err(e) => {
+                    self.finish(LoopEnd::Failed(e));
+                    return (learner.model(), processor);
+                }
+            };
+            if stop {
                 // Ctrl-C during the dev pass: the epoch is complete and saved.
                 self.finish(LoopEnd::Stopped {
                     at: state.next,
@@ -451,28 +504,5 @@ mod tests {
             .flat_map(|e| (0..100).map(move |b| step_seed(1337, e, b)))
             .collect();
         assert_eq!(seeds.len(), 300);
-    }
-
-    #[test]
-    fn checkpoint_strategy_saves_and_deletes_the_previous_key() {
-        let mut strategy = SaveEveryCall::new(None);
-        assert_eq!(
-            strategy.actions(5),
-            [
-                CheckpointingAction::Save,
-                CheckpointingAction::Delete(usize::MAX)
-            ]
-        );
-        assert_eq!(
-            strategy.actions(9),
-            [CheckpointingAction::Save, CheckpointingAction::Delete(5)]
-        );
-        assert_eq!(
-            strategy.actions(9),
-            [
-                CheckpointingAction::Save,
-                CheckpointingAction::Delete(usize::MAX)
-            ]
-        );
     }
 }

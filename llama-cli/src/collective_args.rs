@@ -1,0 +1,56 @@
+//! The flags of a rank in a data-parallel run (`finetune`), each also an environment
+//! variable, as torchrun passes them; `llama-cli launch` sets the variables.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use llama_train::collective_settings::{CollectiveSettings, WsAddress};
+
+use crate::flag_values;
+
+/// Where this process stands in a data-parallel run.
+#[derive(Debug, Args)]
+pub struct CollectiveArgs {
+    /// Number of processes of a data-parallel run (each trains `batch-size / world-size`
+    /// rows of every batch; gradients are summed across them).
+    #[arg(long, env = "LLAMA_WORLD_SIZE", value_parser = flag_values::positive())]
+    pub world_size: Option<usize>,
+    /// This process's rank, 0..world-size; rank 0 evaluates and saves.
+    #[arg(long, env = "LLAMA_RANK")]
+    pub rank: Option<usize>,
+    /// The coordinator, `ws://HOST:PORT` (`llama-cli coordinator --port PORT`).
+    #[arg(long, env = "LLAMA_COORDINATOR")]
+    pub coordinator: Option<WsAddress>,
+    /// Where the other ranks reach this one, `ws://HOST:PORT` (it serves its gradients on
+    /// PORT); default `ws://127.0.0.1:<coordinator port + 1 + rank>`, for one machine.
+    #[arg(long, env = "LLAMA_NODE_ADDRESS")]
+    pub node_address: Option<WsAddress>,
+    /// Seconds to wait for the other ranks at any exchange (joining, every step, and while
+    /// rank 0 evaluates) before giving up with an error.
+    #[arg(long, env = "LLAMA_COLLECTIVE_TIMEOUT", default_value_t = 300, value_parser = flag_values::positive_u64())]
+    pub collective_timeout: u64,
+}
+
+impl CollectiveArgs {
+    /// `None` for a run on one process (no `--world-size`, or 1).
+    pub fn settings(&self) -> Result<Option<CollectiveSettings>> {
+        let world_size = match self.world_size {
+            None | Some(1) if self.rank.unwrap_or(0) == 0 && self.coordinator.is_none() => {
+                return Ok(None)
+            }
+            None => bail!("--rank and --coordinator need --world-size"),
+            Some(w) => w,
+        };
+        let Some(rank) = self.rank else {
+            bail!("--world-size {world_size} needs --rank (0..{world_size})");
+        };
+        let Some(coordinator) = self.coordinator.clone() else {
+            bail!("--world-size {world_size} needs --coordinator ws://HOST:PORT");
+        };
+        let mut settings = CollectiveSettings::new(world_size, rank, coordinator)?;
+        settings.node_address = self.node_address.clone();
+        settings.timeout = Duration::from_secs(self.collective_timeout);
+        Ok(Some(settings))
+    }
+}
