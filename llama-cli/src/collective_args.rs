@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Args;
+use llama_train::collective::{RankOutcome, RankSummary};
 use llama_train::collective_settings::{CollectiveSettings, WsAddress};
+use llama_train::progress_bar::ProgressMode;
 
 use crate::flag_values;
 
@@ -52,5 +54,59 @@ impl CollectiveArgs {
         settings.node_address = self.node_address.clone();
         settings.timeout = Duration::from_secs(self.collective_timeout);
         Ok(Some(settings))
+    }
+}
+
+/// The line a rank prints when it starts.
+pub fn describe_rank(c: &CollectiveSettings, batch_size: usize) -> String {
+    format!(
+        "data-parallel: rank {} of {}, coordinator {}, this rank at {}; {} of every {} rows",
+        c.rank,
+        c.world_size,
+        c.coordinator,
+        c.node(),
+        batch_size / c.world_size,
+        batch_size
+    )
+}
+
+/// Bars from one process only: the other ranks print plain lines.
+pub fn progress_of(collective: Option<&CollectiveSettings>) -> ProgressMode {
+    match collective {
+        Some(c) if !c.is_main() => ProgressMode::Plain,
+        _ => crate::progress::mode(),
+    }
+}
+
+/// The last line of each rank of a data-parallel run: equal digests mean equal weights.
+pub fn report_rank(rank: usize, summary: &RankSummary) {
+    let exchange = &summary.exchange;
+    println!(
+        "rank {rank}: {} steps; weights digest {:016x}; {} exchanges, {:.1} MB sent, {:.2} s in them",
+        summary.steps,
+        summary.last_weights_digest,
+        exchange.exchanges,
+        exchange.bytes_sent as f64 / 1e6,
+        exchange.seconds
+    );
+}
+
+/// Rank 0's outcome, or `None` after reporting another rank's end (rank 0 saved the run).
+pub fn main_outcome<O>(
+    outcome: RankOutcome<O>,
+    rank: Option<usize>,
+    summary: impl Fn(&O) -> Option<RankSummary>,
+) -> Option<Box<O>> {
+    match outcome {
+        RankOutcome::Main(outcome) => {
+            if let (Some(rank), Some(s)) = (rank, summary(&outcome)) {
+                report_rank(rank, &s);
+            }
+            Some(outcome)
+        }
+        RankOutcome::Other(s) => {
+            report_rank(rank.unwrap_or(0), &s);
+            None
+        }
     }
 }

@@ -7,15 +7,13 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_train::classifier::{FinetuneOption, SentencePosition};
-use llama_train::collective::ExchangeStats;
 use llama_train::data::{load_label_names, SentenceDataset};
-use llama_train::finetune::{finetune_rank, FinetuneConfig, FinetuneData, RankOutcome, RunControl};
+use llama_train::finetune::{finetune_rank, FinetuneConfig, FinetuneData, RunControl};
 use llama_train::predictions::write_predictions;
-use llama_train::progress_bar::ProgressMode;
 
 use crate::backend::{BackendKind, Job};
 use crate::classify::{describe_files, DataArgs};
-use crate::collective_args::CollectiveArgs;
+use crate::collective_args::{describe_rank, main_outcome, progress_of, CollectiveArgs};
 use crate::confusion;
 use crate::data_files::TrainFile;
 use crate::flag_values;
@@ -136,48 +134,22 @@ impl Job for FinetuneArgs {
             eprintln!("{}", lora_args::describe(lora, &llama, " (plus the head)"));
         }
         if let Some(c) = &collective {
-            eprintln!(
-                "data-parallel: rank {} of {}, coordinator {}, this rank at {}; {} of every {} rows",
-                c.rank,
-                c.world_size,
-                c.coordinator,
-                c.node(),
-                self.batch_size / c.world_size,
-                self.batch_size
-            );
+            eprintln!("{}", describe_rank(c, self.batch_size));
         }
-        let main_rank = collective.as_ref().is_none_or(|c| c.is_main());
         let rank = collective.as_ref().map(|c| c.rank);
         let control = RunControl {
             resume: self.resume,
             interrupter: Some(interrupter),
             max_steps: self.max_steps,
-            // Bars from one process only; the other ranks print plain lines.
-            progress: if main_rank {
-                crate::progress::mode()
-            } else {
-                ProgressMode::Plain
-            },
+            progress: progress_of(collective.as_ref()),
             collective,
         };
         let start = Instant::now();
         let outcome = finetune_rank(&config, llama, &llama_config, &data, &device, &control)?;
         eprintln!("training took {:.1} s", start.elapsed().as_secs_f64());
-        let outcome = match outcome {
-            RankOutcome::Main(outcome) => outcome,
-            RankOutcome::Other {
-                steps,
-                last_weights_digest,
-                exchange,
-            } => {
-                // Rank 0 saved the run and writes the predictions.
-                report_rank(rank.unwrap_or(0), steps, last_weights_digest, &exchange);
-                return Ok(());
-            }
+        let Some(outcome) = main_outcome(outcome, rank, |o| o.rank) else {
+            return Ok(()); // another rank than 0: rank 0 saved the run
         };
-        if let (Some(rank), Some(exchange)) = (rank, &outcome.exchange) {
-            report_rank(rank, outcome.steps, outcome.last_weights_digest, exchange);
-        }
         write_predictions(&dev_out, &outcome.dev.predictions, &data.dev.sentences())?;
         println!(
             "best epoch {}: dev accuracy {:.3}, macro-F1 {:.3}; wrote {}",
@@ -220,14 +192,4 @@ impl Job for FinetuneArgs {
         }
         Ok(())
     }
-}
-
-/// The last line of each rank of a data-parallel run: equal digests mean equal weights.
-fn report_rank(rank: usize, steps: usize, digest: u64, exchange: &ExchangeStats) {
-    println!(
-        "rank {rank}: {steps} steps; weights digest {digest:016x}; {} exchanges, {:.1} MB sent, {:.2} s in them",
-        exchange.exchanges,
-        exchange.bytes_sent as f64 / 1e6,
-        exchange.seconds
-    );
 }

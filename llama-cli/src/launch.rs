@@ -40,8 +40,14 @@ const INTERRUPTED: i32 = 130;
 
 /// Runs the ranks to the end; fails naming the first rank that fails.
 pub fn run(args: &LaunchArgs) -> Result<i32> {
-    if !args.command.iter().any(|a| a == "finetune" || a == "train") {
-        bail!("launch runs `finetune` (the one data-parallel command so far): `launch --nproc N -- finetune …`");
+    if !args
+        .command
+        .iter()
+        .any(|a| ["finetune", "train", "pretrain"].contains(&a.as_str()))
+    {
+        bail!(
+            "launch runs `finetune` or `pretrain`: `launch --nproc N -- [global flags] finetune …`"
+        );
     }
     let ports = free_ports(args.nproc + 1)?;
     let port = args.port.unwrap_or(ports[0]);

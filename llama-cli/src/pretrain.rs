@@ -12,10 +12,11 @@ use llama_model::{Llama, LlamaConfig, Tokenizer};
 use llama_train::documents::{encode_documents, read_text, Document, TextFormat};
 use llama_train::finetune::RunControl;
 use llama_train::lm_corpus::{LmCorpus, Validation};
-use llama_train::pretrain::{pretrain_with, window_len};
+use llama_train::pretrain::{pretrain_rank, window_len};
 use llama_train::pretrain_config::PretrainConfig;
 
 use crate::backend::{BackendKind, Job};
+use crate::collective_args::{describe_rank, main_outcome, progress_of, CollectiveArgs};
 use crate::flag_values;
 use crate::interrupt::interrupt_on_ctrl_c;
 use crate::lora_args::{self, LoraArgs};
@@ -99,6 +100,8 @@ pub struct PretrainArgs {
     pub export_bin: bool,
     #[command(flatten)]
     pub lora: LoraArgs,
+    #[command(flatten)]
+    pub collective: CollectiveArgs,
 }
 
 impl PretrainArgs {
@@ -195,6 +198,7 @@ impl Job for PretrainArgs {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let interrupter = interrupt_on_ctrl_c();
+        let collective = self.collective.settings()?;
         let format = TextFormat::from(self.text_format);
         let train_files = read_files(&self.text, format)?;
         let val_files = read_files(&self.val_text, format)?;
@@ -236,16 +240,23 @@ impl Job for PretrainArgs {
         if let Some(lora) = &config.lora {
             eprintln!("{}", lora_args::describe(lora, &llama, ""));
         }
+        if let Some(c) = &collective {
+            eprintln!("{}", describe_rank(c, self.batch_size));
+        }
+        let rank = collective.as_ref().map(|c| c.rank);
         let control = RunControl {
             resume: self.resume,
             interrupter: Some(interrupter),
             max_steps: self.max_steps,
-            progress: crate::progress::mode(),
-            collective: None,
+            progress: progress_of(collective.as_ref()),
+            collective,
         };
         let start = Instant::now();
-        let outcome = pretrain_with(&config, llama, &llama_config, &corpus, &device, &control)?;
+        let outcome = pretrain_rank(&config, llama, &llama_config, &corpus, &device, &control)?;
         eprintln!("training took {:.1} s", start.elapsed().as_secs_f64());
+        let Some(outcome) = main_outcome(outcome, rank, |o| o.rank) else {
+            return Ok(()); // another rank than 0: rank 0 saved the run
+        };
         if let Some(first) = outcome.start() {
             println!(
                 "start: validation loss {:.4}, perplexity {:.3}",

@@ -71,6 +71,27 @@ pub struct Collective<B: Backend> {
     floats: AtomicU64,
 }
 
+/// What one rank of a (possibly data-parallel) run ends with: the run's outcome on rank 0
+/// (or on one process), a summary elsewhere.
+#[derive(Debug)]
+pub enum RankOutcome<O> {
+    /// Rank 0, or a run on one process.
+    Main(Box<O>),
+    /// Another rank: it trained; rank 0 evaluated and saved.
+    Other(RankSummary),
+}
+
+/// How a rank's run ended: the ranks' digests are equal when their weights are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RankSummary {
+    /// Optimizer steps of the run so far.
+    pub steps: usize,
+    /// [`crate::fnv::weights_digest`] of the weights after the last step.
+    pub last_weights_digest: u64,
+    /// What its exchanges cost.
+    pub exchange: ExchangeStats,
+}
+
 /// What a rank's exchanges cost so far.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ExchangeStats {
@@ -296,6 +317,16 @@ impl<B: Backend> Collective<B> {
             ),
             any_stop,
         ))
+    }
+
+    /// The element-wise sums across ranks of a few values (a loss, a stop flag).
+    pub fn sum_values(&self, values: &[f32], what: &str) -> Result<Vec<f32>, CollectiveError> {
+        let data = TensorData::new(values.to_vec(), [values.len()]);
+        let tensor = Tensor::<B, 1>::from_data(data, &self.device);
+        self.sum(tensor, what)?
+            .into_data()
+            .to_vec()
+            .map_err(|e| CollectiveError::Mismatch(format!("{what}: {e:?}")))
     }
 
     /// What the exchanges cost so far.

@@ -63,7 +63,7 @@ use crate::artifacts::{
     clear_previous_run, remove_stale_checkpoints, save_json, SaveEveryCall, ADAPTER_FILE,
 };
 use crate::classifier::{ClassifierConfig, ClassifierError, LlamaEmbeddingClassifier};
-use crate::collective::{Collective, ExchangeStats};
+use crate::collective::{Collective, RankOutcome, RankSummary};
 use crate::collective_settings::CollectiveSettings;
 use crate::data::{SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
 use crate::error::io_err;
@@ -161,27 +161,9 @@ pub struct FinetuneOutcome<B: Backend> {
     pub epochs: Vec<EpochSummary>,
     /// Training steps of the run (all calls of a resumed run).
     pub steps: usize,
-    /// [`weights_digest`] of the weights after the last step (not the best epoch's): the
-    /// ranks of a data-parallel run compare theirs.
-    pub last_weights_digest: u64,
-    /// On a data-parallel run: what this rank's exchanges cost.
-    pub exchange: Option<ExchangeStats>,
-}
-
-/// What one rank of a (possibly data-parallel) run ends with.
-#[derive(Debug)]
-pub enum RankOutcome<B: Backend> {
-    /// Rank 0 (or a run on one process): the outcome.
-    Main(Box<FinetuneOutcome<B>>),
-    /// Another rank: it trained, rank 0 saved.
-    Other {
-        /// Training steps of the run so far.
-        steps: usize,
-        /// [`weights_digest`] of its weights after the last step.
-        last_weights_digest: u64,
-        /// What its exchanges cost.
-        exchange: ExchangeStats,
-    },
+    /// On a data-parallel run: rank 0's summary (its weights after the last step, not the
+    /// best epoch's; its exchanges).
+    pub rank: Option<RankSummary>,
 }
 
 /// How a fine-tuning run starts and when it stops early.
@@ -249,7 +231,7 @@ pub fn finetune_with<B: AutodiffBackend>(
 ) -> Result<FinetuneOutcome<B::InnerBackend>, FinetuneError> {
     match finetune_rank(config, llama, llama_config, data, device, control)? {
         RankOutcome::Main(outcome) => Ok(*outcome),
-        RankOutcome::Other { .. } => Err(FinetuneError::InvalidConfig(
+        RankOutcome::Other(_) => Err(FinetuneError::InvalidConfig(
             "only rank 0 of a data-parallel run has the outcome: call finetune_rank".into(),
         )),
     }
@@ -265,7 +247,7 @@ pub fn finetune_rank<B: AutodiffBackend>(
     data: &FinetuneData,
     device: &B::Device,
     control: &RunControl,
-) -> Result<RankOutcome<B::InnerBackend>, FinetuneError> {
+) -> Result<RankOutcome<FinetuneOutcome<B::InnerBackend>>, FinetuneError> {
     config.check()?;
     data.check()?;
     if control.max_steps == Some(0) {
@@ -417,6 +399,11 @@ pub fn finetune_rank<B: AutodiffBackend>(
         .with_application_logger(None);
     // The model returned by `launch` is the last step's; the best one is on disk.
     let last_weights_digest = weights_digest(&training.launch(learner).model);
+    let summary = |collective: &Collective<B::InnerBackend>, steps: usize| RankSummary {
+        steps,
+        last_weights_digest,
+        exchange: collective.stats(),
+    };
 
     let end = end.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let (Some(collective), Some(LoopEnd::Finished | LoopEnd::Stopped { .. })) =
@@ -424,20 +411,9 @@ pub fn finetune_rank<B: AutodiffBackend>(
     {
         collective.leave();
     }
-    if !is_main && matches!(end, Some(LoopEnd::Finished)) {
+    if let (false, Some(LoopEnd::Finished), Some(collective)) = (is_main, &end, &collective) {
         let steps = state.lock().unwrap_or_else(PoisonError::into_inner).steps;
-        return Ok(RankOutcome::Other {
-            steps,
-            last_weights_digest,
-            exchange: collective
-                .as_ref()
-                .map(|c| c.stats())
-                .unwrap_or(ExchangeStats {
-                    exchanges: 0,
-                    seconds: 0.0,
-                    bytes_sent: 0,
-                }),
-        });
+        return Ok(RankOutcome::Other(summary(collective, steps)));
     }
     match end {
         Some(LoopEnd::Finished) => {}
@@ -499,8 +475,7 @@ pub fn finetune_rank<B: AutodiffBackend>(
         test,
         steps: state.steps,
         epochs: state.history,
-        last_weights_digest,
-        exchange: collective.as_ref().map(|c| c.stats()),
+        rank: collective.as_deref().map(|c| summary(c, state.steps)),
     })))
 }
 

@@ -34,6 +34,14 @@ impl Fnv1a {
     }
 }
 
+/// The FNV-1a of `value`'s JSON: a digest of a run's settings (the ranks of a
+/// data-parallel run compare theirs).
+pub fn json_digest<T: serde::Serialize>(value: &T) -> u64 {
+    let mut hash = Fnv1a::default();
+    hash.bytes(serde_json::to_string(value).unwrap_or_default().as_bytes());
+    hash.finish()
+}
+
 /// The FNV-1a of every float parameter's f32 bits, in the module's visiting order: equal
 /// for two modules exactly when (barring collisions) their weights are bit-identical.
 pub fn weights_digest<B: Backend, M: Module<B>>(module: &M) -> u64 {

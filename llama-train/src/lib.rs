@@ -28,6 +28,7 @@ pub mod predictions;
 pub mod pretrain;
 pub mod pretrain_config;
 pub mod pretrain_error;
+pub mod pretrain_run;
 pub mod pretrain_state;
 pub mod progress;
 pub mod progress_bar;

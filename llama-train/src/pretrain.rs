@@ -23,13 +23,17 @@
 //!    `checkpoint/optim.mpk`), `metrics.csv` with `curves.png`, `pretrain.json` and, last,
 //!    `resume.json` ([`crate::pretrain_state`]). `resume` continues bit for bit.
 //!
+//! On a data-parallel run ([`RunControl::collective`], [`pretrain_rank`]) each rank trains
+//! its rows of every micro-batch and the gradients are summed across ranks once per
+//! optimizer step, before clipping; rank 0 alone evaluates and saves ([`crate::collective`]).
+//!
 //! Burn's `Learner` keeps its optimizer private: outside Burn's `SupervisedTraining` its
 //! state cannot be saved, and without it a run cannot resume exactly. So this loop drives
 //! Burn's parts directly (the optimizer adaptor over our AdamW, the schedulers, the
 //! gradient accumulator, the recorder); classification fine-tuning, whose metrics Burn's
 //! training loop serves, runs inside `SupervisedTraining` ([`crate::finetune`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
@@ -38,32 +42,25 @@ use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::record::{DefaultRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
-use llama_model::atomic_file;
-use llama_model::checkpoint::{save_llama2c_bin, save_model, TensorMap};
+use burn_collective::ReduceOperation;
 use llama_model::grad_clip::clip_global_norm;
-use llama_model::lora_file::save_adapter;
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions};
 
-use crate::curves::{save_curves, CURVES_FILE};
+use crate::collective::{row_share, Collective, RankOutcome, RankSummary};
 use crate::finetune::RunControl;
+use crate::fnv::weights_digest;
 use crate::lm_corpus::LmCorpus;
 use crate::lm_objective::{lm_loss, LmBatch};
-use crate::metrics_log::{rows_to_resume, write_metrics, MetricsRow, Split, METRICS_FILE};
-use crate::perplexity::perplexity;
+use crate::metrics_log::{rows_to_resume, METRICS_FILE};
 use crate::pretrain_config::PretrainConfig;
 use crate::pretrain_error::{io_err, PretrainError};
+use crate::pretrain_run::{clear_previous_run, record_error, Run};
 use crate::pretrain_state::{Evaluation, PretrainSettings, PretrainState};
-use crate::resume::RESUME_FILE;
 use crate::training_loop::{epoch_order, step_seed};
 
 pub use crate::pretrain_state::PRETRAIN_RECORD_FILE;
 
-/// File name of the best model in a run folder (its config is `model.config.json`).
-pub const MODEL_FILE: &str = "model.safetensors";
-/// File name of the best model as a llama2.c v0 export (with `export_bin`).
-pub const MODEL_BIN_FILE: &str = "model.bin";
-/// File name of the best model's LoRA adapters (LoRA runs).
-pub const ADAPTER_FILE: &str = crate::artifacts::ADAPTER_FILE;
+pub use crate::pretrain_run::{ADAPTER_FILE, MODEL_BIN_FILE, MODEL_FILE};
 
 /// What [`pretrain_with`] produced.
 #[derive(Debug)]
@@ -82,6 +79,9 @@ pub struct PretrainOutcome<B: Backend> {
     pub bin_path: Option<PathBuf>,
     /// `adapter.safetensors`, with LoRA.
     pub adapter_path: Option<PathBuf>,
+    /// On a data-parallel run: rank 0's summary (its weights after the last step, its
+    /// exchanges).
+    pub rank: Option<RankSummary>,
 }
 
 impl<B: Backend> PretrainOutcome<B> {
@@ -113,6 +113,25 @@ pub fn pretrain_with<B: AutodiffBackend>(
     device: &B::Device,
     control: &RunControl,
 ) -> Result<PretrainOutcome<B::InnerBackend>, PretrainError> {
+    match pretrain_rank(config, llama, llama_config, corpus, device, control)? {
+        RankOutcome::Main(outcome) => Ok(*outcome),
+        RankOutcome::Other(_) => Err(PretrainError::InvalidConfig(
+            "only rank 0 of a data-parallel run has the outcome: call pretrain_rank".into(),
+        )),
+    }
+}
+
+/// [`pretrain_with`] on any rank of a data-parallel run ([`RunControl::collective`]): every
+/// rank trains its rows of each micro-batch, the gradients are summed across ranks before
+/// each step; rank 0 evaluates and saves, the other ranks write nothing.
+pub fn pretrain_rank<B: AutodiffBackend>(
+    config: &PretrainConfig,
+    llama: Llama<B>,
+    llama_config: &LlamaConfig,
+    corpus: &LmCorpus,
+    device: &B::Device,
+    control: &RunControl,
+) -> Result<RankOutcome<PretrainOutcome<B::InnerBackend>>, PretrainError> {
     config.check()?;
     let seq_len = window_len(config, llama_config)?;
     if corpus.windows.first().map(Vec::len) != Some(seq_len + 1) {
@@ -125,25 +144,37 @@ pub fn pretrain_with<B: AutodiffBackend>(
             "max_steps must be at least 1".into(),
         ));
     }
-    if control.collective.is_some() {
-        return Err(PretrainError::InvalidConfig(
-            "pretrain runs on one process (data-parallel training is finetune's so far)".into(),
-        ));
-    }
     let mut model = match &config.lora {
         Some(lora) => llama.with_lora(lora, config.seed)?.freeze_base(),
         None => llama,
     };
     let dir = &config.artifact_dir;
     let checkpoints = dir.join("checkpoint");
-    let settings = PretrainSettings::new(config, &corpus.windows, corpus.val_rows.len(), seq_len);
+    let world_size = control.collective.as_ref().map_or(1, |c| c.world_size);
+    let settings = PretrainSettings::new(config, &corpus.windows, corpus.val_rows.len(), seq_len)
+        .with_world_size(world_size);
+    // Join before anything is written (see `finetune_rank`).
+    let collective = match &control.collective {
+        Some(c) => Some(Collective::<B::InnerBackend>::join(
+            c.clone(),
+            device,
+            settings.digest(),
+        )?),
+        None => None,
+    };
+    let share = control.collective.as_ref().map(|c| (c.rank, c.world_size));
+    let is_main = share.is_none_or(|(rank, _)| rank == 0);
     let mut state = if control.resume {
         PretrainState::load(dir, &settings)?
     } else {
-        clear_previous_run(dir)?;
+        if is_main {
+            clear_previous_run(dir)?;
+        }
         PretrainState::start(settings)
     };
-    std::fs::create_dir_all(&checkpoints).map_err(io_err(&checkpoints))?;
+    if is_main {
+        std::fs::create_dir_all(&checkpoints).map_err(io_err(&checkpoints))?;
+    }
 
     let recorder = DefaultRecorder::new();
     let mut optim = config.optimizer().init::<B, Llama<B>>()?;
@@ -178,6 +209,7 @@ pub fn pretrain_with<B: AutodiffBackend>(
         })?,
         started: Instant::now(),
         wall_offset: state.wall_seconds,
+        is_main,
     };
     if state.evaluations.is_empty() {
         run.evaluate(&model.valid(), &mut state, 0.0)?;
@@ -205,7 +237,19 @@ pub fn pretrain_with<B: AutodiffBackend>(
                 .map(|micro| step_seed(config.seed, epoch, micro))
                 .collect();
             let (grads, loss) =
-                accumulated_gradients(&model, group, &seeds, &corpus.windows, device);
+                accumulated_gradients(&model, group, &seeds, &corpus.windows, device, share);
+            let (grads, loss, stop) = match &collective {
+                None => (grads, loss, control.interrupted()),
+                Some(c) => {
+                    let step = state.steps + 1;
+                    let what = format!("step {step}'s gradient all-reduce");
+                    let grads = c.all_reduce_grads(&model, grads, ReduceOperation::Sum, &what)?;
+                    let flag = f32::from(u8::from(control.interrupted()));
+                    let what = format!("step {step}'s loss");
+                    let sums = c.sum_values(&[loss as f32, flag], &what)?;
+                    (grads, f64::from(sums[0]), sums[1] > 0.0)
+                }
+            };
             let grads = if config.grad_clip > 0.0 {
                 clip_global_norm(&model, grads, config.grad_clip).0
             } else {
@@ -233,10 +277,12 @@ pub fn pretrain_with<B: AutodiffBackend>(
                 bar.suspend(|| run.evaluate(&model.valid(), &mut state, lr))?;
                 run.save(&model, &optim, &mut state)?;
             }
-            let stop = control.interrupted();
             if !last_of_epoch && (stop || control.max_steps.is_some_and(|m| steps_here >= m)) {
                 bar.finish_and_clear();
                 run.save(&model, &optim, &mut state)?;
+                if let Some(c) = &collective {
+                    c.leave();
+                }
                 return Err(PretrainError::Stopped {
                     dir: dir.clone(),
                     step: state.steps,
@@ -249,9 +295,17 @@ pub fn pretrain_with<B: AutodiffBackend>(
         state.epoch += 1;
         state.epoch_steps = 0;
         run.save(&model, &optim, &mut state)?;
-        let stop = control.interrupted();
+        let mut stop = control.interrupted();
+        if let Some(c) = &collective {
+            // Rank 0 alone evaluated: Ctrl-C may have come to it meanwhile.
+            let what = format!("the end of epoch {epoch}");
+            stop = c.sum_values(&[f32::from(u8::from(stop))], &what)?[0] > 0.0;
+        }
         let spent = control.max_steps.is_some_and(|m| steps_here >= m);
         if (stop || spent) && state.epoch <= config.epochs {
+            if let Some(c) = &collective {
+                c.leave();
+            }
             return Err(PretrainError::Stopped {
                 dir: dir.clone(),
                 step: state.steps,
@@ -260,6 +314,18 @@ pub fn pretrain_with<B: AutodiffBackend>(
         }
     }
 
+    let last_weights_digest = weights_digest(&model);
+    let summary = collective.as_ref().map(|c| {
+        c.leave();
+        RankSummary {
+            steps: state.steps,
+            last_weights_digest,
+            exchange: c.stats(),
+        }
+    });
+    if let (false, Some(summary)) = (is_main, summary) {
+        return Ok(RankOutcome::Other(summary));
+    }
     let model_path = dir.join(MODEL_FILE);
     let best = state
         .best()
@@ -268,7 +334,7 @@ pub fn pretrain_with<B: AutodiffBackend>(
     let loaded = load_checkpoint::<B::InnerBackend>(&model_path, &LoadOptions::default(), device)?;
     let bin_path = dir.join(MODEL_BIN_FILE);
     let adapter_path = dir.join(ADAPTER_FILE);
-    Ok(PretrainOutcome {
+    Ok(RankOutcome::Main(Box::new(PretrainOutcome {
         model: loaded.model,
         evaluations: state.evaluations.clone(),
         best,
@@ -276,219 +342,58 @@ pub fn pretrain_with<B: AutodiffBackend>(
         model_path,
         bin_path: config.export_bin.then_some(bin_path),
         adapter_path: config.lora.is_some().then_some(adapter_path),
-    })
+        rank: summary,
+    })))
 }
 
 /// The summed gradients of one optimizer step over the micro-batches `group` (window
 /// indices; `seeds` their dropout seeds) and the step's mean token loss.
+///
+/// On rank `r` of `W` (`share`) only the rank's rows of each micro-batch ([`row_share`]) are
+/// trained, their mean loss weighted by their share of the micro-batch (all windows have the
+/// same length), so that the sum over ranks is the one-process gradient and loss; a
+/// micro-batch of fewer windows than ranks is trained whole by every rank, weighted `1/W`.
 fn accumulated_gradients<B: AutodiffBackend>(
     model: &Llama<B>,
     group: &[&[usize]],
     seeds: &[u64],
     windows: &[Vec<u32>],
     device: &B::Device,
+    share: Option<(usize, usize)>,
 ) -> (GradientsParams, f64) {
     let mut accumulator = GradientsAccumulator::<Llama<B>>::new();
     let mut loss_sum = 0.0;
     for (indices, &seed) in group.iter().zip(seeds) {
-        let rows: Vec<&[u32]> = indices.iter().map(|&i| windows[i].as_slice()).collect();
+        let (range, weight) = match share {
+            None => (0..indices.len(), None),
+            Some((rank, world)) => match row_share(indices.len(), rank, world) {
+                (range, ReduceOperation::Sum) => {
+                    let weight = range.len() as f64 / indices.len() as f64;
+                    (range, Some(weight))
+                }
+                (range, ReduceOperation::Mean) => (range, Some(1.0 / world as f64)),
+            },
+        };
+        let rows: Vec<&[u32]> = indices[range.clone()]
+            .iter()
+            .map(|&i| windows[i].as_slice())
+            .collect();
         let batch = LmBatch::new(&rows, device);
-        let seeded = model.clone().with_lora_dropout_seed(seed);
+        let seeded = model.clone().with_lora_dropout_rows(seed, range.start);
         let loss = lm_loss(&seeded, &batch);
-        loss_sum += loss.clone().into_scalar().elem::<f64>();
-        let grads = (loss / group.len() as f32).backward();
+        let value = loss.clone().into_scalar().elem::<f64>();
+        let loss = match weight {
+            None => {
+                loss_sum += value;
+                loss / group.len() as f32
+            }
+            Some(weight) => {
+                loss_sum += value * weight;
+                loss * (weight / group.len() as f64) as f32
+            }
+        };
+        let grads = loss.backward();
         accumulator.accumulate(model, GradientsParams::from_grads(grads, model));
     }
     (accumulator.grads(), loss_sum / group.len() as f64)
-}
-
-/// What the saving and evaluating steps of a run share.
-struct Run<'a, D> {
-    config: &'a PretrainConfig,
-    llama_config: &'a LlamaConfig,
-    corpus: &'a LmCorpus,
-    dir: &'a Path,
-    device: &'a D,
-    control: &'a RunControl,
-    rows: Vec<MetricsRow>,
-    started: Instant,
-    wall_offset: f64,
-}
-
-impl<D: Clone> Run<'_, D> {
-    fn wall(&self) -> f64 {
-        self.wall_offset + self.started.elapsed().as_secs_f64()
-    }
-
-    /// A `metrics.csv` training row (and, without bars, a progress line).
-    fn log_train(&mut self, state: &mut PretrainState, lr: f64, epoch_len: usize) {
-        let (sum, tokens) = std::mem::take(&mut state.since_log);
-        let loss = sum / tokens.max(1) as f64;
-        self.rows.push(MetricsRow {
-            epoch: state.epoch,
-            step: state.steps,
-            split: Split::Train,
-            loss: Some(loss),
-            accuracy: None,
-            macro_f1: None,
-            lr: Some(lr),
-            perplexity: Some(loss.exp()),
-            wall_seconds: self.wall(),
-        });
-        if !self.control.progress.bars() {
-            eprintln!(
-                "epoch {}/{}, step {}/{epoch_len}: loss {loss:.4} (perplexity {:.2}), lr {lr:.3e}",
-                state.epoch,
-                self.config.epochs,
-                state.epoch_steps,
-                loss.exp()
-            );
-        }
-    }
-}
-
-impl<'a, D: Clone> Run<'a, D> {
-    /// Scores the validation text with `model`, records it, and writes the model files when
-    /// it is the best so far.
-    fn evaluate<B: Backend<Device = D>>(
-        &mut self,
-        model: &Llama<B>,
-        state: &mut PretrainState,
-        lr: f64,
-    ) -> Result<(), PretrainError> {
-        // The inference model (`valid()`): on an autodiff backend every scored batch would
-        // also record its graph (gigabytes on a dev set) and LoRA dropout would act.
-        debug_assert!(!B::ad_enabled(self.device), "evaluate the inference model");
-        let rows = &self.corpus.val_rows;
-        let bar = self
-            .control
-            .progress
-            .bar(rows.len(), "validation", "documents");
-        let figures = perplexity(model, rows, self.config.eval_batch_size, self.device, |n| {
-            bar.set_position(n as u64)
-        })?;
-        bar.finish_and_clear();
-        let (sum, tokens) = std::mem::take(&mut state.since_eval);
-        let evaluation = Evaluation {
-            epoch: if state.steps == 0 { 0 } else { state.epoch },
-            step: state.steps,
-            train_loss: (tokens > 0).then(|| sum / tokens as f64),
-            val_loss: figures.mean_nll(),
-            val_perplexity: figures.perplexity(),
-            val_tokens: figures.predicted_tokens,
-            lr,
-            wall_seconds: self.wall(),
-        };
-        let better = state
-            .best()
-            .is_none_or(|best| evaluation.val_loss < best.val_loss);
-        eprintln!(
-            "step {}: validation loss {:.4}, perplexity {:.3} over {} tokens{}",
-            evaluation.step,
-            evaluation.val_loss,
-            evaluation.val_perplexity,
-            evaluation.val_tokens,
-            if better { " (best so far: saved)" } else { "" }
-        );
-        self.rows.push(MetricsRow {
-            epoch: evaluation.epoch,
-            step: evaluation.step,
-            split: Split::Dev,
-            loss: Some(evaluation.val_loss),
-            accuracy: None,
-            macro_f1: None,
-            lr: None,
-            perplexity: Some(evaluation.val_perplexity),
-            wall_seconds: evaluation.wall_seconds,
-        });
-        state.evaluations.push(evaluation);
-        if better {
-            state.best = Some(state.evaluations.len() - 1);
-            self.save_best(model)?;
-        }
-        Ok(())
-    }
-
-    /// Writes the best model: merged safetensors + config, the adapters alone with LoRA,
-    /// and the llama2.c export with `export_bin`.
-    fn save_best<B: Backend>(&self, model: &Llama<B>) -> Result<(), PretrainError> {
-        if let Some(lora) = &self.config.lora {
-            save_adapter(&self.dir.join(ADAPTER_FILE), model, lora, TensorMap::new())?;
-        }
-        let merged = model.clone().merge_lora();
-        save_model(&merged, self.llama_config, &self.dir.join(MODEL_FILE))?;
-        if self.config.export_bin {
-            save_llama2c_bin(&merged, self.llama_config, &self.dir.join(MODEL_BIN_FILE))?;
-        }
-        Ok(())
-    }
-
-    /// Saves everything a resumed run needs; `resume.json` last.
-    fn save<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
-        &mut self,
-        model: &Llama<B>,
-        optim: &O,
-        state: &mut PretrainState,
-    ) -> Result<(), PretrainError> {
-        let recorder = DefaultRecorder::new();
-        let checkpoints = self.dir.join("checkpoint");
-        let partial = checkpoints.join("model-partial");
-        model
-            .clone()
-            .save_file(&partial, &recorder)
-            .map_err(record_error(&partial))?;
-        commit(&partial, &checkpoints.join("model.mpk"))?;
-        let partial = checkpoints.join("optim-partial");
-        Recorder::<B>::record(&recorder, optim.to_record(), partial.clone())
-            .map_err(record_error(&partial))?;
-        commit(&partial, &checkpoints.join("optim.mpk"))?;
-        let path = self.dir.join(METRICS_FILE);
-        write_metrics(&path, &self.rows).map_err(|e| PretrainError::Record {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        let path = self.dir.join(CURVES_FILE);
-        save_curves(&self.rows, &path).map_err(|e| PretrainError::Record {
-            path,
-            detail: e.to_string(),
-        })?;
-        state.wall_seconds = self.wall();
-        state.save(self.dir, self.config)
-    }
-}
-
-/// Moves Burn's finished `<partial>.mpk` into place.
-fn commit(partial: &Path, target: &Path) -> Result<(), PretrainError> {
-    atomic_file::commit(&partial.with_extension("mpk"), target).map_err(io_err(target))
-}
-
-fn record_error(path: &Path) -> impl FnOnce(burn::record::RecorderError) -> PretrainError + '_ {
-    move |e| PretrainError::Record {
-        path: path.with_extension("mpk"),
-        detail: e.to_string(),
-    }
-}
-
-/// Removes what an earlier run left in `dir` that this one would read back or leave
-/// standing: Burn's records, the state, the tables and pictures, the best model files.
-fn clear_previous_run(dir: &Path) -> Result<(), PretrainError> {
-    let checkpoints = dir.join("checkpoint");
-    let stale = [
-        checkpoints.join("model.mpk"),
-        checkpoints.join("optim.mpk"),
-        dir.join(RESUME_FILE),
-        dir.join(PRETRAIN_RECORD_FILE),
-        dir.join(METRICS_FILE),
-        dir.join(CURVES_FILE),
-        dir.join(MODEL_FILE),
-        dir.join("model.config.json"),
-        dir.join(MODEL_BIN_FILE),
-        dir.join(ADAPTER_FILE),
-    ];
-    for path in stale {
-        if path.is_file() {
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
-        }
-    }
-    Ok(())
 }

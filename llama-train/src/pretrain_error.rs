@@ -14,6 +14,9 @@ use crate::resume::ResumeError;
 /// Why [`crate::pretrain::pretrain`] failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PretrainError {
+    /// Data-parallel training failed (joining, or an exchange with another rank).
+    #[error(transparent)]
+    Collective(#[from] crate::collective_settings::CollectiveError),
     /// A [`PretrainConfig`](crate::pretrain_config::PretrainConfig) value is out of range.
     #[error("invalid pretraining config: {0}")]
     InvalidConfig(String),

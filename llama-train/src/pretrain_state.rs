@@ -13,7 +13,7 @@ use llama_model::atomic_file::write_atomic;
 use llama_model::lora::LoraConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::fnv::Fnv1a;
+use crate::fnv::{json_digest, Fnv1a};
 use crate::pretrain_config::PretrainConfig;
 use crate::pretrain_error::{io_err, PretrainError};
 use crate::resume::{check_settings, read_resume_file, ResumeError, RESUME_FILE};
@@ -70,6 +70,13 @@ pub struct PretrainSettings {
     pub seed: u64,
     /// LoRA settings, if any.
     pub lora: Option<LoraConfig>,
+    /// Processes of a data-parallel run (1: one process). A run resumes on as many.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl PretrainSettings {
@@ -92,13 +99,24 @@ impl PretrainSettings {
             optimizer: (config.weight_decay, config.beta_2, config.grad_clip),
             seed: config.seed,
             lora: config.lora.clone(),
+            world_size: 1,
         }
+    }
+
+    /// The settings of a data-parallel run on `world_size` processes.
+    pub fn with_world_size(self, world_size: usize) -> Self {
+        Self { world_size, ..self }
+    }
+
+    /// A digest of every setting (the ranks of a data-parallel run compare theirs).
+    pub fn digest(&self) -> u64 {
+        json_digest(self)
     }
 
     /// The first setting that differs from `now`, as `(name, saved, now)`.
     fn difference(&self, now: &Self) -> Option<(&'static str, String, String)> {
         let lora = |l: &Option<LoraConfig>| l.as_ref().map_or("off".into(), LoraConfig::summary);
-        let pairs: [(&'static str, String, String); 10] = [
+        let pairs: [(&'static str, String, String); 11] = [
             (
                 "training text",
                 format!("{} windows (hash {:016x})", self.windows, self.windows_hash),
@@ -137,6 +155,11 @@ impl PretrainSettings {
             ),
             ("seed", self.seed.to_string(), now.seed.to_string()),
             ("LoRA", lora(&self.lora), lora(&now.lora)),
+            (
+                "world size",
+                self.world_size.to_string(),
+                now.world_size.to_string(),
+            ),
         ];
         pairs.into_iter().find(|(_, a, b)| a != b)
     }

@@ -17,7 +17,7 @@ use llama_model::lora::LoraConfig;
 use crate::classifier::{FinetuneOption, SentencePosition};
 use crate::config::FinetuneConfig;
 use crate::data::SentenceDataset;
-use crate::fnv::Fnv1a;
+use crate::fnv::{json_digest, Fnv1a};
 use crate::metrics::{ACCURACY, LOSS};
 // The epoch tally lives with the metrics; `resume::Tally` stays a valid path.
 pub use crate::metrics::Tally;
@@ -145,9 +145,7 @@ impl RunSettings {
 
     /// A digest of every setting (the ranks of a data-parallel run compare theirs).
     pub fn digest(&self) -> u64 {
-        let mut hash = Fnv1a::default();
-        hash.bytes(serde_json::to_string(self).unwrap_or_default().as_bytes());
-        hash.finish()
+        json_digest(self)
     }
 
     /// The first setting that differs from `other`, as `(name, saved, now)`.
