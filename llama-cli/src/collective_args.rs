@@ -9,6 +9,7 @@ use llama_train::collective::{RankOutcome, RankSummary};
 use llama_train::collective_settings::{CollectiveSettings, WsAddress};
 use llama_train::progress_bar::ProgressMode;
 
+use crate::backend::BackendKind;
 use crate::flag_values;
 
 /// Where this process stands in a data-parallel run.
@@ -32,9 +33,38 @@ pub struct CollectiveArgs {
     /// rank 0 evaluates) before giving up with an error.
     #[arg(long, env = "LLAMA_COLLECTIVE_TIMEOUT", default_value_t = 300, value_parser = flag_values::positive_u64())]
     pub collective_timeout: u64,
+    /// Several devices in one process: not supported (see the error it gives); one rank per
+    /// device with `llama-cli launch --nproc N --devices 0,1,…` instead.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<usize>,
 }
 
 impl CollectiveArgs {
+    /// Refuses `--devices` with more than one device, naming what to do instead: this
+    /// tool's training loop drives one device per process (Burn's in-process multi-device
+    /// strategies cut batches with their own loaders, which would lose the exact, resumable
+    /// order), so several devices means several ranks.
+    pub fn check_devices(&self, backend: BackendKind) -> Result<()> {
+        if self.devices.len() <= 1 {
+            return Ok(());
+        }
+        let n = self.devices.len();
+        let list = self
+            .devices
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        match backend {
+            BackendKind::Wgpu | BackendKind::TchCuda => bail!(
+                "--devices {list}: one process trains on one device here; run one rank per device: `llama-cli launch --nproc {n} --devices {list} -- --backend {backend} …`"
+            ),
+            _ => bail!(
+                "--devices {list}: the {backend} backend has a single device (the CPU); for several processes use `llama-cli launch --nproc {n} -- …`"
+            ),
+        }
+    }
+
     /// `None` for a run on one process (no `--world-size`, or 1).
     pub fn settings(&self) -> Result<Option<CollectiveSettings>> {
         let world_size = match self.world_size {

@@ -80,6 +80,7 @@ impl Job for FinetuneArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         // Catch Ctrl-C from the start: one during loading stops after the first step, saved.
         let interrupter = interrupt_on_ctrl_c();
+        self.collective.check_devices(backend)?;
         let collective = self.collective.settings()?;
         let files = self.data.files(TrainFile::Required)?;
         let Some(train_path) = files.train.clone() else {

@@ -29,6 +29,10 @@ pub struct LaunchArgs {
     /// The coordinator's port; default: a free one.
     #[arg(long)]
     pub port: Option<u16>,
+    /// One GPU index per rank (`--devices 0,1`): rank r runs on device r of the list
+    /// (it sets `LLAMA_DEVICE`, which `--device` in the command would override).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<usize>,
     /// The command each rank runs, after `--`: global flags, then the subcommand and its
     /// flags (`-- --threads 1 finetune --train …`).
     #[arg(last = true, required = true, num_args = 1..)]
@@ -40,6 +44,13 @@ const INTERRUPTED: i32 = 130;
 
 /// Runs the ranks to the end; fails naming the first rank that fails.
 pub fn run(args: &LaunchArgs) -> Result<i32> {
+    if !args.devices.is_empty() && args.devices.len() != args.nproc {
+        bail!(
+            "--devices lists {} devices for --nproc {}: give one per rank",
+            args.devices.len(),
+            args.nproc
+        );
+    }
     if !args
         .command
         .iter()
@@ -77,6 +88,9 @@ pub fn run(args: &LaunchArgs) -> Result<i32> {
                 format!("ws://127.0.0.1:{}", ports[rank + 1]),
             )
             .process_group(0);
+        if let Some(device) = args.devices.get(rank) {
+            command.env("LLAMA_DEVICE", device.to_string());
+        }
         let child = command
             .spawn()
             .with_context(|| format!("starting rank {rank}"))?;

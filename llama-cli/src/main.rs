@@ -53,8 +53,8 @@ struct Cli {
         default_value_t = BackendKind::default_kind()
     )]
     backend: BackendKind,
-    /// Device index for GPU backends.
-    #[arg(long, global = true, default_value_t = 0)]
+    /// Device index for GPU backends (`llama-cli launch --devices` sets it per rank).
+    #[arg(long, global = true, env = "LLAMA_DEVICE", default_value_t = 0)]
     device: usize,
     /// CPU threads for ndarray, flex and libtorch (0 = one per core).
     #[arg(long, global = true, default_value_t = 0)]

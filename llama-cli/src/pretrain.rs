@@ -198,6 +198,7 @@ impl Job for PretrainArgs {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         let interrupter = interrupt_on_ctrl_c();
+        self.collective.check_devices(backend)?;
         let collective = self.collective.settings()?;
         let format = TextFormat::from(self.text_format);
         let train_files = read_files(&self.text, format)?;

@@ -354,6 +354,27 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
         "{}",
         text(&out.stderr)
     );
+    // Several devices in one process: refused, naming `launch`.
+    let mut devices = refs[subcommand..].to_vec();
+    devices.truncate(devices.len() - 6); // without the rank flags
+    devices.extend(["--devices", "0,1"]);
+    let out = common::cli(&devices);
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("single device") && said.contains("launch --nproc 2"),
+        "{said}"
+    );
+    let out = llama_cli()
+        .args(["launch", "--nproc", "2", "--devices", "0", "--", "finetune"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("give one per rank"),
+        "{}",
+        text(&out.stderr)
+    );
     // Not an address.
     let out = llama_cli()
         .args(rank("2", "0", "127.0.0.1:9", &[]))
