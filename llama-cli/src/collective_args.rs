@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 use llama_train::collective::{RankOutcome, RankSummary};
-use llama_train::collective_settings::{CollectiveSettings, WsAddress};
+use llama_train::collective_settings::{CollectiveSettings, WsAddress, DEFAULT_TIMEOUT};
 use llama_train::progress_bar::ProgressMode;
 
 use crate::backend::BackendKind;
@@ -31,7 +31,7 @@ pub struct CollectiveArgs {
     pub node_address: Option<WsAddress>,
     /// Seconds to wait for the other ranks at any exchange (joining, every step, and while
     /// rank 0 evaluates) before giving up with an error.
-    #[arg(long, env = "LLAMA_COLLECTIVE_TIMEOUT", default_value_t = 300, value_parser = flag_values::positive_u64())]
+    #[arg(long, env = "LLAMA_COLLECTIVE_TIMEOUT", default_value_t = DEFAULT_TIMEOUT.as_secs(), value_parser = flag_values::positive_u64())]
     pub collective_timeout: u64,
     /// Several devices in one process: not supported (see the error it gives); one rank per
     /// device with `llama-cli launch --nproc N --devices 0,1,…` instead.

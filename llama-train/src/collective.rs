@@ -138,8 +138,13 @@ impl<B: Backend> Collective<B> {
             .and_then(|l| l.local_addr())
             .map_err(|e| taken(0, e))?
             .port();
-        let mut exchange = RankExchange::<B>::serve(settings.rank, exchange_port)
-            .map_err(CollectiveError::Coordinator)?;
+        let mut exchange =
+            RankExchange::<B>::serve(settings.rank, exchange_port).map_err(|detail| {
+                CollectiveError::Start {
+                    what: "this rank's exchange",
+                    detail,
+                }
+            })?;
         let address = |a: &WsAddress| {
             burn_communication::Address::from_str(&a.to_string())
                 .map_err(|_| CollectiveError::Address(a.to_string()))
@@ -327,6 +332,11 @@ impl<B: Backend> Collective<B> {
             .into_data()
             .to_vec()
             .map_err(|e| CollectiveError::Mismatch(format!("{what}: {e:?}")))
+    }
+
+    /// Whether any rank's `flag` is set (the ranks agree on stopping).
+    pub fn any(&self, flag: bool, what: &str) -> Result<bool, CollectiveError> {
+        Ok(self.sum_values(&[f32::from(u8::from(flag))], what)?[0] > 0.0)
     }
 
     /// What the exchanges cost so far.

@@ -62,9 +62,14 @@ pub enum CollectiveError {
         /// burn-collective's error.
         detail: String,
     },
-    /// The coordinator could not start.
-    #[error("the coordinator could not start: {0}")]
-    Coordinator(String),
+    /// A network runtime or server of this process could not start.
+    #[error("cannot start {what}: {detail}")]
+    Start {
+        /// The coordinator, or this rank's exchange.
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
     /// The ranks do not run the same job.
     #[error("the ranks disagree: {0}")]
     Mismatch(String),

@@ -18,7 +18,10 @@ pub fn serve_coordinator(port: u16) -> Result<(), CollectiveError> {
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(|e| CollectiveError::Coordinator(e.to_string()))?;
+        .map_err(|e| CollectiveError::Start {
+            what: "the coordinator",
+            detail: e.to_string(),
+        })?;
     runtime.block_on(burn_collective::start_global_orchestrator(port));
     Ok(())
 }

@@ -398,10 +398,14 @@ pub fn finetune_rank<B: AutodiffBackend>(
         // to `experiment.log`); a library must leave those to the application.
         .with_application_logger(None);
     // The model returned by `launch` is the last step's; the best one is on disk.
-    let last_weights_digest = weights_digest(&training.launch(learner).model);
+    // Only ranks compare digests: reading every weight back is not free on a large model.
+    let last_weights_digest = {
+        let last = training.launch(learner).model;
+        collective.as_ref().map(|_| weights_digest(&last))
+    };
     let summary = |collective: &Collective<B::InnerBackend>, steps: usize| RankSummary {
         steps,
-        last_weights_digest,
+        last_weights_digest: last_weights_digest.unwrap_or_default(),
         exchange: collective.stats(),
     };
 

@@ -299,7 +299,7 @@ pub fn pretrain_rank<B: AutodiffBackend>(
         if let Some(c) = &collective {
             // Rank 0 alone evaluated: Ctrl-C may have come to it meanwhile.
             let what = format!("the end of epoch {epoch}");
-            stop = c.sum_values(&[f32::from(u8::from(stop))], &what)?[0] > 0.0;
+            stop = c.any(stop, &what)?;
         }
         let spent = control.max_steps.is_some_and(|m| steps_here >= m);
         if (stop || spent) && state.epoch <= config.epochs {
@@ -314,12 +314,12 @@ pub fn pretrain_rank<B: AutodiffBackend>(
         }
     }
 
-    let last_weights_digest = weights_digest(&model);
+    // Only ranks compare digests: reading every weight back is not free on a large model.
     let summary = collective.as_ref().map(|c| {
         c.leave();
         RankSummary {
             steps: state.steps,
-            last_weights_digest,
+            last_weights_digest: weights_digest(&model),
             exchange: c.stats(),
         }
     });

@@ -58,7 +58,6 @@ use burn::data::dataloader::Progress;
 use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{ElementConversion, Tensor};
 use burn::train::{
     ClassificationOutput, EventProcessorTraining, InferenceStep, Learner, LearnerEvent,
     LearningComponentsMarker, SupervisedLearningStrategy, SupervisedTrainingEventProcessor,
@@ -244,14 +243,9 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
         let Some(collective) = &self.collective else {
             return Ok(stop);
         };
-        let flag = Tensor::<B::InnerBackend, 1>::from_floats(
-            [f32::from(u8::from(stop))],
-            collective.device(),
-        );
-        let summed = collective
-            .sum(flag, &format!("the end of epoch {epoch}"))
-            .map_err(|e| e.to_string())?;
-        Ok(summed.into_scalar().elem::<f32>() > 0.0)
+        collective
+            .any(stop, &format!("the end of epoch {epoch}"))
+            .map_err(|e| e.to_string())
     }
 
     fn is_main(&self) -> bool {
