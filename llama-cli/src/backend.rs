@@ -49,6 +49,13 @@ impl BackendKind {
         }
     }
 
+    /// Whether int8 weights run as int8 products (`llama_model::q8_kernel`): on the CPU
+    /// backends, whose tensors already live in host memory. The GPU backends run the
+    /// dequantized f32 weights instead.
+    pub fn runs_int8_products(self) -> bool {
+        matches!(self, Self::Ndarray | Self::Flex | Self::TchCpu)
+    }
+
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {

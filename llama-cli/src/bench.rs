@@ -92,9 +92,10 @@ pub struct BenchArgs {
     /// Batch size of the prompting phase.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub prompt_batch: u64,
-    /// Sentences scored per timed prompting run.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
-    pub prompt_sentences: u64,
+    /// Sentences scored per timed prompting run: the first N of the file (default: all of
+    /// it, SST dev's 1101, batched in order of length as `prompt` does).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub prompt_sentences: Option<u64>,
     /// Batch size of the training phase.
     #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u64).range(1..))]
     pub train_batch: u64,
@@ -106,11 +107,11 @@ pub struct BenchArgs {
     #[arg(long, value_parser = crate::flag_values::positive())]
     pub decode_split: Option<usize>,
     /// Precision of the weight matrices in the generation phase (see `generate
-    /// --weight-dtype`; flex only). Prompting and training run on the f32 weights: f16 only
-    /// pays where products read each weight once per row (decoding); batched products ran
-    /// slower in f16 (42M prompting: 32 → 24 sentences/s).
-    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
-    pub weight_dtype: WeightDtype,
+    /// --weight-dtype`; default: as stored). Prompting and training run on the f32 weights:
+    /// f16 and q8 pay where products read each weight once per row (decoding); batched
+    /// products ran slower in f16 (42M prompting: 32 → 24 sentences/s).
+    #[arg(long, value_enum)]
+    pub weight_dtype: Option<WeightDtype>,
 }
 
 /// Peak resident memory since the last reset, in MiB (Linux; `None` elsewhere).
@@ -451,24 +452,24 @@ fn bench_prompt<B: Backend>(
     let data = fixture_or(&args.data, "data/sst-dev.txt", "--data")?;
     let dataset = classifier.load_dataset(&data, tokenizer, &DataOptions::default())?;
     let items = dataset.items();
-    let chunk = (args.prompt_sentences as usize).min(items.len());
+    let part = &items[..args
+        .prompt_sentences
+        .map_or(items.len(), |n| (n as usize).min(items.len()))];
     let config = PromptingConfig {
         batch_size: args.prompt_batch as usize,
         pad_position_scoring: false,
     };
     reset_peak_rss();
-    let mut chunks = items.chunks(chunk);
-    if let Some(warm) = chunks.next() {
-        classifier.classify_items(
-            llama,
-            &warm[..warm.len().min(config.batch_size)],
-            &config,
-            device,
-        )?;
-    }
+    // Warm-up: one batch.
+    classifier.classify_items(
+        llama,
+        &part[..part.len().min(config.batch_size)],
+        &config,
+        device,
+    )?;
     bar.inc(1);
     let mut rates = vec![];
-    for part in items.chunks(chunk).take(args.runs as usize) {
+    for _ in 0..args.runs {
         let start = Instant::now();
         classifier.classify_items(llama, part, &config, device)?;
         rates.push(part.len() as f64 / start.elapsed().as_secs_f64());
@@ -562,20 +563,27 @@ impl Job for BenchArgs {
         if let Some(path) = &self.json {
             crate::output::check_writable(path)?;
         }
-        self.weight_dtype.check(backend)?;
+        if let Some(dtype) = self.weight_dtype {
+            dtype.check(backend)?;
+        }
         let threads = rayon::current_num_threads();
         let huge_pages = crate::allocator::huge_pages_enabled();
         reset_peak_rss();
-        let model = load_model::<B::InnerBackend>(&self, &device)?;
+        let mut model = load_model::<B::InnerBackend>(&self, &device)?;
+        let dtype = WeightDtype::resolve(self.weight_dtype, &model.llama);
         let split = backend.decode_split(self.decode_split, model.config.dim);
         let load_rss = peak_rss_mb();
         let wants = |p: Phase| self.only.is_none_or(|only| only == p);
         // The generation phase's weights (`--weight-dtype`).
-        let decoding = if wants(Phase::Generate) {
-            Some(self.weight_dtype.apply(model.llama.clone(), backend)?)
+        let (decoding, weights) = if wants(Phase::Generate) {
+            let (llama, text) = dtype.apply(model.llama.clone(), backend)?;
+            eprintln!("decode weights {text}");
+            (Some(llama), text)
         } else {
-            None
+            (None, dtype.name().to_string())
         };
+        // Prompting and training run on f32 weights (an int8 export's dequantized ones).
+        model.llama = model.llama.without_q8();
         let mut f = Figures::default();
         let tokenizer = if wants(Phase::Prompt) || wants(Phase::Train) {
             Some(tokenizer_for(&self, &model.config)?)
@@ -605,14 +613,18 @@ impl Job for BenchArgs {
 
         let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
         // A decoded token reads every weight once (norms are f32 either way, a rounding error).
-        let weight_bytes = model.llama.num_params() as f64 * self.weight_dtype.bytes();
+        let group = decoding
+            .as_ref()
+            .and_then(|l| l.q8_group())
+            .unwrap_or_else(|| model.llama.q8_group_size());
+        let weight_bytes = model.llama.num_params() as f64 * dtype.bytes(group);
         let rows = f.rows(&self, model.load_seconds, load_rss, weight_bytes);
         println!("llama-cli bench: {}", model.source);
         println!(
             "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; decode weights {}; median of {} runs after a warm-up",
             cpu_model(),
             if huge_pages { "advised" } else { "off" },
-            self.weight_dtype.name(),
+            weights,
             self.runs
         );
         println!("| phase | figure | value |");
@@ -638,7 +650,7 @@ impl Job for BenchArgs {
                 threads,
                 decode_split: split,
                 huge_pages,
-                weight_dtype: self.weight_dtype.name(),
+                weight_dtype: dtype.name(),
                 machine: cpu_model(),
                 cores,
                 runs: self.runs,

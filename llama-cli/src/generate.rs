@@ -56,10 +56,12 @@ pub struct GenerateArgs {
     /// 512 and more, else 1).
     #[arg(long, value_parser = flag_values::positive())]
     pub decode_split: Option<usize>,
-    /// Precision of the weight matrices while generating: f16 halves the bytes each decoded
-    /// token reads (faster decoding; logits within ~2e-2 of f32's). flex only.
-    #[arg(long, value_enum, default_value_t = WeightDtype::F32)]
-    pub weight_dtype: WeightDtype,
+    /// Precision of the weight matrices while generating (default: as stored; f32, or q8
+    /// for llama2.c's int8 export). f16 halves the bytes each decoded token reads (logits
+    /// within ~2e-2 of f32's; flex only); q8 quarters them with llama2.c runq.c's int8
+    /// products (groups of 64, or the largest power of two dividing every row).
+    #[arg(long, value_enum)]
+    pub weight_dtype: Option<WeightDtype>,
 }
 
 impl Job for GenerateArgs {
@@ -82,11 +84,14 @@ impl Job for GenerateArgs {
         for path in runs.iter().filter_map(|(_, p)| p.as_deref()) {
             check_writable(path)?;
         }
-        self.weight_dtype.check(backend)?;
+        if let Some(dtype) = self.weight_dtype {
+            dtype.check(backend)?;
+        }
 
-        let (model, config, tokenizer) = self.model.load::<B::InnerBackend>(&device)?;
-        let model = self.weight_dtype.apply(model, backend)?;
-        eprintln!("backend {backend}; weights {}", self.weight_dtype.name());
+        let (model, config, tokenizer) = self.model.load_as_stored::<B::InnerBackend>(&device)?;
+        let (model, weights) =
+            WeightDtype::resolve(self.weight_dtype, &model).apply(model, backend)?;
+        eprintln!("backend {backend}; weights {weights}");
         let prompt = tokenizer.encode(&self.prompt, true, false)?;
         let context = config.max_seq_len;
         if prompt.len() > context {

@@ -28,8 +28,20 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// Load the checkpoint and its tokenizer, checking that their vocabularies agree.
+    /// Load the checkpoint and its tokenizer, checking that their vocabularies agree. An
+    /// int8 export gives its dequantized f32 weights (for training and scoring, whose
+    /// products are differentiated or batched).
     pub fn load<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(llama_model::Llama<B>, LlamaConfig, Tokenizer)> {
+        let (model, config, tokenizer) = self.load_as_stored(device)?;
+        Ok((model.without_q8(), config, tokenizer))
+    }
+
+    /// [`Self::load`], an int8 export keeping its int8 matrices (for decoding; see
+    /// `--weight-dtype`).
+    pub fn load_as_stored<B: burn::tensor::backend::Backend>(
         &self,
         device: &B::Device,
     ) -> Result<(llama_model::Llama<B>, LlamaConfig, Tokenizer)> {

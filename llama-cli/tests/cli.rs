@@ -402,6 +402,67 @@ fn f16_weights_generate_on_flex_and_are_refused_elsewhere() {
     );
 }
 
+/// `--weight-dtype q8` and llama2.c's int8 export on flex: the text `generate` writes equals
+/// what llama2.c's runq.c prints (`generate-q80-stories260K.json`) where it leaves run.c's
+/// f32 text, from the export as stored and from the f32 file quantized at load, with the
+/// group size in the load line (see `tests/q8_weights.rs` for ndarray and the tie).
+#[test]
+fn q8_generation_prints_runq_text() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("reference/generate-q80-stories260K.json")).unwrap(),
+    )
+    .unwrap();
+    let case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["same_as_f32_run_c"] == false)
+        .expect("a case where runq.c and run.c differ");
+    let (prompt, steps) = (
+        case["prompt"].as_str().unwrap(),
+        case["steps"].as_u64().unwrap(),
+    );
+    let expected = case["runq_text"].as_str().unwrap();
+    let tok = llama_model::Tokenizer::from_file(fixture("models/stories260K/tok512.bin")).unwrap();
+    // runq.c runs `steps` positions; BOS and the prompt take the first of them.
+    let new_tokens = steps + 1 - tok.encode(prompt, true, false).unwrap().len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("q8.txt");
+    let run = |file: &str, dtype: Option<&str>| {
+        let checkpoint = path(fixture(&format!("models/stories260K/{file}")));
+        let mut args = vec!["generate", "--checkpoint", &checkpoint, "--prompt", prompt];
+        args.extend(["--temperature", "0", "--stop-at-bos"]);
+        let n = new_tokens.to_string();
+        args.extend(["--max-new-tokens", &n]);
+        let target = path(target.clone());
+        args.extend(["--out", &target]);
+        if let Some(d) = dtype {
+            args.extend(["--weight-dtype", d]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+            .args(["--backend", "flex"])
+            .args(&args)
+            .output()
+            .expect("llama-cli runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        (text(&out.stderr), std::fs::read_to_string(&target).unwrap())
+    };
+    let (log, written) = run("stories260K-q80.bin", None);
+    assert!(
+        log.contains("int8 Q8_0") && log.contains("weights q8 (Q8_0, group 4, as stored"),
+        "{log}"
+    );
+    assert_eq!(written, expected);
+    let (log, written) = run("stories260K.bin", Some("q8"));
+    assert!(
+        log.contains("weights q8 (Q8_0, group 4, quantized at load"),
+        "{log}"
+    );
+    assert_eq!(written, expected);
+    let (log, _) = run("stories260K-q80.bin", Some("f32"));
+    assert!(log.contains("weights f32"), "{log}");
+}
+
 /// The first `n` lines of a fixture data file, written to `dir`.
 fn head(dir: &std::path::Path, name: &str, n: usize) -> String {
     let lines: Vec<String> = std::fs::read_to_string(fixture(&format!("data/{name}")))

@@ -1,6 +1,8 @@
 //! The Llama 2 model: token embeddings, a stack of [`LlamaLayer`]s, a final RMSNorm, and an
 //! output projection tied to the embeddings.
 
+use std::sync::Arc;
+
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
 use burn::tensor::backend::Backend;
@@ -13,6 +15,8 @@ use crate::kv_cache::LlamaCache;
 use crate::layer::{LlamaLayer, LlamaLayerConfig};
 use crate::lora_linear::LoraLinear;
 use crate::param_source::{ParamSource, RandomInit};
+use crate::q8_matrix::Q8Matrix;
+use crate::q8_product::q8_product;
 use crate::rms_norm::{RmsNorm, RmsNormConfig};
 use crate::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::split_matmul::{linear_split, matmul_split};
@@ -52,6 +56,9 @@ pub struct Llama<B: Backend> {
     /// A separate output projection, only for checkpoints whose classifier is not shared
     /// (llama2.c `.bin` with a negative vocab size, or differing `output.weight`).
     pub output: Option<Linear<B>>,
+    /// The output projection in int8 `[vocab, dim]` when decoding runs on int8 weights
+    /// ([`crate::q8_weights`]); not a parameter.
+    pub(crate) head_quantized: Option<Arc<Q8Matrix>>,
     dropout: Dropout,
     /// Rotary tables, a constant of the model.
     rope: RotaryEmbedding<B>,
@@ -112,6 +119,7 @@ impl LlamaConfig {
                 .with_eps(self.norm_eps)
                 .build("norm", source)?,
             output,
+            head_quantized: None,
             dropout: DropoutConfig::new(self.dropout).init(),
             rope: RotaryEmbeddingConfig::new(self.head_dim(), self.max_seq_len)
                 .with_theta(self.rope_theta)
@@ -237,6 +245,9 @@ impl<B: Backend> Llama<B> {
     /// [`Self::project`] with the product split into `parts` column blocks run in parallel
     /// (decoding; see [`crate::split_matmul`]).
     pub fn project_split(&self, hidden: Tensor<B, 3>, parts: usize) -> Tensor<B, 3> {
+        if let Some(head) = &self.head_quantized {
+            return q8_product(hidden, head, parts);
+        }
         if let Some(output) = &self.output {
             return linear_split(output, hidden, parts);
         }

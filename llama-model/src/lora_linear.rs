@@ -17,6 +17,8 @@
 //! (`layers.0.attention.compute_query.weight`) do not depend on whether LoRA is in use; the
 //! adapter adds `….lora.lora_a` and `….lora.lora_b`.
 
+use std::sync::Arc;
+
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
@@ -24,6 +26,8 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::q8_matrix::Q8Matrix;
+use crate::q8_product::q8_product;
 use crate::seeded_dropout::seeded_dropout_rows;
 use crate::split_matmul::matmul_split;
 
@@ -119,6 +123,9 @@ pub struct LoraLinear<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// The low-rank update, if LoRA is on for this layer.
     pub lora: Option<LoraAdapter<B>>,
+    /// The weight in int8 (`[d_out, d_in]`), when decoding runs on it ([`crate::q8_weights`]);
+    /// `weight` then holds its dequantized values. Not a parameter: not saved in records.
+    pub quantized: Option<Arc<Q8Matrix>>,
 }
 
 impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
@@ -127,6 +134,7 @@ impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
             weight: linear.weight,
             bias: linear.bias,
             lora: None,
+            quantized: None,
         }
     }
 }
@@ -152,6 +160,10 @@ impl<B: Backend> LoraLinear<B> {
     /// are not split.
     pub fn forward_split(&self, x: Tensor<B, 3>, parts: usize) -> Tensor<B, 3> {
         let [batch, seq, d_in] = x.dims();
+        let base = |x: Tensor<B, 3>| match &self.quantized {
+            Some(w) => q8_product(x, w, parts),
+            None => matmul_split(x, self.weight.val(), parts),
+        };
         let mut out = match &self.lora {
             Some(lora) => {
                 // Token rows: batch row `r` is rows `r·seq..(r+1)·seq`.
@@ -159,10 +171,9 @@ impl<B: Backend> LoraLinear<B> {
                     x.clone().reshape([batch * seq, d_in]),
                     lora.dropout_first_row * seq,
                 );
-                matmul_split(x, self.weight.val(), parts)
-                    + delta.reshape([batch, seq, self.d_out()])
+                base(x) + delta.reshape([batch, seq, self.d_out()])
             }
-            None => matmul_split(x, self.weight.val(), parts),
+            None => base(x),
         };
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
@@ -173,6 +184,7 @@ impl<B: Backend> LoraLinear<B> {
     /// Merge the adapter, if any, into the weight (`W + (alpha / r) A B`) and remove it.
     pub fn merge(&mut self) {
         if let Some(lora) = self.lora.take() {
+            self.quantized = None; // the int8 copy no longer matches
             let delta = lora.weight_delta();
             self.weight = self.weight.clone().map(|w| w + delta);
         }
@@ -185,6 +197,7 @@ impl<B: Backend> LoraLinear<B> {
             weight: self.weight.set_require_grad(false),
             bias: self.bias.map(|b| b.set_require_grad(false)),
             lora: self.lora,
+            quantized: self.quantized,
         }
     }
 }
@@ -204,6 +217,7 @@ mod tests {
             weight: Param::from_tensor(w.transpose()),
             bias: None,
             lora: None,
+            quantized: None,
         }
     }
 
@@ -274,6 +288,7 @@ mod tests {
             weight: Param::from_tensor(w),
             bias: None,
             lora: Some(LoraAdapter::new(8, 6, 2, 1.0, 3, &device)),
+            quantized: None,
         }
         .frozen();
         let x = Tensor::<Autodiff<B>, 3>::ones([1, 2, 8], &device);

@@ -7,7 +7,7 @@
 //!   not shared.
 //! * Version 1: magic `ak42`, version 1, the same seven ints, a shared-classifier byte, zero
 //!   padding to 256 bytes, then norms, embeddings, wq…w3 per kind for all layers, classifier.
-//!   Version 2 (int8 quantised) is rejected with a clear message.
+//!   Version 2 (int8, Q8_0) shares the header and is read by [`super::llama2c_q80`].
 //!
 //! The file size must match the header exactly: a truncated download or a foreign file is
 //! reported instead of read past.
@@ -33,9 +33,11 @@ pub(super) fn plausible_v0_header(head: &[u8]) -> bool {
     ints.len() == 4 && ints.iter().all(|&v| v > 0 && v < (1 << 20))
 }
 
-struct Header {
-    config: LlamaConfig,
-    shared_classifier: bool,
+pub(super) struct Header {
+    pub(super) config: LlamaConfig,
+    pub(super) shared_classifier: bool,
+    /// 0 (legacy), 1 (f32) or 2 (int8).
+    pub(super) version: i32,
     data_offset: usize,
     legacy_rope_tables: bool,
 }
@@ -54,8 +56,9 @@ fn ints(bytes: &[u8]) -> Vec<i32> {
         .collect()
 }
 
-fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
+pub(super) fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
     let v1 = bytes.len() >= 8 && bytes[..4] == MAGIC.to_le_bytes();
+    let mut version = 0;
     let (fields, shared_byte, data_offset) = if v1 {
         if bytes.len() < V1_HEADER_BYTES {
             return Err(corrupt(
@@ -63,13 +66,13 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
                 format!("{} bytes, shorter than the 256-byte header", bytes.len()),
             ));
         }
-        let version = ints(&bytes[4..8])[0];
-        if version != 1 {
+        version = ints(&bytes[4..8])[0];
+        if version != 1 && version != 2 {
             return Err(CheckpointError::Unsupported {
                 path: path.to_path_buf(),
                 detail: format!(
-                    "llama2.c export version {version} (only f32 exports, v0 and v1, are supported; \
-                     v2 is int8-quantised)"
+                    "llama2.c export version {version} (versions 0 and 1, f32, and 2, int8 \
+                     Q8_0, are supported)"
                 ),
             });
         }
@@ -117,6 +120,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, CheckpointError> {
     Ok(Header {
         config,
         shared_classifier,
+        version,
         data_offset,
         legacy_rope_tables: !v1,
     })
@@ -185,6 +189,12 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointEr
         source,
     })?;
     let header = parse_header(path, &bytes)?;
+    if header.version == 2 {
+        return Err(CheckpointError::Unsupported {
+            path: path.to_path_buf(),
+            detail: "an int8 (version 2) export read as an f32 one".into(),
+        });
+    }
     let layout = layout(
         &header.config,
         header.legacy_rope_tables,

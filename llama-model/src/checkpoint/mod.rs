@@ -2,7 +2,8 @@
 //!
 //! 1. the exercise's `stories42M.pt` (a `torch.save` dict with `model_args` and `model`);
 //! 2. llama2.c training checkpoints (`attention.wq…` names, `_orig_mod.` prefixes);
-//! 3. llama2.c `.bin` exports (legacy v0 header and the v1 `ak42` header);
+//! 3. llama2.c `.bin` exports (legacy v0 header, the v1 `ak42` header, and the v2 int8
+//!    export `runq.c` reads);
 //! 4. safetensors, with the config beside it.
 //!
 //! The format is found from the file's first bytes, not its extension. Every reader produces
@@ -12,6 +13,7 @@
 //! `strict=False`; we do not).
 
 mod llama2c_bin;
+mod llama2c_q80;
 mod llama2c_writer;
 mod pytorch;
 mod safetensors_file;
@@ -25,6 +27,7 @@ use burn::tensor::backend::Backend;
 
 use crate::config::{ConfigError, LlamaConfig};
 use crate::llama::Llama;
+use crate::q8_weights::Q8Store;
 pub use llama2c_writer::save_llama2c_bin;
 pub use safetensors_file::read_tensors;
 pub use safetensors_writer::{model_tensors, raw_tensor, save_model, write_safetensors};
@@ -104,6 +107,8 @@ pub enum CheckpointFormat {
     Llama2cV0,
     /// A llama2.c `.bin` export with the `ak42` magic, version 1 (f32).
     Llama2cV1,
+    /// A llama2.c `.bin` export, version 2: int8 weights in groups (Q8_0).
+    Llama2cQ80,
     /// A safetensors file.
     Safetensors,
 }
@@ -114,6 +119,7 @@ impl std::fmt::Display for CheckpointFormat {
             Self::Pytorch => "PyTorch checkpoint",
             Self::Llama2cV0 => "llama2.c .bin (v0)",
             Self::Llama2cV1 => "llama2.c .bin (v1)",
+            Self::Llama2cQ80 => "llama2.c .bin (v2, int8 Q8_0)",
             Self::Safetensors => "safetensors",
         })
     }
@@ -171,7 +177,11 @@ pub fn detect_format(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
         }
     }
     if n >= 8 && head[..4] == llama2c_bin::MAGIC.to_le_bytes() {
-        return Ok(CheckpointFormat::Llama2cV1);
+        return Ok(if head[4..8] == 2i32.to_le_bytes() {
+            CheckpointFormat::Llama2cQ80
+        } else {
+            CheckpointFormat::Llama2cV1
+        });
     }
     if n >= 16 && llama2c_bin::plausible_v0_header(head) {
         return Ok(CheckpointFormat::Llama2cV0);
@@ -194,29 +204,51 @@ fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> 
     Ok(filled)
 }
 
-/// Read the config and every tensor of a checkpoint, without building a model.
+/// Read the config and every tensor of a checkpoint, without building a model. An int8
+/// export's tensors are its dequantized values.
 pub fn read_checkpoint(
     path: &Path,
     options: &LoadOptions,
 ) -> Result<(LlamaConfig, TensorMap, CheckpointFormat), CheckpointError> {
-    let format = detect_format(path)?;
-    let (config, tensors) = match format {
-        CheckpointFormat::Pytorch => pytorch::read(path)?,
-        CheckpointFormat::Llama2cV0 | CheckpointFormat::Llama2cV1 => llama2c_bin::read(path)?,
-        CheckpointFormat::Safetensors => safetensors_file::read(path, options.config.as_deref())?,
-    };
+    let (config, tensors, format, _) = read_with_int8(path, options)?;
     Ok((config, tensors, format))
 }
 
-/// Load a Llama checkpoint of any supported format onto `device`.
+/// [`read_checkpoint`], with an int8 export's matrices as stored.
+fn read_with_int8(
+    path: &Path,
+    options: &LoadOptions,
+) -> Result<(LlamaConfig, TensorMap, CheckpointFormat, Option<Q8Store>), CheckpointError> {
+    let format = detect_format(path)?;
+    let (config, tensors, int8) = match format {
+        CheckpointFormat::Pytorch => pytorch::read(path).map(|(c, t)| (c, t, None))?,
+        CheckpointFormat::Llama2cV0 | CheckpointFormat::Llama2cV1 => {
+            llama2c_bin::read(path).map(|(c, t)| (c, t, None))?
+        }
+        CheckpointFormat::Llama2cQ80 => llama2c_q80::read(path).map(|(c, t, q)| (c, t, Some(q)))?,
+        CheckpointFormat::Safetensors => {
+            safetensors_file::read(path, options.config.as_deref()).map(|(c, t)| (c, t, None))?
+        }
+    };
+    Ok((config, tensors, format, int8))
+}
+
+/// Load a Llama checkpoint of any supported format onto `device`. A model from an int8
+/// export decodes on its stored int8 matrices ([`crate::q8_weights`]; see
+/// [`Llama::without_q8`] for its f32 form).
 pub fn load_checkpoint<B: Backend>(
     path: &Path,
     options: &LoadOptions,
     device: &B::Device,
 ) -> Result<LoadedCheckpoint<B>, CheckpointError> {
-    let (config, tensors, format) = read_checkpoint(path, options)?;
+    let (config, tensors, format, int8) = read_with_int8(path, options)?;
     let warnings = tensors::non_finite_report(path, &tensors);
+    // `build_model` has checked every name and shape, so the matrices fit.
     let (model, config) = tensors::build_model(path, config, tensors, device)?;
+    let model = match int8 {
+        Some(store) => model.with_q8_store(store),
+        None => model,
+    };
     Ok(LoadedCheckpoint {
         model,
         config,
