@@ -124,10 +124,10 @@ macro_rules! backend_runner {
 }
 
 backend_runner!(run_ndarray, "ndarray", |job, _device, kind| {
-    job.run::<burn::backend::Autodiff<burn::backend::NdArray>>(Default::default(), kind)
+    job.run::<llama_train::TrainBackend<burn::backend::NdArray>>(Default::default(), kind)
 });
 backend_runner!(run_flex, "flex", |job, _device, kind| {
-    job.run::<burn::backend::Autodiff<burn::backend::Flex>>(Default::default(), kind)
+    job.run::<llama_train::TrainBackend<burn::backend::Flex>>(Default::default(), kind)
 });
 backend_runner!(run_wgpu, "wgpu", |job, device, kind| {
     use burn::backend::wgpu::WgpuDevice;
@@ -137,7 +137,7 @@ backend_runner!(run_wgpu, "wgpu", |job, device, kind| {
         WgpuDevice::DiscreteGpu(device)
     };
     wgpu_preflight::check(&device)?;
-    job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, kind)
+    job.run::<llama_train::TrainBackend<burn::backend::Wgpu>>(device, kind)
 });
 
 /// Checks that wgpu has an adapter for the device before Burn asks for one: Burn (through
@@ -209,7 +209,7 @@ mod wgpu_preflight {
 
 backend_runner!(run_tch_cpu, "tch", |job, _device, kind| {
     use burn::backend::libtorch::LibTorchDevice;
-    job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(LibTorchDevice::Cpu, kind)
+    job.run::<llama_train::TrainBackend<burn::backend::LibTorch>>(LibTorchDevice::Cpu, kind)
 });
 backend_runner!(run_tch_cuda, "tch", |job, device, kind| {
     use burn::backend::libtorch::LibTorchDevice;
@@ -219,7 +219,10 @@ backend_runner!(run_tch_cuda, "tch", |job, device, kind| {
              the pip torch wheel is a CUDA build); use `--backend tch-cpu` otherwise"
         );
     }
-    job.run::<burn::backend::Autodiff<burn::backend::LibTorch>>(LibTorchDevice::Cuda(device), kind)
+    job.run::<llama_train::TrainBackend<burn::backend::LibTorch>>(
+        LibTorchDevice::Cuda(device),
+        kind,
+    )
 });
 
 /// Run `job` on the backend `kind`, device index `device` (GPU backends).

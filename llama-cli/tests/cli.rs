@@ -711,10 +711,22 @@ fn max_steps_stops_saved_and_resume_refuses_other_settings() {
         err.contains("resume with: ") && !err.contains("--max-steps 1 "),
         "{err}"
     );
+    assert!(
+        err.contains("% of epoch 1's token positions (")
+            && err.contains("% with --group-by-length)"),
+        "{err}"
+    );
     let out = base(&["--resume", "--lr", "1e-3"]);
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("its lr was 0.00002, now 0.001"), "{err}");
+    let out = base(&["--resume", "--group-by-length"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("its group by length was false, now true"),
+        "{err}"
+    );
 }
 
 /// A tokenizer whose vocabulary does not fit the model is refused before anything runs.

@@ -71,6 +71,10 @@ pub struct FinetuneConfig {
     /// Train LoRA adapters (and the head) instead of every weight; `None`: full fine-tuning.
     #[config(default = "None")]
     pub lora: Option<LoraConfig>,
+    /// Batch sentences of similar length (Hugging Face's `group_by_length`, see
+    /// [`crate::length_grouping`]) instead of the exercise's plain random order.
+    #[config(default = false)]
+    pub group_by_length: bool,
 }
 
 impl FinetuneConfig {

@@ -364,6 +364,7 @@ pub fn finetune_rank<B: AutodiffBackend>(
         train,
         seed: config.seed,
         batch_size: config.batch_size,
+        group_by_length: config.group_by_length,
         max_steps: control.max_steps,
         log_every: config.log_every,
         metrics,

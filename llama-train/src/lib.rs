@@ -17,6 +17,7 @@ pub mod evaluate;
 pub mod finetune;
 pub mod fnv;
 pub mod labelled_file;
+pub mod length_grouping;
 pub mod lm_corpus;
 pub mod lm_objective;
 pub mod lr_schedule;
@@ -35,4 +36,7 @@ pub mod progress_bar;
 pub mod prompting;
 pub mod rank_exchange;
 pub mod resume;
+pub mod train_backend;
 pub mod training_loop;
+
+pub use train_backend::TrainBackend;

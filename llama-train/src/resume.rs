@@ -107,6 +107,9 @@ pub struct RunSettings {
     /// LoRA settings, if any.
     #[serde(default)]
     lora: Option<LoraConfig>,
+    /// Length-grouped batches (runs saved before the option existed had none).
+    #[serde(default)]
+    group_by_length: bool,
     /// Training sentences and a hash of their tokens and labels.
     train_items: usize,
     train_hash: u64,
@@ -132,6 +135,7 @@ impl RunSettings {
             position: config.position,
             max_sentence_len: config.max_sentence_len,
             lora: config.lora.clone(),
+            group_by_length: config.group_by_length,
             train_items: train.items().len(),
             train_hash: fingerprint(train),
             world_size: 1,
@@ -151,7 +155,7 @@ impl RunSettings {
     /// The first setting that differs from `other`, as `(name, saved, now)`.
     fn difference(&self, now: &Self) -> Option<(&'static str, String, String)> {
         let lora = |l: &Option<LoraConfig>| l.as_ref().map_or("off".into(), LoraConfig::summary);
-        let pairs: [(&str, String, String); 11] = [
+        let pairs: [(&str, String, String); 12] = [
             ("seed", self.seed.to_string(), now.seed.to_string()),
             ("lr", self.lr.to_string(), now.lr.to_string()),
             (
@@ -181,6 +185,11 @@ impl RunSettings {
                 format!("{:?}", now.max_sentence_len),
             ),
             ("LoRA", lora(&self.lora), lora(&now.lora)),
+            (
+                "group by length",
+                self.group_by_length.to_string(),
+                now.group_by_length.to_string(),
+            ),
             (
                 "training data",
                 format!(

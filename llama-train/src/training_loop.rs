@@ -73,6 +73,7 @@ use crate::classifier::LlamaEmbeddingClassifier;
 use crate::collective::{row_share, Collective};
 use crate::curves::{save_curves, CURVES_FILE};
 use crate::data::{SentenceBatch, SentenceDataset, SentenceItem};
+use crate::length_grouping::length_grouped_order;
 use crate::metrics::LEARNING_RATE;
 use crate::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
 use crate::resume::EpochSummary;
@@ -136,6 +137,11 @@ impl EpochOrdered {
         }
     }
 
+    /// Each training sentence's length in tokens, in dataset order.
+    fn lengths(&self) -> Vec<usize> {
+        self.items.items().iter().map(|i| i.tokens.len()).collect()
+    }
+
     fn set_order(&self, order: Vec<usize>) {
         *self.order.write().unwrap_or_else(PoisonError::into_inner) = order;
     }
@@ -176,6 +182,8 @@ pub(crate) struct ResumableLoop<B: AutodiffBackend> {
     /// The configured batch size: the divisor of every step's summed loss, as in the
     /// exercise (see [`crate::data::SentenceBatch::loss_divisor`]).
     pub(crate) batch_size: usize,
+    /// Batches of similar lengths ([`crate::length_grouping`]) instead of the plain order.
+    pub(crate) group_by_length: bool,
     /// Stop after this many steps of this call.
     pub(crate) max_steps: Option<usize>,
     /// A `metrics.csv` row every this many steps (0: dev rows only).
@@ -278,6 +286,7 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
         let n = self.train.len();
+        let lengths = self.train.lengths();
         let mut steps_here = 0;
         let mut rows = self.metrics.clone();
         // Training time of the earlier calls of a resumed run, then this call's.
@@ -316,7 +325,12 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
 
         for epoch in state.next.epoch..=num_epochs {
             let global = Progress::new(epoch, num_epochs);
-            self.train.set_order(epoch_order(self.seed, epoch, n));
+            let order = epoch_order(self.seed, epoch, n);
+            self.train.set_order(if self.group_by_length {
+                length_grouped_order(&order, &lengths, self.batch_size)
+            } else {
+                order
+            });
             let skip = state.next.batches_done;
             let started = Instant::now();
             let mut iterator = dataloader_train.iter();

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::NdArray;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use llama_model::fixtures::fixture;
@@ -18,7 +18,8 @@ use llama_train::finetune::{
 };
 use llama_train::resume::{Position, ResumeError};
 
-type TB = Autodiff<NdArray>;
+/// What the CLI trains on (balanced checkpointing).
+type TB = llama_train::TrainBackend<NdArray>;
 type Inner = <TB as AutodiffBackend>::InnerBackend;
 
 /// Runs one at a time: each uses every core. (Not for reproducibility: a run draws nothing
@@ -318,6 +319,55 @@ fn stopped_and_resumed_runs_equal_a_straight_run() {
         resume: true,
         ..RunControl::default()
     };
+    let b = run_with(&cfg, &data, &resume).expect("resumed run");
+    same_run(&a, &b);
+}
+
+/// With `group_by_length` the batches change (64 sentences at batch 8 make megabatches of
+/// two batches, so sentences move between batches), and a run stopped mid-epoch and resumed
+/// is still the straight run bit for bit: the grouped order is a function of the position.
+#[test]
+fn a_length_grouped_run_resumes_exactly_and_trains_other_batches() {
+    let plain = tempfile::tempdir().expect("tempdir");
+    let straight = tempfile::tempdir().expect("tempdir");
+    let split = tempfile::tempdir().expect("tempdir");
+    let cfg = config(plain.path()).with_epochs(2);
+    let data = data5(&cfg, 64, 16, 0);
+    let p = run(&cfg, &data);
+    let a = run(&config(straight.path()).with_group_by_length(true), &data);
+    assert!(weights(&p) != weights(&a), "grouping changed nothing");
+
+    let cfg = config(split.path()).with_group_by_length(true);
+    let stop = RunControl {
+        max_steps: Some(5),
+        ..RunControl::default()
+    };
+    let at = stopped_at(run_with(&cfg, &data, &stop));
+    assert_eq!(
+        at,
+        Position {
+            epoch: 1,
+            batches_done: 5
+        }
+    );
+    let resume = RunControl {
+        resume: true,
+        ..RunControl::default()
+    };
+    // Resuming in the plain order is another run, refused.
+    let err = run_with(&config(split.path()), &data, &resume)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            FinetuneError::Resume(ResumeError::Mismatch {
+                what: "group by length",
+                ..
+            })
+        ),
+        "{err}"
+    );
     let b = run_with(&cfg, &data, &resume).expect("resumed run");
     same_run(&a, &b);
 }

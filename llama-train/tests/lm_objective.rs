@@ -3,7 +3,7 @@
 //! the gradients, and the losses after steps of global-norm clipping and the exercise's
 //! AdamW, within the tolerances the fixture states.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::NdArray;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
@@ -21,7 +21,8 @@ mod common;
 
 use common::{assert_close, assert_rel, dims, floats};
 
-type TB = Autodiff<NdArray>;
+/// What the CLI trains on (balanced checkpointing).
+type TB = llama_train::TrainBackend<NdArray>;
 
 fn reference() -> Value {
     let text = std::fs::read_to_string(fixture("reference/lm-stories260K.json")).expect("fixture");

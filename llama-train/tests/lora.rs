@@ -2,7 +2,7 @@
 //! moves only the adapters and the head, the optimizer keeps state only for them, the loss
 //! falls, and the saved adapter merged into the base gives the trained model's logits.
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::NdArray;
 use burn::data::dataloader::batcher::Batcher;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
@@ -17,7 +17,8 @@ use llama_train::classifier::{
 use llama_train::data::{read_labelled_file, DataOptions, SentenceBatch, SentenceBatcher};
 use llama_train::finetune::{finetune_with, FinetuneConfig, FinetuneData, RunControl};
 
-type TB = Autodiff<NdArray>;
+/// What the CLI trains on (balanced checkpointing).
+type TB = llama_train::TrainBackend<NdArray>;
 
 fn stories260k<B: Backend>() -> (Llama<B>, llama_model::LlamaConfig) {
     let loaded = load_checkpoint::<B>(

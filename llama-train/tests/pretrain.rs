@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use llama_model::fixtures::fixture;
@@ -22,7 +22,8 @@ use llama_train::pretrain::{pretrain_with, window_len, PretrainOutcome, MODEL_BI
 use llama_train::pretrain_config::PretrainConfig;
 use llama_train::pretrain_error::PretrainError;
 
-type TB = Autodiff<NdArray>;
+/// What the CLI trains on (balanced checkpointing).
+type TB = llama_train::TrainBackend<NdArray>;
 type IB = NdArray;
 
 fn tokenizer() -> Tokenizer {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::NdArray;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -17,7 +17,8 @@ mod common;
 
 use common::{assert_close, assert_rel, dims, floats};
 
-type TB = Autodiff<NdArray>;
+/// What the CLI trains on (balanced checkpointing).
+type TB = llama_train::TrainBackend<NdArray>;
 
 fn json() -> Value {
     let path = fixture("reference/train-step-stories260K.json");
