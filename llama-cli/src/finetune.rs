@@ -9,9 +9,9 @@ use clap::Args;
 use llama_train::classifier::{FinetuneOption, SentencePosition};
 use llama_train::data::{load_label_names, SentenceDataset};
 use llama_train::finetune::{finetune_rank, FinetuneConfig, FinetuneData, RunControl};
-use llama_train::length_grouping::{length_grouped_order, padding_share};
+use llama_train::length_grouping::padding_share;
 use llama_train::predictions::write_predictions;
-use llama_train::training_loop::epoch_order;
+use llama_train::training_loop::training_order;
 
 use crate::backend::{BackendKind, Job};
 use crate::classify::{describe_files, DataArgs};
@@ -132,15 +132,10 @@ impl Job for FinetuneArgs {
             None => (0..data.num_labels).map(|c| c.to_string()).collect(),
         };
         eprintln!(
-            "fine-tuning ({}) on {} training sentences, {} classes{}; backend {backend}; artifacts in {}",
+            "fine-tuning ({}) on {} training sentences, {} classes; backend {backend}; artifacts in {}",
             config.option,
             data.train.items().len(),
             data.num_labels,
-            if config.group_by_length {
-                ", batches grouped by length"
-            } else {
-                ""
-            },
             out_dir.display()
         );
         eprintln!("{}", describe_padding(&data.train, &config));
@@ -211,14 +206,17 @@ impl Job for FinetuneArgs {
 
 /// How much of epoch 1's batches is padding, in the order this run uses and in the other.
 fn describe_padding(train: &SentenceDataset, config: &FinetuneConfig) -> String {
-    let lengths: Vec<usize> = train.items().iter().map(|i| i.tokens.len()).collect();
-    let plain = epoch_order(config.seed, 1, lengths.len());
-    let grouped = length_grouped_order(&plain, &lengths, config.batch_size);
-    let share = |order: &[usize]| 100.0 * padding_share(order, &lengths, config.batch_size);
-    let (used, other, other_name) = if config.group_by_length {
-        (share(&grouped), share(&plain), "in the plain order")
+    let lengths = train.lengths();
+    let share = |grouped: bool| {
+        let order = training_order(config.seed, 1, &lengths, config.batch_size, grouped);
+        100.0 * padding_share(&order, &lengths, config.batch_size)
+    };
+    let used = share(config.group_by_length);
+    let other = share(!config.group_by_length);
+    let other_name = if config.group_by_length {
+        "in the plain order"
     } else {
-        (share(&plain), share(&grouped), "with --group-by-length")
+        "with --group-by-length"
     };
     format!("padding: {used:.1}% of epoch 1's token positions ({other:.1}% {other_name})")
 }

@@ -213,6 +213,11 @@ impl SentenceDataset {
         &self.items
     }
 
+    /// Each sentence's length in tokens (BOS included), in file order.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.items.iter().map(|i| i.tokens.len()).collect()
+    }
+
     /// The file the examples came from.
     pub fn path(&self) -> &Path {
         &self.path

@@ -42,18 +42,15 @@ pub fn length_grouped_order(order: &[usize], lengths: &[usize], batch_size: usiz
         .collect();
     // Each megabatch starts with its longest sentence; the first of the longest moves to the
     // front (the first maximum, as `torch.argmax` picks).
-    let longest = megabatches
-        .iter()
-        .enumerate()
-        .fold(None::<(usize, usize)>, |best, (m, mb)| match best {
-            Some((_, len)) if lengths[mb[0]] <= len => best,
-            _ => Some((m, lengths[mb[0]])),
-        })
-        .map(|(m, _)| m);
-    if let Some(m) = longest.filter(|&m| m > 0) {
-        let head = megabatches[m][0];
-        megabatches[m][0] = megabatches[0][0];
-        megabatches[0][0] = head;
+    let mut longest = 0;
+    for (m, megabatch) in megabatches.iter().enumerate().skip(1) {
+        if lengths[megabatch[0]] > lengths[megabatches[longest][0]] {
+            longest = m;
+        }
+    }
+    if longest > 0 {
+        let head = megabatches[longest][0];
+        megabatches[longest][0] = std::mem::replace(&mut megabatches[0][0], head);
     }
     megabatches.concat()
 }
@@ -112,6 +109,7 @@ mod tests {
         let lengths = [4, 4, 4, 4];
         let order = [2, 0, 3, 1];
         assert_eq!(length_grouped_order(&order, &lengths, 1), order.to_vec());
+        assert!(length_grouped_order(&[], &[], 8).is_empty());
     }
 
     #[test]

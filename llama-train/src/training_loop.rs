@@ -115,6 +115,24 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
     order
 }
 
+/// Training order of epoch `epoch` over sentences of `lengths` tokens: [`epoch_order`],
+/// regrouped into batches of similar lengths ([`length_grouped_order`]) when
+/// `group_by_length`.
+pub fn training_order(
+    seed: u64,
+    epoch: usize,
+    lengths: &[usize],
+    batch_size: usize,
+    group_by_length: bool,
+) -> Vec<usize> {
+    let order = epoch_order(seed, epoch, lengths.len());
+    if group_by_length {
+        length_grouped_order(&order, lengths, batch_size)
+    } else {
+        order
+    }
+}
+
 /// Seed of the dropout mask of step `batch` (0-based) of `epoch`.
 pub fn step_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
     mix(seed, epoch as u64, batch as u64)
@@ -135,11 +153,6 @@ impl EpochOrdered {
             items,
             order: Arc::new(RwLock::new(order)),
         }
-    }
-
-    /// Each training sentence's length in tokens, in dataset order.
-    fn lengths(&self) -> Vec<usize> {
-        self.items.items().iter().map(|i| i.tokens.len()).collect()
     }
 
     fn set_order(&self, order: Vec<usize>) {
@@ -285,8 +298,7 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let n = self.train.len();
-        let lengths = self.train.lengths();
+        let lengths = self.train.items.lengths();
         let mut steps_here = 0;
         let mut rows = self.metrics.clone();
         // Training time of the earlier calls of a resumed run, then this call's.
@@ -325,12 +337,13 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
 
         for epoch in state.next.epoch..=num_epochs {
             let global = Progress::new(epoch, num_epochs);
-            let order = epoch_order(self.seed, epoch, n);
-            self.train.set_order(if self.group_by_length {
-                length_grouped_order(&order, &lengths, self.batch_size)
-            } else {
-                order
-            });
+            self.train.set_order(training_order(
+                self.seed,
+                epoch,
+                &lengths,
+                self.batch_size,
+                self.group_by_length,
+            ));
             let skip = state.next.batches_done;
             let started = Instant::now();
             let mut iterator = dataloader_train.iter();
