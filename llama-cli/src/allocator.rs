@@ -137,6 +137,39 @@ unsafe impl GlobalAlloc for Allocator {
     }
 }
 
+/// How long jemalloc waits before it returns freed pages to the kernel, in milliseconds:
+/// `-1` (never) is [`MALLOC_CONF`]'s setting; `_RJEM_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`
+/// returns them at once, for less peak memory and slower training steps (the README's
+/// *Performance* section measures both). `None` without jemalloc.
+pub fn freed_page_decay_ms() -> Option<isize> {
+    #[cfg(unix)]
+    {
+        jemalloc_option(c"opt.dirty_decay_ms")
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// One of jemalloc's `ssize_t` options (`opt.*`), or `None` if it cannot be read.
+#[cfg(unix)]
+fn jemalloc_option(name: &std::ffi::CStr) -> Option<isize> {
+    let mut value: isize = 0;
+    let mut len = size_of::<isize>();
+    // SAFETY: reads one ssize_t option into `value`, whose size is passed.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            name.as_ptr(),
+            (&mut value as *mut isize).cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    (rc == 0).then_some(value)
+}
+
 /// Make glibc keep freed blocks of up to 32 MiB (its largest heap block) for reuse instead
 /// of unmapping them and trimming the heap after every large free: for what still allocates
 /// through glibc (libtorch's tensors on `tch-cpu`). No-op elsewhere.
@@ -158,20 +191,9 @@ mod tests {
     #[test]
     fn jemalloc_keeps_freed_pages() {
         for option in [c"opt.dirty_decay_ms", c"opt.muzzy_decay_ms"] {
-            let mut value: isize = 0;
-            let mut len = size_of::<isize>();
-            // SAFETY: reads one ssize_t option into `value`, whose size is passed.
-            let rc = unsafe {
-                tikv_jemalloc_sys::mallctl(
-                    option.as_ptr(),
-                    (&mut value as *mut isize).cast(),
-                    &mut len,
-                    std::ptr::null_mut(),
-                    0,
-                )
-            };
-            assert_eq!((rc, value), (0, -1), "{option:?}");
+            assert_eq!(jemalloc_option(option), Some(-1), "{option:?}");
         }
+        assert_eq!(freed_page_decay_ms(), Some(-1));
     }
 
     #[test]

@@ -234,6 +234,9 @@ struct Report<'a> {
     threads: usize,
     decode_split: usize,
     huge_pages: bool,
+    /// jemalloc's delay before freed pages go back to the kernel (-1: kept; see
+    /// `allocator::freed_page_decay_ms`).
+    freed_page_decay_ms: Option<isize>,
     weight_dtype: &'static str,
     machine: String,
     cores: usize,
@@ -568,6 +571,7 @@ impl Job for BenchArgs {
         }
         let threads = rayon::current_num_threads();
         let huge_pages = crate::allocator::huge_pages_enabled();
+        let decay = crate::allocator::freed_page_decay_ms();
         reset_peak_rss();
         let mut model = load_model::<B::InnerBackend>(&self, &device)?;
         let dtype = WeightDtype::resolve(self.weight_dtype, &model.llama);
@@ -621,9 +625,14 @@ impl Job for BenchArgs {
         let rows = f.rows(&self, model.load_seconds, load_rss, weight_bytes);
         println!("llama-cli bench: {}", model.source);
         println!(
-            "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; decode weights {}; median of {} runs after a warm-up",
+            "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; freed pages {}; decode weights {}; median of {} runs after a warm-up",
             cpu_model(),
             if huge_pages { "advised" } else { "off" },
+            match decay {
+                Some(-1) => "kept".to_string(),
+                Some(ms) => format!("returned after {ms} ms"),
+                None => "system allocator's".to_string(),
+            },
             weights,
             self.runs
         );
@@ -650,6 +659,7 @@ impl Job for BenchArgs {
                 threads,
                 decode_split: split,
                 huge_pages,
+                freed_page_decay_ms: decay,
                 weight_dtype: dtype.name(),
                 machine: cpu_model(),
                 cores,

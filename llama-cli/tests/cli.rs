@@ -856,3 +856,39 @@ fn pad_position_pooling_is_kept_by_the_saved_classifier() {
         std::fs::read_to_string(&dev_out).unwrap()
     );
 }
+
+/// `bench` names its allocator setting (peak memory depends on it) in the header and the
+/// JSON, and jemalloc's own environment override reaches it.
+#[test]
+fn bench_reports_the_freed_page_setting_and_its_override() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = stories260k();
+    for (env, header, decay) in [
+        (None, "freed pages kept", -1),
+        (
+            Some("dirty_decay_ms:0,muzzy_decay_ms:0"),
+            "freed pages returned after 0 ms",
+            0,
+        ),
+    ] {
+        let json = dir.path().join("bench.json");
+        let json_arg = path(json.clone());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_llama-cli"));
+        command.args(["--backend", "ndarray", "bench", "--checkpoint", &checkpoint]);
+        command.args(["--only", "generate", "--runs", "1", "--prompt-tokens", "4"]);
+        command.args(["--new-tokens", "8", "--json", &json_arg]);
+        match env {
+            Some(conf) => command.env("_RJEM_MALLOC_CONF", conf),
+            None => command.env_remove("_RJEM_MALLOC_CONF"),
+        };
+        let out = command.output().expect("llama-cli runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains(header), "{stdout}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["freed_page_decay_ms"], decay);
+        assert_eq!(report["backend"], "ndarray");
+        assert!(report["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
