@@ -113,33 +113,77 @@ impl<B: Backend> Attention<B> {
         cache: Option<&mut KvCache<B>>,
         split: usize,
     ) -> Tensor<B, 3> {
-        let [batch, seq, dim] = x.dims();
-        let (h, kv, hd) = (self.n_heads, self.n_kv_heads, self.head_dim);
-        let n_rep = h / kv;
-
-        let q = self
-            .compute_query
-            .forward_split(x.clone(), split)
-            .reshape([batch, seq, h, hd]);
-        let k = self
-            .compute_key
-            .forward_split(x.clone(), split)
-            .reshape([batch, seq, kv, hd]);
-        let v = self
-            .compute_value
-            .forward_split(x, split)
-            .reshape([batch, seq, kv, hd]);
-
-        // Rotate queries and keys by their absolute positions, then go head-major.
-        let q = angles.rotate(q).swap_dims(1, 2); // [b, h, s, hd]
-        let k = angles.rotate(k).swap_dims(1, 2); // [b, kv, s, hd]
-        let v = v.swap_dims(1, 2);
-
+        let q = self.queries(x.clone(), angles, split);
+        let (k, v) = self.keys_values(x, angles, split);
         let (k, v) = match cache {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        let keys = k.dims()[2];
+        self.attend(q, k, v, mask, split)
+    }
+
+    /// Attention of a few query rows over a whole sequence: the keys and values come from
+    /// `x` `[batch, seq, dim]` rotated by `angles`, the queries from `queries`
+    /// `[batch, q_seq, dim]` rotated by `query_angles`. `mask` `[batch or 1, q_seq, seq]` as
+    /// in [`Self::forward`]. Returns `[batch, q_seq, dim]`, the rows of [`Self::forward`]
+    /// at the queries' positions.
+    pub fn forward_queries(
+        &self,
+        x: Tensor<B, 3>,
+        angles: &RopeAngles<B>,
+        queries: Tensor<B, 3>,
+        query_angles: &RopeAngles<B>,
+        mask: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let q = self.queries(queries, query_angles, 1);
+        let (k, v) = self.keys_values(x, angles, 1);
+        self.attend(q, k, v, Some(mask), 1)
+    }
+
+    /// Rotated queries `[batch, n_heads, seq, head_dim]` of `x` `[batch, seq, dim]`.
+    fn queries(&self, x: Tensor<B, 3>, angles: &RopeAngles<B>, split: usize) -> Tensor<B, 4> {
+        let [batch, seq, _] = x.dims();
+        let q = self.compute_query.forward_split(x, split).reshape([
+            batch,
+            seq,
+            self.n_heads,
+            self.head_dim,
+        ]);
+        angles.rotate(q).swap_dims(1, 2)
+    }
+
+    /// Rotated keys and the values, each `[batch, n_kv_heads, seq, head_dim]`, of `x`
+    /// `[batch, seq, dim]`.
+    fn keys_values(
+        &self,
+        x: Tensor<B, 3>,
+        angles: &RopeAngles<B>,
+        split: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, seq, _] = x.dims();
+        let shape = [batch, seq, self.n_kv_heads, self.head_dim];
+        let k = self
+            .compute_key
+            .forward_split(x.clone(), split)
+            .reshape(shape);
+        let v = self.compute_value.forward_split(x, split).reshape(shape);
+        (angles.rotate(k).swap_dims(1, 2), v.swap_dims(1, 2))
+    }
+
+    /// Softmax attention of `q` `[batch, n_heads, seq, head_dim]` over `k`, `v`
+    /// `[batch, n_kv_heads, keys, head_dim]` with the additive `mask` `[batch or 1, seq, keys]`,
+    /// then the output projection: `[batch, seq, dim]`.
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: Option<Tensor<B, 3>>,
+        split: usize,
+    ) -> Tensor<B, 3> {
+        let [batch, h, seq, hd] = q.dims();
+        let [_, kv, keys, _] = k.dims();
+        let n_rep = h / kv;
 
         // Query head g*n_rep + r belongs to group g: stack a group's heads along the rows,
         // row index r*seq + t, so one product per group computes all of its scores.
@@ -158,7 +202,7 @@ impl<B: Backend> Attention<B> {
             .matmul(v) // [b, kv, n_rep*s, hd]
             .reshape([batch, h, seq, hd])
             .swap_dims(1, 2)
-            .reshape([batch, seq, dim]);
+            .reshape([batch, seq, h * hd]);
         self.resid_dropout
             .forward(self.compute_output.forward_split(out, split))
     }

@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::attention::{Attention, AttentionConfig};
 use crate::feed_forward::{FeedForward, FeedForwardConfig};
@@ -93,4 +93,35 @@ impl<B: Backend> LlamaLayer<B> {
                 .forward_split(self.ffn_norm.forward(h.clone()), split);
         (h, out)
     }
+
+    /// The layer's output at one position per row: `x` `[batch, seq, dim]` rotated by
+    /// `angles`; `positions` `[batch]` (each below `seq`), rotated by `position_angles`
+    /// `[batch, 1]`, with `mask` `[batch, 1, seq]` hiding the keys after each position.
+    /// Returns `[batch, 1, dim]`, the rows of [`Self::forward`] at `positions`: only the
+    /// keys and values are computed for the whole sequence.
+    pub fn forward_at(
+        &self,
+        x: Tensor<B, 3>,
+        angles: &RopeAngles<B>,
+        positions: Tensor<B, 1, Int>,
+        position_angles: &RopeAngles<B>,
+        mask: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let normed = self.attention_norm.forward(x.clone());
+        let x_at = gather_positions(x, positions.clone());
+        let normed_at = gather_positions(normed.clone(), positions);
+        let attended =
+            self.attention
+                .forward_queries(normed, angles, normed_at, position_angles, mask);
+        let h = x_at + attended;
+        h.clone() + self.feed_forward.forward_split(self.ffn_norm.forward(h), 1)
+    }
+}
+
+/// Row `positions[b]` of each batch row `b` of `x` `[batch, seq, dim]`: `[batch, 1, dim]`.
+/// Positions must be below `seq` (not every backend checks gather indices).
+pub fn gather_positions<B: Backend>(x: Tensor<B, 3>, positions: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+    let [batch, _, dim] = x.dims();
+    let index = positions.reshape([batch, 1, 1]).repeat_dim(2, dim);
+    x.gather(1, index)
 }

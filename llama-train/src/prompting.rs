@@ -241,7 +241,8 @@ impl ZeroShotClassifier {
     /// * returns `[batch, num_labels]`: per label, the sum over its token ids of
     ///   `log_softmax(logits)` at the scoring position.
     ///
-    /// Only the chosen position of each row is projected to the vocabulary (`[batch, dim]`
+    /// Only the chosen position of each row goes through the last layer's queries and
+    /// feed-forward ([`Llama::hidden_at`]) and is projected to the vocabulary (`[batch, dim]`
     /// instead of `[batch, seq, vocab]` logits). Token ids must be below the model's
     /// vocabulary size; [`Self::score_rows`] checks that.
     pub fn score_batch<B: Backend>(
@@ -252,21 +253,15 @@ impl ZeroShotClassifier {
         pad_position_scoring: bool,
     ) -> Tensor<B, 2> {
         let device = tokens.device();
-        let hidden = model.hidden_states(tokens); // [batch, seq, dim]
-        let [batch, seq, dim] = hidden.dims();
-        let chosen = if pad_position_scoring {
-            hidden.narrow(1, seq - 1, 1) // [batch, 1, dim]
+        let [batch, seq] = tokens.dims();
+        let positions = if pad_position_scoring {
+            Tensor::<B, 1, Int>::full([batch], seq as i64 - 1, &device)
         } else {
-            // Row r's last real token sits at flat index r * seq + lengths[r] - 1 of the
-            // [batch * seq, dim] view; the clamp keeps a (forbidden) zero length in range.
-            let offsets =
-                Tensor::<B, 1, Int>::arange(0..batch as i64, &device).mul_scalar(seq as i64);
-            let flat = offsets + lengths.sub_scalar(1).clamp_min(0);
-            hidden
-                .reshape([batch * seq, dim])
-                .select(0, flat)
-                .reshape([batch, 1, dim])
+            // Each row's last real token; the clamp keeps a (forbidden) zero length in range.
+            lengths.sub_scalar(1).clamp(0, seq as i64 - 1)
         };
+        let dim = model.dim();
+        let chosen = model.hidden_at(tokens, positions).reshape([batch, 1, dim]);
         let vocab = model.vocab_size();
         let log_probs = log_softmax(model.project(chosen).reshape([batch, vocab]), 1);
         let per_label = self
