@@ -9,8 +9,8 @@ use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{fixture, read_safetensors};
-use llama_model::compare::compare;
-use llama_model::generate::{generate, GenerateConfig};
+use llama_model::exercise::compare::compare;
+use llama_model::generation::generate::{generate, GenerateConfig};
 use llama_model::{load_checkpoint, Llama, LoadOptions};
 
 fn forward_matches_reference<Bk: Backend>(name: &str, device: &Bk::Device) {

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use llama_model::checkpoint::CheckpointFormat;
-use llama_model::compare::compare;
+use llama_model::exercise::compare::compare;
 use llama_model::{load_checkpoint, LoadOptions};
 
 /// The arrays of a llama2.c v0 `.bin`, cut from its bytes by the documented layout (7 × i32

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use llama_model::compare::compare;
+use llama_model::exercise::compare::compare;
 use llama_model::{load_checkpoint, LoadOptions};
 
 /// The fixture README's tolerance for forward outputs.

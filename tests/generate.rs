@@ -6,10 +6,10 @@ mod common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
-use llama_model::generate::{
+use llama_model::generation::generate::{
     generate, generate_batch, generate_text, generate_uncached, GenerateConfig, StopReason,
 };
-use llama_model::sampling::{probabilities, Sampler};
+use llama_model::generation::sampling::{probabilities, Sampler};
 use llama_model::Llama;
 use serde_json::Value;
 
@@ -390,6 +390,6 @@ fn temperature_sampling_follows_the_tempered_softmax() {
     assert!(chi_square_p_value(s, df) < ALPHA);
     // A temperature near 0 is greedy in practice.
     let counts = draw_counts(&logits, 1e-4, 3);
-    let argmax = llama_model::sampling::argmax(&logits).unwrap();
+    let argmax = llama_model::generation::sampling::argmax(&logits).unwrap();
     assert_eq!(counts[argmax], DRAWS);
 }

@@ -7,8 +7,8 @@ mod common;
 use burn::backend::Flex;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::{fixture, ids, read_safetensors};
-use llama_model::compare::compare;
-use llama_model::generate::{generate, GenerateConfig};
+use llama_model::exercise::compare::compare;
+use llama_model::generation::generate::{generate, GenerateConfig};
 use llama_model::{load_checkpoint, Llama, LoadOptions};
 use serde_json::Value;
 

@@ -4,8 +4,8 @@ mod common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;
-use llama_model::compare::compare;
-use llama_model::generate::{generate_uncached, GenerateConfig, Generator};
+use llama_model::exercise::compare::compare;
+use llama_model::generation::generate::{generate_uncached, GenerateConfig, Generator};
 use llama_model::Llama;
 
 /// The bound. On the plain ndarray backend the two paths differ by 1.7e-5 over 64

@@ -1,5 +1,5 @@
 //! Loading draws nothing at random: a model is built from its checkpoint's tensors alone
-//! (`llama_model::param_source`), and a saved classifier from lazy placeholders that its record
+//! (`llama_model::model::param_source`), and a saved classifier from lazy placeholders that its record
 //! replaces. The backend's generator is global to the process on ndarray and flex, so a draw
 //! hidden in a load would shift every later draw of the process (a training run's, a test's).
 

@@ -1,4 +1,4 @@
-//! int8 weights (llama2.c's Q8_0 and runq.c's products; `llama_model::q8_weights`) on the
+//! int8 weights (llama2.c's Q8_0 and runq.c's products; `llama_model::weights::q8_weights`) on the
 //! stories260K fixtures: greedy text against what llama2.c's runq.c prints
 //! (`generate-q80-stories260K.json`), from its int8 export and from the f32 model quantized
 //! at load; and how far logits and hidden states move from f32.
@@ -10,8 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{fixture, read_safetensors, tok512, values, B};
 use llama_model::checkpoint::CheckpointFormat;
-use llama_model::compare::compare;
-use llama_model::generate::{generate_text, GenerateConfig};
+use llama_model::exercise::compare::compare;
+use llama_model::generation::generate::{generate_text, GenerateConfig};
 use llama_model::{load_checkpoint, Llama, LoadOptions};
 use serde_json::Value;
 

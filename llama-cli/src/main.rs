@@ -1,44 +1,20 @@
 //! `llama-cli`: load Llama 2 checkpoints, check them, generate text, classify sentences.
 
-mod allocator;
-mod backend;
-mod bench;
-mod check;
-mod classify;
-mod collective_args;
-mod confusion;
-mod coordinator;
-mod data_files;
-mod eval;
-mod finetune;
-mod flag_values;
-mod generate;
-mod interrupt;
-mod launch;
-mod lora_args;
-mod merge_lora;
-mod model_args;
-mod output;
-mod perplexity;
-mod plot;
-mod pretrain;
-mod progress;
-mod prompt;
-mod sanity;
-mod text_format;
-mod weight_dtype;
+mod args;
+mod commands;
+mod runtime;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use backend::{run_on, BackendKind};
-use llama_train::finetune::FinetuneError;
-use llama_train::pretrain_error::PretrainError;
+use llama_train::classify::finetune::FinetuneError;
+use llama_train::lm::pretrain::error::PretrainError;
+use runtime::backend::{run_on, BackendKind};
 
-/// jemalloc keeping freed memory, large buffers on transparent huge pages: see [`allocator`].
+/// jemalloc keeping freed memory, large buffers on transparent huge pages: see [`runtime::allocator`].
 #[global_allocator]
-static ALLOCATOR: allocator::Allocator = allocator::Allocator;
+static ALLOCATOR: runtime::allocator::Allocator = runtime::allocator::Allocator;
 
 /// Llama 2 on Burn: the minllama exercise as a tool.
 #[derive(Debug, Parser)]
@@ -61,8 +37,8 @@ struct Cli {
     threads: usize,
     /// Progress of long commands: bars on a terminal (auto) or plain lines (plain, also
     /// what a pipe or a log file gets).
-    #[arg(long, global = true, value_enum, default_value_t = progress::ProgressFlag::Auto)]
-    progress: progress::ProgressFlag,
+    #[arg(long, global = true, value_enum, default_value_t = runtime::progress::ProgressFlag::Auto)]
+    progress: runtime::progress::ProgressFlag,
     /// Plain progress lines, no bars (the same as `--progress plain`).
     #[arg(long, global = true)]
     quiet: bool,
@@ -73,33 +49,33 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Compare the forward pass with reference outputs (the exercise's sanity check).
-    Sanity(sanity::SanityArgs),
+    Sanity(commands::sanity::SanityArgs),
     /// Continue a prompt with a KV cache, streaming the text (greedy or sampled).
-    Generate(generate::GenerateArgs),
+    Generate(commands::generate::GenerateArgs),
     /// Measure generation, prompting and fine-tuning speed and memory.
-    Bench(bench::BenchArgs),
+    Bench(commands::bench::BenchArgs),
     /// Zero-shot classification by prompting (label-name log-probabilities).
-    Prompt(prompt::PromptArgs),
+    Prompt(commands::prompt::PromptArgs),
     /// Fine-tune a classifier head (and the model) with Burn's Learner and our AdamW.
     #[command(alias = "train")]
-    Finetune(finetune::FinetuneArgs),
+    Finetune(commands::finetune::FinetuneArgs),
     /// Re-run a saved classifier on a data file.
-    Eval(eval::EvalArgs),
+    Eval(commands::eval::EvalArgs),
     /// The exercise's RoPE, optimizer and sanity checks, with its success lines.
-    Check(check::CheckArgs),
+    Check(commands::check::CheckArgs),
     /// Perplexity of a model on a text file (one document per line).
-    Perplexity(perplexity::PerplexityArgs),
+    Perplexity(commands::perplexity::PerplexityArgs),
     /// Train the language model on text: continue a checkpoint, or start a preset.
-    Pretrain(pretrain::PretrainArgs),
+    Pretrain(commands::pretrain::PretrainArgs),
     /// Redraw a training run's curves from its metrics.csv (PNG or SVG).
-    Plot(plot::PlotArgs),
+    Plot(commands::plot::PlotArgs),
     /// Merge a LoRA adapter into its base model's weights and write a plain model.
-    MergeLora(merge_lora::MergeLoraArgs),
+    MergeLora(commands::merge_lora::MergeLoraArgs),
     /// Serve the coordinator of a data-parallel run (the ranks register with it).
-    Coordinator(coordinator::CoordinatorArgs),
+    Coordinator(commands::coordinator::CoordinatorArgs),
     /// Start a data-parallel run on this machine: the coordinator and N ranks of a command
     /// (`launch --nproc 2 -- finetune …`).
-    Launch(launch::LaunchArgs),
+    Launch(commands::launch::LaunchArgs),
 }
 
 /// Run `f`, turning a panic inside a library (a bug, or a backend that panics on a missing
@@ -131,15 +107,15 @@ fn on_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn main() -> ExitCode {
-    allocator::keep_freed_memory();
+    runtime::allocator::keep_freed_memory();
     let cli = Cli::parse(); // usage errors exit with status 2
-    progress::set(cli.progress, cli.quiet);
+    runtime::progress::set(cli.progress, cli.quiet);
     // Burn's network layer installs a logger that prints every connection to stdout unless
     // the application has one: ours drops them (errors reach the user as our one line).
     let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     if let Command::Launch(args) = &cli.command {
         // Not on the pool: the ranks compute; this process waits for them.
-        return match launch::run(args) {
+        return match commands::launch::run(args) {
             Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
             Err(err) => {
                 eprintln!("error: {err:#}");
@@ -148,7 +124,7 @@ fn main() -> ExitCode {
         };
     }
     let result = catch_panics(|| {
-        backend::set_threads(cli.threads)?;
+        runtime::backend::set_threads(cli.threads)?;
         on_pool(|| match cli.command {
             Command::Sanity(args) => run_on(cli.backend, cli.device, args),
             Command::Generate(args) => run_on(cli.backend, cli.device, args),
@@ -159,9 +135,9 @@ fn main() -> ExitCode {
             Command::Check(args) => run_on(cli.backend, cli.device, args),
             Command::Perplexity(args) => run_on(cli.backend, cli.device, args),
             Command::Pretrain(args) => run_on(cli.backend, cli.device, args),
-            Command::Plot(args) => plot::run(&args),
+            Command::Plot(args) => commands::plot::run(&args),
             Command::MergeLora(args) => run_on(cli.backend, cli.device, args),
-            Command::Coordinator(args) => coordinator::run(&args),
+            Command::Coordinator(args) => commands::coordinator::run(&args),
             Command::Launch(_) => unreachable!("handled above"),
         })
     });

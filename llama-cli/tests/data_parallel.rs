@@ -18,7 +18,7 @@ use burn::tensor::Tensor;
 use common::{path, text};
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, LoadOptions};
-use llama_train::finetune::load_classifier;
+use llama_train::classify::finetune::load_classifier;
 
 /// Largest difference allowed between the weights of a 2-rank run and a 1-process run after
 /// six AdamW steps at lr 1e-3 (two epochs of 8 + 8 + 1 rows): the gradients differ in f32

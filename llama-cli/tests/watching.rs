@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use llama_model::fixtures::fixture;
-use llama_train::curves::CURVES_SIZE;
-use llama_train::plot_canvas::png_size;
+use llama_train::report::canvas::png_size;
+use llama_train::report::curves::CURVES_SIZE;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

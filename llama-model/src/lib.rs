@@ -3,40 +3,20 @@
 //!
 //! Everything is generic over Burn's [`Backend`](burn::tensor::backend::Backend).
 
-pub mod adamw;
 pub mod atomic_file;
-pub mod attention;
 pub mod checkpoint;
-pub mod compare;
-pub mod config;
-pub mod exercise_checks;
-pub mod feed_forward;
+pub mod exercise;
 pub mod fixtures;
-pub mod generate;
-pub mod grad_clip;
-pub mod half_weights;
-pub mod kv_cache;
-pub mod layer;
-pub mod llama;
+pub mod generation;
 pub mod lora;
-pub mod lora_file;
-pub mod lora_linear;
-pub mod param_source;
-pub mod q8_kernel;
-pub mod q8_matrix;
-pub mod q8_product;
-pub mod q8_weights;
-pub mod rms_norm;
-pub mod rope;
-pub mod sampling;
-pub mod seeded_dropout;
-pub mod split_matmul;
+pub mod model;
 pub mod tokenizer;
-pub mod weight_layout;
+pub mod train;
+pub mod weights;
 
-pub use adamw::{AdamW, AdamWConfig};
+pub use train::adamw::{AdamW, AdamWConfig};
 
 pub use checkpoint::{load_checkpoint, CheckpointError, LoadOptions, LoadedCheckpoint};
-pub use config::{ConfigError, LlamaConfig};
-pub use llama::{Llama, LlamaOutput};
+pub use model::config::{ConfigError, LlamaConfig};
+pub use model::llama::{Llama, LlamaOutput};
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -9,8 +9,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
-use llama_train::classifier::{nll_loss, ClassifierConfig, SentencePosition};
-use llama_train::data::{make_batch, read_labelled_file, DataOptions, SentenceDataset};
+use llama_train::classify::classifier::{nll_loss, ClassifierConfig, SentencePosition};
+use llama_train::data::sentences::{make_batch, read_labelled_file, DataOptions, SentenceDataset};
 use llama_train::TrainBackend;
 
 /// Every parameter's gradient, flattened, in visiting order (empty where none).

@@ -7,11 +7,11 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use llama_model::fixtures::fixture;
 use llama_model::Tokenizer;
-use llama_train::data::{
+use llama_train::classify::prompting::ZeroShotClassifier;
+use llama_train::data::sentences::{
     load_label_names, read_label_names, read_labelled_file, DataError, DataOptions, LineError,
     SentenceBatch, SentenceBatcher, SentenceDataset,
 };
-use llama_train::prompting::ZeroShotClassifier;
 
 type B = NdArray;
 

@@ -10,13 +10,13 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
-use llama_train::classifier::FinetuneOption;
-use llama_train::data::{read_labelled_file, SentenceDataset};
-use llama_train::finetune::{
+use llama_train::classify::classifier::FinetuneOption;
+use llama_train::classify::finetune::resume::{Position, ResumeError};
+use llama_train::classify::finetune::{
     evaluate, finetune_with, load_classifier, FinetuneConfig, FinetuneData, FinetuneError,
     FinetuneOutcome, RunControl, CLASSIFIER_CONFIG_FILE, FINETUNE_CONFIG_FILE,
 };
-use llama_train::resume::{Position, ResumeError};
+use llama_train::data::sentences::{read_labelled_file, SentenceDataset};
 
 /// What the CLI trains on (balanced checkpointing).
 type TB = llama_train::TrainBackend<NdArray>;

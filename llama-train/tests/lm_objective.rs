@@ -10,10 +10,10 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 use llama_model::checkpoint::model_tensors;
 use llama_model::fixtures::fixture;
-use llama_model::grad_clip::clip_global_norm;
+use llama_model::train::grad_clip::clip_global_norm;
 use llama_model::{load_checkpoint, AdamWConfig, Llama, LoadOptions, Tokenizer};
-use llama_train::data::read_labelled_file;
-use llama_train::lm_objective::{lm_loss, pack_documents, LmBatch};
+use llama_train::data::sentences::read_labelled_file;
+use llama_train::lm::objective::{lm_loss, pack_documents, LmBatch};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 

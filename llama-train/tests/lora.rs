@@ -8,14 +8,16 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use llama_model::fixtures::fixture;
+use llama_model::lora::file::AdapterFile;
 use llama_model::lora::{LoraConfig, LoraTarget};
-use llama_model::lora_file::AdapterFile;
 use llama_model::{load_checkpoint, AdamWConfig, Llama, LoadOptions, Tokenizer};
-use llama_train::classifier::{
+use llama_train::classify::classifier::{
     nll_loss, ClassifierConfig, FinetuneOption, LlamaEmbeddingClassifier,
 };
-use llama_train::data::{read_labelled_file, DataOptions, SentenceBatch, SentenceBatcher};
-use llama_train::finetune::{finetune_with, FinetuneConfig, FinetuneData, RunControl};
+use llama_train::classify::finetune::{finetune_with, FinetuneConfig, FinetuneData, RunControl};
+use llama_train::data::sentences::{
+    read_labelled_file, DataOptions, SentenceBatch, SentenceBatcher,
+};
 
 /// What the CLI trains on (balanced checkpointing).
 type TB = llama_train::TrainBackend<NdArray>;
@@ -37,9 +39,10 @@ fn sst_batch(n: usize) -> SentenceBatch<TB> {
     let mut records = read_labelled_file(&path).expect("sst");
     records.truncate(n);
     let options = DataOptions::default().with_max_sentence_len(Some(24));
-    let data =
-        llama_train::data::SentenceDataset::from_records(records, &path, &tokenizer, &options)
-            .expect("tokenize");
+    let data = llama_train::data::sentences::SentenceDataset::from_records(
+        records, &path, &tokenizer, &options,
+    )
+    .expect("tokenize");
     SentenceBatcher::from_tokenizer(&tokenizer).batch(data.items().to_vec(), &Default::default())
 }
 
@@ -143,7 +146,7 @@ fn a_lora_run_saves_an_adapter_that_merges_into_the_trained_model() {
         let path = fixture(&format!("data/{file}"));
         let mut records = read_labelled_file(&path).expect("read");
         records.truncate(n);
-        llama_train::data::SentenceDataset::from_records(
+        llama_train::data::sentences::SentenceDataset::from_records(
             records,
             &path,
             &tokenizer,

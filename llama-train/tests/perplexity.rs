@@ -5,7 +5,7 @@
 use burn::backend::NdArray;
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, Llama, LoadOptions, Tokenizer};
-use llama_train::perplexity::{encode_documents, perplexity, read_documents, Perplexity};
+use llama_train::lm::perplexity::{encode_documents, perplexity, read_documents, Perplexity};
 use serde_json::Value;
 
 type B = NdArray;

@@ -9,18 +9,18 @@ use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use llama_model::fixtures::fixture;
+use llama_model::lora::file::AdapterFile;
 use llama_model::lora::{LoraConfig, LoraTarget};
-use llama_model::lora_file::AdapterFile;
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
-use llama_train::data::read_labelled_file;
-use llama_train::documents::{encode_documents, read_text, TextFormat};
-use llama_train::finetune::RunControl;
-use llama_train::lm_corpus::{LmCorpus, Validation};
-use llama_train::metrics_log::{read_metrics, Split, METRICS_FILE};
-use llama_train::perplexity::perplexity;
-use llama_train::pretrain::{pretrain_with, window_len, PretrainOutcome, MODEL_BIN_FILE};
-use llama_train::pretrain_config::PretrainConfig;
-use llama_train::pretrain_error::PretrainError;
+use llama_train::classify::finetune::RunControl;
+use llama_train::data::documents::{encode_documents, read_text, TextFormat};
+use llama_train::data::sentences::read_labelled_file;
+use llama_train::lm::corpus::{LmCorpus, Validation};
+use llama_train::lm::perplexity::perplexity;
+use llama_train::lm::pretrain::config::PretrainConfig;
+use llama_train::lm::pretrain::error::PretrainError;
+use llama_train::lm::pretrain::{pretrain_with, window_len, PretrainOutcome, MODEL_BIN_FILE};
+use llama_train::report::metrics_log::{read_metrics, Split, METRICS_FILE};
 
 /// What the CLI trains on (balanced checkpointing).
 type TB = llama_train::TrainBackend<NdArray>;

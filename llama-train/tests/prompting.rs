@@ -4,11 +4,13 @@
 use burn::backend::NdArray;
 use burn::tensor::{Int, Tensor, TensorData};
 use llama_model::fixtures::fixture;
-use llama_model::sampling::argmax;
+use llama_model::generation::sampling::argmax;
 use llama_model::{Llama, Tokenizer};
-use llama_train::data::{read_label_names, DataOptions, SentenceDataset, SentenceItem};
-use llama_train::predictions::{read_predictions, write_predictions, Prediction, PredictionsError};
-use llama_train::prompting::{PromptingConfig, PromptingError, ZeroShotClassifier};
+use llama_train::classify::prompting::{PromptingConfig, PromptingError, ZeroShotClassifier};
+use llama_train::data::predictions::{
+    read_predictions, write_predictions, Prediction, PredictionsError,
+};
+use llama_train::data::sentences::{read_label_names, DataOptions, SentenceDataset, SentenceItem};
 
 type B = NdArray;
 

@@ -10,7 +10,9 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, AdamWConfig, LoadOptions};
-use llama_train::classifier::{ClassifierConfig, LlamaEmbeddingClassifier, SentencePosition};
+use llama_train::classify::classifier::{
+    ClassifierConfig, LlamaEmbeddingClassifier, SentencePosition,
+};
 use serde_json::Value;
 
 mod common;
@@ -117,7 +119,7 @@ fn batch(case: &Value, lengths: Option<Vec<i64>>) -> Batch {
 
 fn loss_of(model: &LlamaEmbeddingClassifier<TB>, b: &Batch) -> (Tensor<TB, 2>, Tensor<TB, 1>) {
     let log_probs = model.forward(b.tokens.clone(), b.lengths.clone());
-    let loss = llama_train::classifier::nll_loss(log_probs.clone(), b.labels.clone());
+    let loss = llama_train::classify::classifier::nll_loss(log_probs.clone(), b.labels.clone());
     (log_probs, loss)
 }
 
@@ -409,7 +411,7 @@ fn padded_batch_matches_the_exercise_convention() {
 #[test]
 fn a_partial_batch_divides_the_loss_by_the_configured_batch_size() {
     use burn::train::TrainStep;
-    use llama_train::data::make_batch;
+    use llama_train::data::sentences::make_batch;
 
     let fx = json();
     let model = classifier(&fx, SentencePosition::LastToken);

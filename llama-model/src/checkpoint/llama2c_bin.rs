@@ -16,7 +16,7 @@ use std::path::Path;
 
 use super::tensors::{RawTensor, TensorMap};
 use super::CheckpointError;
-use crate::config::LlamaConfig;
+use crate::model::config::LlamaConfig;
 
 /// `ak42` as a little-endian u32, the llama2.c v1/v2 magic.
 pub(super) const MAGIC: u32 = 0x616b_3432;

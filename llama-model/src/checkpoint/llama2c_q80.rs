@@ -17,9 +17,9 @@ use std::sync::Arc;
 use super::llama2c_bin::{is_per_layer, layout, parse_header};
 use super::tensors::{RawTensor, TensorMap};
 use super::CheckpointError;
-use crate::config::LlamaConfig;
-use crate::q8_matrix::Q8Matrix;
-use crate::q8_weights::Q8Store;
+use crate::model::config::LlamaConfig;
+use crate::weights::q8_matrix::Q8Matrix;
+use crate::weights::q8_weights::Q8Store;
 
 /// Byte offset of the group size in the header.
 const GROUP_OFFSET: usize = 37;
@@ -137,7 +137,7 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap, Q8Store), Che
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::q8_matrix::quantize_groups;
+    use crate::weights::q8_matrix::quantize_groups;
 
     /// A version-2 export written independently of the reader, following llama2.c's
     /// `version2_export`: header, f32 norms, then int8 values and scales per matrix.

@@ -14,24 +14,23 @@
 
 mod llama2c_bin;
 mod llama2c_q80;
-mod llama2c_writer;
 mod pytorch;
 mod safetensors_file;
-mod safetensors_writer;
 pub mod tensors;
+mod write;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 
-use crate::config::{ConfigError, LlamaConfig};
-use crate::llama::Llama;
-use crate::q8_weights::Q8Store;
-pub use llama2c_writer::save_llama2c_bin;
+use crate::model::config::{ConfigError, LlamaConfig};
+use crate::model::llama::Llama;
+use crate::weights::q8_weights::Q8Store;
 pub use safetensors_file::read_tensors;
-pub use safetensors_writer::{model_tensors, raw_tensor, save_model, write_safetensors};
 pub use tensors::{RawTensor, TensorMap};
+pub use write::llama2c::save_llama2c_bin;
+pub use write::safetensors::{model_tensors, raw_tensor, save_model, write_safetensors};
 
 /// Why a checkpoint could not be loaded. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +233,7 @@ fn read_with_int8(
 }
 
 /// Load a Llama checkpoint of any supported format onto `device`. A model from an int8
-/// export decodes on its stored int8 matrices ([`crate::q8_weights`]; see
+/// export decodes on its stored int8 matrices ([`crate::weights::q8_weights`]; see
 /// [`Llama::without_q8`] for its f32 form).
 pub fn load_checkpoint<B: Backend>(
     path: &Path,

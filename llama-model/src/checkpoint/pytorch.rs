@@ -12,7 +12,7 @@ use burn_store::pytorch::{PytorchError, PytorchReader};
 
 use super::tensors::{canonical_name, RawTensor, TensorMap};
 use super::CheckpointError;
-use crate::config::{LlamaConfig, ModelArgs};
+use crate::model::config::{LlamaConfig, ModelArgs};
 
 fn pickle_error(path: &Path, e: PytorchError) -> CheckpointError {
     match e {
@@ -82,7 +82,7 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointEr
     }
     let args: ModelArgs = serde_json::from_value(args).map_err(|e| CheckpointError::Config {
         path: path.to_path_buf(),
-        source: crate::config::ConfigError::Parse {
+        source: crate::model::config::ConfigError::Parse {
             path: path.to_path_buf(),
             detail: format!("model_args: {e}"),
         },

@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use super::tensors::{canonical_name, RawTensor, TensorMap};
 use super::CheckpointError;
-use crate::config::LlamaConfig;
+use crate::model::config::LlamaConfig;
 
 /// Where a config for `path` may be: `<stem>.config.json`, then `config.json` in the same
 /// folder.

@@ -9,9 +9,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::CheckpointError;
-use crate::config::LlamaConfig;
-use crate::llama::Llama;
-use crate::param_source::ParamSource;
+use crate::model::config::LlamaConfig;
+use crate::model::llama::Llama;
+use crate::model::param_source::ParamSource;
 
 /// A tensor as read from a file: f32 values, row-major, PyTorch layout
 /// (`nn.Linear` weights are `[out_features, in_features]`).

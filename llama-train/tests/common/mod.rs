@@ -1,6 +1,6 @@
 //! Assertions shared by the tests that compare against the PyTorch reference's numbers.
 
-use llama_model::compare::compare;
+use llama_model::exercise::compare::compare;
 use serde_json::Value;
 
 /// `actual` equals `expected` elementwise within `atol + rtol·|expected|`; prints and

@@ -1,0 +1,76 @@
+//! `llama-cli merge-lora --checkpoint P --adapter A --out M`: a plain model with a LoRA
+//! adapter merged into its weights (`W + (alpha / r) A B`), which every command loads.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use llama_model::checkpoint::save_model;
+use llama_model::lora::file::AdapterFile;
+use llama_model::{load_checkpoint, LoadOptions};
+
+use crate::runtime::backend::{BackendKind, Job};
+use crate::runtime::output::check_writable;
+
+/// Arguments of `llama-cli merge-lora`.
+#[derive(Debug, Args)]
+pub struct MergeLoraArgs {
+    /// The base model the adapter was trained on (.pt, .bin or .safetensors).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// JSON config for a safetensors checkpoint without one beside it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The adapter (`adapter.safetensors` of a `finetune --lora-rank` run).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// The merged model to write: a .safetensors file, its config as `<stem>.config.json`
+    /// beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+impl Job for MergeLoraArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Result<()> {
+        if self.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+            bail!(
+                "{}: the merged model is written as safetensors; name it <name>.safetensors",
+                self.out.display()
+            );
+        }
+        check_writable(&self.out)?;
+        if !self.adapter.is_file() {
+            bail!(
+                "{}: no such adapter file (a `finetune --lora-rank` run writes adapter.safetensors in its --out-dir)",
+                self.adapter.display()
+            );
+        }
+        // The adapter first: a wrong file fails before the model loads.
+        let adapter = AdapterFile::read(&self.adapter)?;
+        let options = LoadOptions {
+            config: self.config.clone(),
+        };
+        let loaded = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &options, &device)?;
+        let lora = adapter.config();
+        let merged = adapter.apply(loaded.model)?.merge_lora();
+        save_model(&merged, &loaded.config, &self.out)?;
+        println!(
+            "merged {} (rank {}, alpha {}, on {}) into {}: wrote {}",
+            self.adapter.display(),
+            lora.rank,
+            lora.alpha(),
+            lora.targets_list(),
+            self.checkpoint.display(),
+            self.out.display()
+        );
+        if adapter.extra("classifier_head.weight").is_some() {
+            eprintln!(
+                "note: the adapter's classifier head is not part of a language model and was left out"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! Writing models (and other f32 tensor sets, such as LoRA adapters) as safetensors.
+//!
+//! A model is written under the exercise's names in PyTorch's layout (`nn.Linear` weights
+//! `[out, in]`), with its config as `<stem>.config.json` beside it: exactly what the
+//! safetensors reader of this crate (and PyTorch's `load_state_dict`) takes back.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+
+use crate::atomic_file::write_atomic;
+use crate::checkpoint::safetensors_file::config_candidates;
+use crate::checkpoint::tensors::{RawTensor, TensorMap};
+use crate::checkpoint::CheckpointError;
+use crate::model::config::LlamaConfig;
+use crate::Llama;
+
+/// The values of `tensor` as a [`RawTensor`] (row-major, its logical shape, f32).
+pub fn raw_tensor<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> RawTensor {
+    let shape = tensor.dims().to_vec();
+    let data = tensor.into_data().convert::<f32>();
+    // Converted to f32 just above, so reading it as f32 cannot fail.
+    let data = data.into_vec::<f32>().unwrap_or_default();
+    RawTensor { shape, data }
+}
+
+/// The parameters of `model` under the exercise's names, `nn.Linear` weights as `[out, in]`.
+/// LoRA adapters are not included: merge them first ([`Llama::merge_lora`]).
+pub fn model_tensors<B: Backend>(model: &Llama<B>) -> TensorMap {
+    let mut map = TensorMap::new();
+    map.insert(
+        "tok_embeddings.weight".into(),
+        raw_tensor(model.tok_embeddings.weight.val()),
+    );
+    for (prefix, linear) in model.projections() {
+        map.insert(
+            format!("{prefix}.weight"),
+            raw_tensor(linear.weight.val().transpose()),
+        );
+    }
+    for (i, layer) in model.layers.iter().enumerate() {
+        for (name, norm) in [
+            ("attention_norm", &layer.attention_norm),
+            ("ffn_norm", &layer.ffn_norm),
+        ] {
+            map.insert(
+                format!("layers.{i}.{name}.weight"),
+                raw_tensor(norm.weight.val()),
+            );
+        }
+    }
+    map.insert("norm.weight".into(), raw_tensor(model.norm.weight.val()));
+    if let Some(output) = &model.output {
+        map.insert(
+            "output.weight".into(),
+            raw_tensor(output.weight.val().transpose()),
+        );
+    }
+    map
+}
+
+/// Write `tensors` (f32) and `metadata` to `path` as one safetensors file, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &TensorMap,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    let bytes: Vec<(&String, Vec<u8>, &[usize])> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name, bytes, t.shape.as_slice())
+        })
+        .collect();
+    let corrupt = |detail: String| CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let views = bytes
+        .iter()
+        .map(|(name, bytes, shape)| {
+            TensorView::new(Dtype::F32, shape.to_vec(), bytes)
+                .map(|view| (name.as_str(), view))
+                .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let file = safetensors::serialize(views, metadata).map_err(|e| corrupt(e.to_string()))?;
+    write_atomic(path, &file).map_err(|source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Write `model` (built from `config`) to `path` as safetensors and its config as
+/// `<stem>.config.json` beside it, where [`crate::load_checkpoint`] looks for it.
+pub fn save_model<B: Backend>(
+    model: &Llama<B>,
+    config: &LlamaConfig,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let config_path = config_candidates(path)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| path.with_extension("config.json"));
+    let json = serde_json::to_vec_pretty(config).map_err(|e| CheckpointError::Corrupt {
+        path: config_path.clone(),
+        detail: e.to_string(),
+    })?;
+    write_atomic(&config_path, &json).map_err(|source| CheckpointError::Io {
+        path: config_path.clone(),
+        source,
+    })?;
+    write_safetensors(path, &model_tensors(model), None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{load_checkpoint, LoadOptions};
+    use burn::backend::NdArray;
+    use burn::tensor::{Int, TensorData};
+
+    type B = NdArray;
+
+    #[test]
+    fn a_saved_model_loads_back_to_the_same_logits() {
+        let device = Default::default();
+        // A separate output projection, so that `output.weight` is written too.
+        let config = LlamaConfig::new(32, 2, 4, 64)
+            .with_n_kv_heads(Some(2))
+            .with_max_seq_len(16)
+            .with_tie_embeddings(false);
+        let model = config.init::<B>(&device);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.safetensors");
+        save_model(&model, &config, &path).unwrap();
+        assert!(dir.path().join("m.config.json").is_file());
+        let loaded = load_checkpoint::<B>(&path, &LoadOptions::default(), &device).unwrap();
+        let tokens =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i64, 4, 9, 63], [1, 4]), &device);
+        assert_eq!(
+            loaded.model.forward(tokens.clone()).logits.into_data(),
+            model.forward(tokens).logits.into_data()
+        );
+    }
+}

@@ -1,0 +1,901 @@
+//! Autoregressive text generation with a KV cache.
+//!
+//! Each call starts from an empty cache: the prompt is pre-filled in one forward pass, then
+//! one token per step is fed, its keys/values appended to the cache
+//! ([`Llama::forward_cached`]).
+//!
+//! # Context overflow
+//!
+//! The exercise's `generate` crops the context to its last `max_seq_len` tokens before every
+//! step (`idx[:, -max_seq_len:]`), re-running that window from position 0. We reproduce that
+//! exactly: while the context fits (`len <= max_seq_len`) the cache holds all of it and one
+//! token per step is exact; once it would not fit, the cache is cleared and the last
+//! `max_seq_len` tokens are pre-filled again, at positions `0..max_seq_len`. A shifted window
+//! changes every hidden state (each token saw the dropped one), so no cached state can be
+//! reused: past the context length, every step is a full window pass, as in the exercise.
+//! [`GenerationStats::context_resets`] counts them. The cache never overflows.
+//!
+//! # Batches
+//!
+//! [`generate_batch`] runs prompts of different lengths together: rows are left-padded to
+//! the longest, each row gets its own positions (`0..len` at its right end) and an additive
+//! mask hides its padding ([`Llama::forward_cached_with`]). Padding keys get exactly zero
+//! attention weight, so each row computes what it would alone (up to the rounding of
+//! differently shaped matrix products).
+//!
+//! Use an inference backend (not `Autodiff<_>`): on an autodiff backend dropout is active.
+
+use std::time::{Duration, Instant};
+
+use burn::config::Config;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::generation::sampling::{self, Sampler, SamplingError};
+use crate::model::kv_cache::LlamaCache;
+use crate::model::llama::{Llama, MASKED};
+use crate::tokenizer::TextStream;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// Settings of one generation.
+#[derive(Config, Debug, PartialEq)]
+pub struct GenerateConfig {
+    /// Number of tokens to generate at most.
+    #[config(default = 256)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy (argmax); otherwise sample from `softmax(logits / temperature)`.
+    /// Must be finite and `>= 0`. 1.0 is the exercise's and llama2.c's default.
+    #[config(default = 1.0)]
+    pub temperature: f64,
+    /// Nucleus sampling threshold in `(0, 1]`; `None` (default) samples from every token.
+    #[config(default = "None")]
+    pub top_p: Option<f64>,
+    /// Seed of the sampler's random generator (same seed, same text).
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Stop when EOS ([`Self::eos_id`]) is sampled.
+    #[config(default = false)]
+    pub stop_at_eos: bool,
+    /// Stop when BOS ([`Self::bos_id`]) is sampled, as llama2.c does (the TinyStories
+    /// models separate stories with BOS and never produce EOS).
+    #[config(default = false)]
+    pub stop_at_bos: bool,
+    /// Id of BOS (1 for Llama 2 and tok512; take it from the tokenizer).
+    #[config(default = 1)]
+    pub bos_id: u32,
+    /// Id of EOS (2 for Llama 2 and tok512).
+    #[config(default = 2)]
+    pub eos_id: u32,
+    /// Split each weight product of a decoding step into this many column blocks run on
+    /// rayon's pool (see [`crate::weights::split_matmul`]; 1: one product per weight).
+    #[config(default = 1)]
+    pub decode_split: usize,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GenerateConfig {
+    /// Greedy decoding of `max_new_tokens` tokens, no stop tokens (the fixtures' setting).
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self::new()
+            .with_max_new_tokens(max_new_tokens)
+            .with_temperature(0.0)
+    }
+
+    /// Checks temperature and `top_p` (see [`sampling::validate`]).
+    pub fn validate(&self) -> Result<(), GenerateError> {
+        sampling::validate(self.temperature, self.top_p)?;
+        Ok(())
+    }
+
+    /// The sampler for batch row `row` (seed `seed + row`).
+    fn sampler(&self, row: usize) -> Result<Sampler, GenerateError> {
+        Ok(Sampler::new(
+            self.temperature,
+            self.top_p,
+            self.seed.wrapping_add(row as u64),
+        )?)
+    }
+
+    /// Why generation stops at `token`, if it does.
+    fn stop_for(&self, token: u32) -> Option<StopReason> {
+        if self.stop_at_eos && token == self.eos_id {
+            Some(StopReason::Eos)
+        } else if self.stop_at_bos && token == self.bos_id {
+            Some(StopReason::Bos)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why generation cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// Invalid temperature / `top_p`, or logits no token can be sampled from.
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    /// A prompt without tokens (callers pass at least BOS).
+    #[error("prompt {index} is empty; pass at least the BOS token")]
+    EmptyPrompt {
+        /// Position of the prompt in the batch (0 for a single prompt).
+        index: usize,
+    },
+    /// [`generate_batch`] was given no prompts.
+    #[error("no prompts to generate from")]
+    EmptyBatch,
+    /// A prompt token is not in the model's vocabulary.
+    #[error("prompt {index}: token {id} at position {position} is outside the model's vocabulary of {vocab_size}")]
+    TokenOutOfRange {
+        /// Position of the prompt in the batch.
+        index: usize,
+        /// Position of the token in the prompt.
+        position: usize,
+        /// The token id.
+        id: u32,
+        /// The model's vocabulary size.
+        vocab_size: usize,
+    },
+    /// The logits could not be read back from the device.
+    #[error("cannot read logits from the device: {0}")]
+    Data(String),
+    /// A generated token could not be decoded (the tokenizer does not match the model).
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `max_new_tokens` tokens were generated.
+    MaxNewTokens,
+    /// EOS was sampled (with `stop_at_eos`); it is not part of the output.
+    Eos,
+    /// BOS was sampled (with `stop_at_bos`); it is not part of the output.
+    Bos,
+}
+
+/// Timings of a generation.
+///
+/// Timestamps are taken when a token has been sampled (its logits read back from the
+/// device, so the device work is really done), before the caller's callback runs; callback
+/// time between two tokens is included in the decode time.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct GenerationStats {
+    /// Prompt tokens (summed over the rows of a batch).
+    pub prompt_tokens: usize,
+    /// Tokens sampled, including a stop token that ended generation (summed over rows).
+    pub generated_tokens: usize,
+    /// Tokens sampled after the first step (the ones [`Self::tokens_per_second`] counts).
+    pub decode_tokens: usize,
+    /// From the start of generation to the first sampled token: the prompt pre-fill plus
+    /// one sampling. `None` when nothing was generated.
+    pub time_to_first_token: Option<Duration>,
+    /// From the first sampled token to the last.
+    pub decode_time: Duration,
+    /// The whole generation.
+    pub total_time: Duration,
+    /// Forward passes that ran a cropped window (the last `max_seq_len` tokens) because the
+    /// context outgrew `max_seq_len`; see the module documentation.
+    pub context_resets: usize,
+}
+
+impl GenerationStats {
+    /// Decoding speed over the tokens after the first (the first one's time is the
+    /// pre-fill, reported as [`Self::time_to_first_token`]); `None` without at least two
+    /// steps.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        let secs = self.decode_time.as_secs_f64();
+        (self.decode_tokens > 0 && secs > 0.0).then(|| self.decode_tokens as f64 / secs)
+    }
+}
+
+/// The result of [`generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The new token ids (without the prompt, without a stop token).
+    pub tokens: Vec<u32>,
+    /// Why generation ended.
+    pub stop_reason: StopReason,
+    /// Timings.
+    pub stats: GenerationStats,
+}
+
+/// The result of [`generate_batch`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchGeneration {
+    /// Per prompt, the new token ids (without a stop token).
+    pub tokens: Vec<Vec<u32>>,
+    /// Per prompt, why its generation ended.
+    pub stop_reasons: Vec<StopReason>,
+    /// Timings of the whole batch (token counts summed over rows).
+    pub stats: GenerationStats,
+}
+
+/// The result of [`generate_text`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextGeneration {
+    /// Ids, stop reason and timings.
+    pub generation: Generation,
+    /// The text of the new tokens, as streamed (continuing after the prompt, so a first
+    /// word keeps its leading space).
+    pub text: String,
+}
+
+/// Generates up to `config.max_new_tokens` tokens after `prompt` (at least one token,
+/// normally starting with BOS), calling `on_token` with each new token as soon as it is
+/// sampled. A stop token (see [`GenerateConfig`]) ends generation and is neither passed to
+/// `on_token` nor returned.
+///
+/// For control over each step (stopping early, handling errors per token) use
+/// [`Generator`], which this drives.
+pub fn generate<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    config: &GenerateConfig,
+    mut on_token: impl FnMut(u32),
+) -> Result<Generation, GenerateError> {
+    let mut generator = Generator::new(model, prompt, config)?;
+    let mut tokens = Vec::new();
+    for token in generator.by_ref() {
+        let token = token?;
+        on_token(token);
+        tokens.push(token);
+    }
+    Ok(Generation {
+        tokens,
+        stop_reason: generator.stop_reason().unwrap_or(StopReason::MaxNewTokens),
+        stats: generator.stats(),
+    })
+}
+
+/// Like [`generate`], streaming text: `on_text` receives each complete piece of text as
+/// soon as it is known (UTF-8 safe: the bytes of a character spelled by several byte
+/// pieces are held back until it is complete; see [`TextStream`]). The text continues
+/// after the prompt, which the caller prints itself (`tokenizer.decode(prompt)`).
+pub fn generate_text<B: Backend>(
+    model: &Llama<B>,
+    tokenizer: &Tokenizer,
+    prompt: &[u32],
+    config: &GenerateConfig,
+    mut on_text: impl FnMut(&str),
+) -> Result<TextGeneration, GenerateError> {
+    let mut generator = Generator::new(model, prompt, config)?;
+    let last = prompt
+        .last()
+        .copied()
+        .ok_or(GenerateError::EmptyPrompt { index: 0 })?;
+    let mut stream = TextStream::after(tokenizer, last);
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let mut emit = |chunk: String, text: &mut String| {
+        if !chunk.is_empty() {
+            on_text(&chunk);
+            text.push_str(&chunk);
+        }
+    };
+    for token in generator.by_ref() {
+        let token = token?;
+        tokens.push(token);
+        emit(stream.push(token)?, &mut text);
+    }
+    emit(stream.finish(), &mut text);
+    Ok(TextGeneration {
+        generation: Generation {
+            tokens,
+            stop_reason: generator.stop_reason().unwrap_or(StopReason::MaxNewTokens),
+            stats: generator.stats(),
+        },
+        text,
+    })
+}
+
+/// Where a [`Generator`] is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Nothing run yet: the next call pre-fills the prompt.
+    Start,
+    /// Running; the last sampled token must be fed before the next sample.
+    Running(u32),
+    /// Finished (a stop reason, or `None` after an error).
+    Done(Option<StopReason>),
+}
+
+/// Step-by-step generation of one prompt: an iterator over the new tokens.
+///
+/// Each `next()` runs one forward pass (the first one pre-fills the prompt) and samples one
+/// token; iteration ends after `max_new_tokens` tokens, or without yielding a stop token
+/// that ends generation. Dropping it early simply stops. After an error, it yields `None`.
+///
+/// ```no_run
+/// # use burn::backend::NdArray;
+/// # fn demo(model: &llama_model::Llama<NdArray>) -> Result<(), llama_model::generation::generate::GenerateError> {
+/// use llama_model::generation::generate::{GenerateConfig, Generator};
+/// let config = GenerateConfig::new().with_temperature(0.8).with_seed(7).with_stop_at_bos(true);
+/// let mut generator = Generator::new(model, &[1], &config)?;
+/// for token in generator.by_ref().take(10) {
+///     println!("{}", token?);
+/// }
+/// println!("{:?}", generator.stats().tokens_per_second());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Generator<'m, B: Backend> {
+    engine: Engine<'m, B>,
+    sampler: Sampler,
+    config: GenerateConfig,
+    phase: Phase,
+    produced: usize,
+    /// Logits `[vocab]` of the last sampling.
+    logits: Vec<f32>,
+    clock: Clock,
+}
+
+impl<'m, B: Backend> Generator<'m, B> {
+    /// Prepares generation after `prompt`; validates the config and the prompt (non-empty,
+    /// ids inside the vocabulary). Nothing runs until the first `next()`.
+    pub fn new(
+        model: &'m Llama<B>,
+        prompt: &[u32],
+        config: &GenerateConfig,
+    ) -> Result<Self, GenerateError> {
+        let sampler = config.sampler(0)?;
+        let engine = Engine::new(model, vec![prompt.to_vec()], config.decode_split)?;
+        Ok(Self {
+            clock: Clock::new(prompt.len()),
+            engine,
+            sampler,
+            config: config.clone(),
+            phase: Phase::Start,
+            produced: 0,
+            logits: Vec::new(),
+        })
+    }
+
+    /// The logits `[vocab]` the last token was sampled from (empty before the first).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+
+    /// Why generation ended; `None` while it runs (or after an error).
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        match self.phase {
+            Phase::Done(reason) => reason,
+            _ => None,
+        }
+    }
+
+    /// Timings so far.
+    pub fn stats(&self) -> GenerationStats {
+        self.clock.stats(self.engine.context_resets)
+    }
+
+    fn step(&mut self) -> Result<Option<u32>, GenerateError> {
+        if self.produced >= self.config.max_new_tokens {
+            self.phase = Phase::Done(Some(StopReason::MaxNewTokens));
+            return Ok(None);
+        }
+        let mut logits = match self.phase {
+            Phase::Start => {
+                self.clock.start();
+                self.engine.prefill()?
+            }
+            Phase::Running(token) => self.engine.push(&[token])?,
+            Phase::Done(_) => return Ok(None),
+        };
+        self.logits = logits.pop().unwrap_or_default();
+        let token = self.sampler.sample(&self.logits)?;
+        self.clock.sampled(1);
+        self.produced += 1;
+        if let Some(reason) = self.config.stop_for(token) {
+            self.phase = Phase::Done(Some(reason));
+            return Ok(None);
+        }
+        self.phase = Phase::Running(token);
+        Ok(Some(token))
+    }
+}
+
+impl<B: Backend> Iterator for Generator<'_, B> {
+    type Item = Result<u32, GenerateError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(Some(token)) => Some(Ok(token)),
+            Ok(None) => None,
+            Err(e) => {
+                self.phase = Phase::Done(None);
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+/// Generates from several prompts at once (one forward pass per step for the batch).
+///
+/// Row `i` samples with its own generator seeded `config.seed + i`, so it reproduces
+/// [`generate`] of prompt `i` with that seed (exactly when greedy; when sampling, up to the
+/// rare draw that lands within rounding of a CDF boundary). A row that hits a stop token
+/// keeps being computed (its output ignored) until every row is done.
+pub fn generate_batch<B: Backend>(
+    model: &Llama<B>,
+    prompts: &[Vec<u32>],
+    config: &GenerateConfig,
+) -> Result<BatchGeneration, GenerateError> {
+    if prompts.is_empty() {
+        return Err(GenerateError::EmptyBatch);
+    }
+    let rows = prompts.len();
+    let mut samplers = (0..rows)
+        .map(|row| config.sampler(row))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut engine = Engine::new(model, prompts.to_vec(), config.decode_split)?;
+    let mut clock = Clock::new(prompts.iter().map(Vec::len).sum());
+    let mut tokens = vec![Vec::new(); rows];
+    let mut stop_reasons: Vec<Option<StopReason>> = vec![None; rows];
+
+    if config.max_new_tokens > 0 {
+        clock.start();
+        let mut logits = engine.prefill()?;
+        for step in 0..config.max_new_tokens {
+            let mut next = Vec::with_capacity(rows);
+            let mut sampled = 0;
+            for row in 0..rows {
+                if stop_reasons[row].is_some() {
+                    // Finished rows still need an input; repeating their last token is as
+                    // good as any (their results are discarded).
+                    next.push(*engine.histories[row].last().unwrap_or(&config.bos_id));
+                    continue;
+                }
+                let token = samplers[row].sample(&logits[row])?;
+                sampled += 1;
+                match config.stop_for(token) {
+                    Some(reason) => stop_reasons[row] = Some(reason),
+                    None => tokens[row].push(token),
+                }
+                next.push(token);
+            }
+            clock.sampled(sampled);
+            let all_done = stop_reasons.iter().all(Option::is_some);
+            if all_done || step + 1 == config.max_new_tokens {
+                break;
+            }
+            logits = engine.push(&next)?;
+        }
+    }
+    Ok(BatchGeneration {
+        tokens,
+        stop_reasons: stop_reasons
+            .into_iter()
+            .map(|r| r.unwrap_or(StopReason::MaxNewTokens))
+            .collect(),
+        stats: clock.stats(engine.context_resets),
+    })
+}
+
+/// The exercise's generation loop, without a cache: every step re-runs the whole context,
+/// cropped to its last `max_seq_len` tokens, and samples from the last position's logits.
+/// Same sampler, stop rules and seed as [`generate`]; a reference for tests (quadratic cost),
+/// so only in test builds (the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
+pub fn generate_uncached<B: Backend>(
+    model: &Llama<B>,
+    prompt: &[u32],
+    config: &GenerateConfig,
+) -> Result<Generation, GenerateError> {
+    let mut sampler = config.sampler(0)?;
+    // Validates the prompt; its cache is never used.
+    let mut context = Engine::new(model, vec![prompt.to_vec()], 1)?
+        .histories
+        .remove(0);
+    let device = model.tok_embeddings.weight.device();
+    let mut clock = Clock::new(prompt.len());
+    let mut tokens = Vec::new();
+    let mut stop_reason = StopReason::MaxNewTokens;
+    let mut resets = 0;
+    clock.start();
+    for _ in 0..config.max_new_tokens {
+        let start = context.len().saturating_sub(model.max_seq_len());
+        if start > 0 {
+            resets += 1;
+        }
+        let window = &context[start..];
+        let input = int_tensor::<B>(window, [1, window.len()], &device);
+        let logits = model.forward_last(input).logits; // [1, 1, vocab]
+        let vocab = model.vocab_size();
+        let logits = read_rows(logits.reshape([1, vocab]))?;
+        let token = sampler.sample(&logits[0])?;
+        clock.sampled(1);
+        if let Some(reason) = config.stop_for(token) {
+            stop_reason = reason;
+            break;
+        }
+        tokens.push(token);
+        context.push(token);
+    }
+    Ok(Generation {
+        tokens,
+        stop_reason,
+        stats: clock.stats(resets),
+    })
+}
+
+/// Timestamps of a generation.
+#[derive(Debug, Clone)]
+struct Clock {
+    prompt_tokens: usize,
+    start: Option<Instant>,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    generated: usize,
+    decode_tokens: usize,
+}
+
+impl Clock {
+    fn new(prompt_tokens: usize) -> Self {
+        Self {
+            prompt_tokens,
+            start: None,
+            first: None,
+            last: None,
+            generated: 0,
+            decode_tokens: 0,
+        }
+    }
+
+    fn start(&mut self) {
+        self.start = Some(Instant::now());
+    }
+
+    /// `n` tokens (one per active row) were sampled in one step.
+    fn sampled(&mut self, n: usize) {
+        let now = Instant::now();
+        if self.first.is_none() {
+            self.first = Some(now);
+        } else {
+            self.decode_tokens += n;
+        }
+        self.last = Some(now);
+        self.generated += n;
+    }
+
+    fn stats(&self, context_resets: usize) -> GenerationStats {
+        let between = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => Some(b.duration_since(a)),
+            _ => None,
+        };
+        GenerationStats {
+            prompt_tokens: self.prompt_tokens,
+            generated_tokens: self.generated,
+            decode_tokens: self.decode_tokens,
+            time_to_first_token: between(self.start, self.first),
+            decode_time: between(self.first, self.last).unwrap_or_default(),
+            total_time: between(self.start, self.last).unwrap_or_default(),
+            context_resets,
+        }
+    }
+}
+
+/// The cache and the token histories of a batch of rows, left-padded in the cache.
+///
+/// Row `i` occupies cache columns `pads[i]..cache.len()`, holding the last
+/// `cache.len() - pads[i]` tokens of `histories[i]` at positions `0..` (its window). While
+/// no row was cropped every window is the whole history; a cropped row's window is
+/// `max_seq_len` long, so then `cache.len() == max_seq_len` and the next push re-fills.
+#[derive(Debug)]
+struct Engine<'m, B: Backend> {
+    model: &'m Llama<B>,
+    cache: LlamaCache<B>,
+    /// Column blocks per weight product of every step ([`GenerateConfig::decode_split`]).
+    split: usize,
+    /// Prompt plus every token fed so far, per row.
+    histories: Vec<Vec<u32>>,
+    /// Padding columns at the left of each row in the cache.
+    pads: Vec<usize>,
+    context_resets: usize,
+    device: B::Device,
+}
+
+impl<'m, B: Backend> Engine<'m, B> {
+    /// Validates the prompts (non-empty, in the vocabulary) and allocates the cache.
+    fn new(
+        model: &'m Llama<B>,
+        prompts: Vec<Vec<u32>>,
+        split: usize,
+    ) -> Result<Self, GenerateError> {
+        let vocab_size = model.vocab_size();
+        for (index, prompt) in prompts.iter().enumerate() {
+            if prompt.is_empty() {
+                return Err(GenerateError::EmptyPrompt { index });
+            }
+            if let Some((position, &id)) = prompt
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= vocab_size)
+            {
+                return Err(GenerateError::TokenOutOfRange {
+                    index,
+                    position,
+                    id,
+                    vocab_size,
+                });
+            }
+        }
+        Ok(Self {
+            model,
+            cache: model.new_cache(prompts.len()),
+            split: split.max(1),
+            pads: vec![0; prompts.len()],
+            histories: prompts,
+            context_resets: 0,
+            device: model.tok_embeddings.weight.device(),
+        })
+    }
+
+    /// Clears the cache and pre-fills each row's window (its last `max_seq_len` tokens),
+    /// left-padded to the longest. Returns the next-token logits per row, each `[vocab]`.
+    fn prefill(&mut self) -> Result<Vec<Vec<f32>>, GenerateError> {
+        let capacity = self.cache.capacity();
+        let windows: Vec<&[u32]> = self
+            .histories
+            .iter()
+            .map(|h| &h[h.len().saturating_sub(capacity)..])
+            .collect();
+        if self.histories.iter().any(|h| h.len() > capacity) {
+            self.context_resets += 1;
+        }
+        let width = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        self.pads = windows.iter().map(|w| width - w.len()).collect();
+        let rows = windows.len();
+
+        // Padding slots repeat the row's first token: any in-vocabulary id does, as no
+        // real query can see them.
+        let ids: Vec<u32> = windows
+            .iter()
+            .flat_map(|w| std::iter::repeat_n(w[0], width - w.len()).chain(w.iter().copied()))
+            .collect();
+        let tokens = int_tensor::<B>(&ids, [rows, width], &self.device);
+        self.cache.clear();
+        let logits = if self.pads.iter().all(|&p| p == 0) {
+            self.model
+                .forward_cached(tokens, &mut self.cache, self.split)
+        } else {
+            // Positions count from each row's first real token (padding gets 0).
+            let positions: Vec<u32> = self
+                .pads
+                .iter()
+                .flat_map(|&pad| (0..width).map(move |c| c.saturating_sub(pad) as u32))
+                .collect();
+            let angles = self.model.rope().angles_at(int_tensor::<B>(
+                &positions,
+                [rows, width],
+                &self.device,
+            ));
+            // Query c of row i sees keys pad_i..=c. A padding query sees no key at all and
+            // gets uniform attention (MASKED is finite), harmless as nothing reads it.
+            let mask: Vec<f32> = self
+                .pads
+                .iter()
+                .flat_map(|&pad| {
+                    (0..width).flat_map(move |q| {
+                        (0..width).map(move |k| if k >= pad && k <= q { 0.0 } else { MASKED })
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_data(TensorData::new(mask, [rows, width, width]), &self.device);
+            self.model
+                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
+        };
+        read_rows(logits)
+    }
+
+    /// Appends one token per row and returns the next-token logits per row: one cached
+    /// step while the context fits, else a re-fill of the cropped windows.
+    fn push(&mut self, next: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
+        for (history, &token) in self.histories.iter_mut().zip(next) {
+            history.push(token);
+        }
+        if self.cache.len() + 1 > self.cache.capacity() {
+            return self.prefill();
+        }
+        let rows = next.len();
+        let tokens = int_tensor::<B>(next, [rows, 1], &self.device);
+        let logits = if self.pads.iter().all(|&p| p == 0) {
+            self.model
+                .forward_cached(tokens, &mut self.cache, self.split)
+        } else {
+            let column = self.cache.len();
+            let positions: Vec<u32> = self.pads.iter().map(|&pad| (column - pad) as u32).collect();
+            let angles =
+                self.model
+                    .rope()
+                    .angles_at(int_tensor::<B>(&positions, [rows, 1], &self.device));
+            // The new token of row i sees its real keys pad_i..=column.
+            let keys = column + 1;
+            let mask: Vec<f32> = self
+                .pads
+                .iter()
+                .flat_map(|&pad| (0..keys).map(move |k| if k >= pad { 0.0 } else { MASKED }))
+                .collect();
+            let mask = Tensor::from_data(TensorData::new(mask, [rows, 1, keys]), &self.device);
+            self.model
+                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
+        };
+        read_rows(logits)
+    }
+}
+
+/// An integer tensor of `shape` from ids.
+fn int_tensor<B: Backend>(ids: &[u32], shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
+    let data: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// Reads logits `[rows, vocab]` back to the host, one `Vec` per row.
+fn read_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, GenerateError> {
+    let [_, vocab] = logits.dims();
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| GenerateError::Data(format!("{e:?}")))?;
+    Ok(values.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::LlamaConfig;
+    use burn::backend::NdArray;
+
+    type B = NdArray;
+
+    /// A random model with a short context, to exercise cropping.
+    fn tiny(max_seq_len: usize) -> Llama<B> {
+        LlamaConfig::new(16, 2, 4, 40)
+            .with_n_kv_heads(Some(2))
+            .with_max_seq_len(max_seq_len)
+            .init(&Default::default())
+    }
+
+    #[test]
+    fn invalid_input_is_a_typed_error() {
+        let model = tiny(8);
+        let config = GenerateConfig::greedy(3);
+        assert!(matches!(
+            generate(&model, &[], &config, |_| {}),
+            Err(GenerateError::EmptyPrompt { index: 0 })
+        ));
+        assert!(matches!(
+            generate(&model, &[1, 40], &config, |_| {}),
+            Err(GenerateError::TokenOutOfRange {
+                position: 1,
+                id: 40,
+                ..
+            })
+        ));
+        assert!(matches!(
+            generate_batch(&model, &[], &config),
+            Err(GenerateError::EmptyBatch)
+        ));
+        assert!(matches!(
+            generate_batch(&model, &[vec![1], vec![]], &config),
+            Err(GenerateError::EmptyPrompt { index: 1 })
+        ));
+        for bad in [
+            config.clone().with_temperature(-1.0),
+            config.clone().with_temperature(f64::NAN),
+            config.clone().with_top_p(Some(0.0)),
+            config.clone().with_top_p(Some(1.5)),
+        ] {
+            assert!(bad.validate().is_err());
+            assert!(matches!(
+                generate(&model, &[1], &bad, |_| {}),
+                Err(GenerateError::Sampling(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn zero_tokens_runs_nothing() {
+        let model = tiny(8);
+        let g = generate(&model, &[1, 2, 3], &GenerateConfig::greedy(0), |_| {}).unwrap();
+        assert!(g.tokens.is_empty());
+        assert_eq!(g.stop_reason, StopReason::MaxNewTokens);
+        assert_eq!(g.stats.time_to_first_token, None);
+        assert_eq!(g.stats.tokens_per_second(), None);
+    }
+
+    #[test]
+    fn cropping_matches_the_uncached_reference() {
+        // Context 6, prompts of 3 and 9 tokens (the latter cropped from the start), 12 steps.
+        let model = tiny(6);
+        for prompt in [vec![1u32, 5, 7], (1..10).collect()] {
+            for config in [
+                GenerateConfig::greedy(12),
+                GenerateConfig::new().with_max_new_tokens(12).with_seed(3),
+            ] {
+                let cached = generate(&model, &prompt, &config, |_| {}).unwrap();
+                let reference = generate_uncached(&model, &prompt, &config).unwrap();
+                assert_eq!(cached.tokens, reference.tokens, "{prompt:?} {config:?}");
+                assert!(cached.stats.context_resets > 0);
+                assert_eq!(cached.stats.context_resets, reference.stats.context_resets);
+            }
+        }
+    }
+
+    #[test]
+    fn batches_crop_like_rows_alone() {
+        // Rows of 3, 9 (cropped at once) and 1 tokens in a context of 6.
+        let model = tiny(6);
+        let prompts = vec![vec![1, 5, 7], (1..10).collect(), vec![3]];
+        for config in [
+            GenerateConfig::greedy(12),
+            GenerateConfig::new().with_max_new_tokens(12).with_seed(3),
+        ] {
+            let batch = generate_batch(&model, &prompts, &config).unwrap();
+            for (row, prompt) in prompts.iter().enumerate() {
+                let seed = config.seed + row as u64;
+                let alone = generate_uncached(&model, prompt, &config.clone().with_seed(seed));
+                assert_eq!(batch.tokens[row], alone.unwrap().tokens, "row {row}");
+            }
+            assert!(batch.stats.context_resets > 0);
+        }
+    }
+
+    #[test]
+    fn stop_tokens_end_generation_and_are_not_returned() {
+        let model = tiny(8);
+        let greedy = generate(&model, &[1], &GenerateConfig::greedy(5), |_| {}).unwrap();
+        let first = greedy.tokens[0];
+        // Declare the greedy first token to be EOS / BOS.
+        let config = GenerateConfig::greedy(5)
+            .with_stop_at_eos(true)
+            .with_eos_id(first);
+        let mut seen = vec![];
+        let g = generate(&model, &[1], &config, |t| seen.push(t)).unwrap();
+        assert_eq!(
+            (g.tokens.len(), seen.len(), g.stop_reason),
+            (0, 0, StopReason::Eos)
+        );
+        assert_eq!(g.stats.generated_tokens, 1);
+        let config = GenerateConfig::greedy(5)
+            .with_stop_at_bos(true)
+            .with_bos_id(first);
+        let g = generate_uncached(&model, &[1], &config).unwrap();
+        assert_eq!((g.tokens.len(), g.stop_reason), (0, StopReason::Bos));
+        // The flags are off by default.
+        let config = GenerateConfig::greedy(5).with_eos_id(first);
+        assert_eq!(
+            generate(&model, &[1], &config, |_| {}).unwrap().tokens,
+            greedy.tokens
+        );
+    }
+
+    #[test]
+    fn batch_rows_that_stop_early_do_not_disturb_the_others() {
+        let model = tiny(8);
+        let prompts = vec![vec![1, 4], vec![1, 9, 9, 3, 2], vec![1]];
+        let alone: Vec<_> = prompts
+            .iter()
+            .map(|p| generate(&model, p, &GenerateConfig::greedy(10), |_| {}).unwrap())
+            .collect();
+        // Make row 1's third token a stop token.
+        let stop = alone[1].tokens[2];
+        let config = GenerateConfig::greedy(10)
+            .with_stop_at_eos(true)
+            .with_eos_id(stop);
+        let batch = generate_batch(&model, &prompts, &config).unwrap();
+        for (row, single) in prompts.iter().enumerate() {
+            let expected = generate(&model, single, &config, |_| {}).unwrap();
+            assert_eq!(batch.tokens[row], expected.tokens, "row {row}");
+            assert_eq!(batch.stop_reasons[row], expected.stop_reason, "row {row}");
+        }
+        assert_eq!(batch.stop_reasons[1], StopReason::Eos);
+    }
+}

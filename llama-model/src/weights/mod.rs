@@ -1,0 +1,8 @@
+//! Weight storage for fast decoding: half-precision and int8 (Q8_0) matrices, their products, and row products split across threads.
+
+pub mod half;
+pub mod q8_kernel;
+pub mod q8_matrix;
+pub mod q8_product;
+pub mod q8_weights;
+pub mod split_matmul;

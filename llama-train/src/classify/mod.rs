@@ -1,0 +1,7 @@
+//! Sentence classification: the fine-tuned classifier, zero-shot prompting, metrics and evaluation, and fine-tuning itself.
+
+pub mod classifier;
+pub mod evaluate;
+pub mod finetune;
+pub mod metrics;
+pub mod prompting;
