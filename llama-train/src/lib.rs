@@ -5,7 +5,9 @@
 pub mod classify;
 pub mod data;
 pub mod distributed;
+pub mod fnv;
 pub mod lm;
+pub mod metrics;
 pub mod report;
 pub mod run;
 

@@ -11,12 +11,14 @@ use burn::tensor::{Distribution, Tensor};
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use llama_train::classify::classifier::FinetuneOption;
-use llama_train::classify::finetune::resume::{Position, ResumeError};
+use llama_train::classify::finetune::resume::Position;
 use llama_train::classify::finetune::{
     evaluate, finetune_with, load_classifier, FinetuneConfig, FinetuneData, FinetuneError,
-    FinetuneOutcome, RunControl, CLASSIFIER_CONFIG_FILE, FINETUNE_CONFIG_FILE,
+    FinetuneOutcome, CLASSIFIER_CONFIG_FILE, FINETUNE_CONFIG_FILE,
 };
 use llama_train::data::sentences::{read_labelled_file, SentenceDataset};
+use llama_train::run::control::RunControl;
+use llama_train::run::resume_file::ResumeError;
 
 /// What the CLI trains on (balanced checkpointing).
 type TB = llama_train::TrainBackend<NdArray>;

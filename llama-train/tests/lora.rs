@@ -14,10 +14,11 @@ use llama_model::{load_checkpoint, AdamWConfig, Llama, LoadOptions, Tokenizer};
 use llama_train::classify::classifier::{
     nll_loss, ClassifierConfig, FinetuneOption, LlamaEmbeddingClassifier,
 };
-use llama_train::classify::finetune::{finetune_with, FinetuneConfig, FinetuneData, RunControl};
+use llama_train::classify::finetune::{finetune_with, FinetuneConfig, FinetuneData};
 use llama_train::data::sentences::{
     read_labelled_file, DataOptions, SentenceBatch, SentenceBatcher,
 };
+use llama_train::run::control::RunControl;
 
 /// What the CLI trains on (balanced checkpointing).
 type TB = llama_train::TrainBackend<NdArray>;

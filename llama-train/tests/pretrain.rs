@@ -12,7 +12,6 @@ use llama_model::fixtures::fixture;
 use llama_model::lora::file::AdapterFile;
 use llama_model::lora::{LoraConfig, LoraTarget};
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
-use llama_train::classify::finetune::RunControl;
 use llama_train::data::documents::{encode_documents, read_text, TextFormat};
 use llama_train::data::sentences::read_labelled_file;
 use llama_train::lm::corpus::{LmCorpus, Validation};
@@ -21,6 +20,7 @@ use llama_train::lm::pretrain::config::PretrainConfig;
 use llama_train::lm::pretrain::error::PretrainError;
 use llama_train::lm::pretrain::{pretrain_with, window_len, PretrainOutcome, MODEL_BIN_FILE};
 use llama_train::report::metrics_log::{read_metrics, Split, METRICS_FILE};
+use llama_train::run::control::RunControl;
 
 /// What the CLI trains on (balanced checkpointing).
 type TB = llama_train::TrainBackend<NdArray>;

@@ -19,9 +19,9 @@ use llama_model::train::adamw::AdamWConfig;
 
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
 use llama_train::classify::classifier::ClassifierConfig;
-use llama_train::classify::finetune::training_loop::step_seed;
 use llama_train::classify::prompting::{PromptingConfig, ZeroShotClassifier};
 use llama_train::data::sentences::{make_batch, read_label_names, DataOptions, SentenceDataset};
+use llama_train::run::order::step_seed;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 

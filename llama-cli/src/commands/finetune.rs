@@ -8,10 +8,11 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_train::classify::classifier::{FinetuneOption, SentencePosition};
 use llama_train::classify::finetune::training_loop::training_order;
-use llama_train::classify::finetune::{finetune_rank, FinetuneConfig, FinetuneData, RunControl};
+use llama_train::classify::finetune::{finetune_rank, FinetuneConfig, FinetuneData};
 use llama_train::data::length_grouping::padding_share;
 use llama_train::data::predictions::write_predictions;
 use llama_train::data::sentences::{load_label_names, SentenceDataset};
+use llama_train::run::control::RunControl;
 
 use crate::args::classify::{describe_files, DataArgs};
 use crate::args::collective::{describe_rank, main_outcome, progress_of, CollectiveArgs};

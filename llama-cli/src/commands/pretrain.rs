@@ -9,11 +9,11 @@ use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use llama_model::{Llama, LlamaConfig, Tokenizer};
-use llama_train::classify::finetune::RunControl;
 use llama_train::data::documents::{encode_documents, read_text, Document, TextFormat};
 use llama_train::lm::corpus::{LmCorpus, Validation};
 use llama_train::lm::pretrain::config::PretrainConfig;
 use llama_train::lm::pretrain::{pretrain_rank, window_len};
+use llama_train::run::control::RunControl;
 
 use crate::args::collective::{describe_rank, main_outcome, progress_of, CollectiveArgs};
 use crate::args::lora::{self, LoraArgs};

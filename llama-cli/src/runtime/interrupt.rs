@@ -1,7 +1,7 @@
 //! Ctrl-C during training: the first stops the run after its current step (saved, so that
 //! `--resume` continues); a second exits at once.
 
-use llama_train::classify::finetune::training_loop::INTERRUPTED;
+use llama_train::run::control::INTERRUPTED;
 
 /// An interrupter fired by the first Ctrl-C (training then finishes its step and saves);
 /// a second Ctrl-C exits at once.

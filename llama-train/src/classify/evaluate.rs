@@ -15,8 +15,8 @@ use crate::classify::finetune::artifacts::{
 };
 use crate::classify::finetune::config::FinetuneConfig;
 use crate::classify::finetune::error::FinetuneError;
-use crate::classify::metrics::{class_ids, ConfusionMatrix};
 use crate::data::sentences::{make_batch, SentenceDataset};
+use crate::metrics::{class_ids, ConfusionMatrix};
 
 /// Predictions and scores of a classifier on a dataset.
 #[derive(Debug, Clone, PartialEq)]

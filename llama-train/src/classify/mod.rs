@@ -3,5 +3,4 @@
 pub mod classifier;
 pub mod evaluate;
 pub mod finetune;
-pub mod metrics;
 pub mod prompting;

@@ -35,8 +35,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 use llama_model::generation::sampling::argmax;
 use llama_model::{Llama, Tokenizer, TokenizerError};
 
-use crate::classify::metrics::{ConfusionMatrix, MetricsError};
 use crate::data::sentences::{make_batch, DataError, DataOptions, SentenceDataset, SentenceItem};
+use crate::metrics::{ConfusionMatrix, MetricsError};
 
 /// The batch size of the exercise's documented prompting command (`--batch_size 10`).
 pub const DEFAULT_PROMPT_BATCH_SIZE: usize = 10;

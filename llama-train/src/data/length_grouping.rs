@@ -2,7 +2,7 @@
 //! (`LengthGroupedSampler`): batches of sentences of similar length, so that a batch pads
 //! (and attends over) little, while the order stays random from epoch to epoch.
 //!
-//! From an epoch's random permutation ([`crate::classify::finetune::training_loop::epoch_order`]):
+//! From an epoch's random permutation ([`crate::run::order::epoch_order`]):
 //! 1. cut it into *megabatches* of `mult * batch_size` consecutive indices, where `mult` is
 //!    `min(n / (4 * batch_size), 50)`, at least 1 (50 batches, or fewer so that there are
 //!    about four megabatches);

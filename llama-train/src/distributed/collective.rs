@@ -86,7 +86,7 @@ pub enum RankOutcome<O> {
 pub struct RankSummary {
     /// Optimizer steps of the run so far.
     pub steps: usize,
-    /// [`crate::run::fnv::weights_digest`] of the weights after the last step.
+    /// [`crate::fnv::weights_digest`] of the weights after the last step.
     pub last_weights_digest: u64,
     /// What its exchanges cost.
     pub exchange: ExchangeStats,

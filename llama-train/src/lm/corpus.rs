@@ -2,8 +2,8 @@
 //! ([`crate::lm::objective::pack_documents`]) and validation documents scored as
 //! `llama-cli perplexity` scores a file (each cut to the model's context).
 
-use crate::classify::finetune::training_loop::epoch_order;
 use crate::lm::pretrain::error::PretrainError;
+use crate::run::order::epoch_order;
 
 /// Where the validation documents come from.
 #[derive(Debug, Clone)]

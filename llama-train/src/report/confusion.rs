@@ -10,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::classify::metrics::{ConfusionMatrix, MetricsError};
+use crate::metrics::{ConfusionMatrix, MetricsError};
 use crate::report::canvas::{save_picture, Picture, PlotError, FONT};
 
 /// `counts[t][p]`: examples of true class `t` predicted as `p`, over classes `0..n`, with

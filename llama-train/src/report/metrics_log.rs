@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::classify::metrics::Tally;
+use crate::metrics::Tally;
 
 /// File name of the metrics table in a run folder.
 pub const METRICS_FILE: &str = "metrics.csv";

@@ -14,14 +14,14 @@ use burn::train::renderer::{
 
 use indicatif::{ProgressBar, ProgressDrawTarget};
 
-use crate::classify::metrics::{ACCURACY, ITERATION_SPEED, LEARNING_RATE, LOSS, MACRO_F1};
+use crate::metrics::{ACCURACY, ITERATION_SPEED, LEARNING_RATE, LOSS, MACRO_F1};
 pub use crate::report::progress_bar::ProgressMode;
 
 /// Count-weighted running means of one split's metrics over the current epoch, for display.
 ///
 /// It averages the metric entries Burn's event processor reports (the learning rate and the
 /// iteration speed among them, which no prediction gives); the epoch summaries that a run
-/// returns and saves come from the loop's [`Tally`](crate::classify::metrics::Tally) instead.
+/// returns and saves come from the loop's [`Tally`](crate::metrics::Tally) instead.
 #[derive(Default)]
 struct Running {
     /// name -> (sum of value * count, sum of count, latest value)

@@ -39,8 +39,6 @@ pub const CLASSIFIER_RECORD_STEM: &str = "classifier";
 /// File name of the saved [`FinetuneConfig`](crate::classify::finetune::config::FinetuneConfig) in an artifact
 /// folder.
 pub const FINETUNE_CONFIG_FILE: &str = "finetune.json";
-/// File name of a LoRA run's adapter (with the classifier head) in an artifact folder.
-pub const ADAPTER_FILE: &str = "adapter.safetensors";
 
 /// Writes a config as pretty JSON to `path` with the workspace's atomic writer.
 pub(crate) fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), FinetuneError> {
@@ -86,10 +84,10 @@ pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
         .collect();
     stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk")));
     stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial.mpk")));
-    stale.push(dir.join(crate::classify::finetune::resume::RESUME_FILE));
+    stale.push(dir.join(crate::run::resume_file::RESUME_FILE));
     stale.push(dir.join(crate::report::metrics_log::METRICS_FILE));
     stale.push(dir.join(crate::report::curves::CURVES_FILE));
-    stale.push(dir.join(ADAPTER_FILE));
+    stale.push(dir.join(crate::run::ADAPTER_FILE));
     remove_files(stale)
 }
 

@@ -8,10 +8,11 @@ use llama_model::train::adamw::AdamWError;
 
 use crate::classify::classifier::ClassifierError;
 use crate::classify::finetune::config::ConfigError;
-use crate::classify::finetune::resume::{Position, ResumeError};
-use crate::classify::metrics::MetricsError;
+use crate::classify::finetune::resume::Position;
 use crate::data::sentences::DataError;
+use crate::metrics::MetricsError;
 use crate::report::metrics_log::MetricsLogError;
+use crate::run::resume_file::ResumeError;
 
 /// Why fine-tuning or evaluation failed.
 #[derive(Debug, thiserror::Error)]

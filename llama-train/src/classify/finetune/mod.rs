@@ -57,8 +57,7 @@ use burn::record::{FileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::metric::{AccuracyMetric, IterationSpeedMetric, LearningRateMetric, LossMetric};
 use burn::train::{
-    Interrupter, Learner, LearnerModelRecord, LearnerOptimizerRecord, SupervisedTraining,
-    TrainingStrategy,
+    Learner, LearnerModelRecord, LearnerOptimizerRecord, SupervisedTraining, TrainingStrategy,
 };
 use llama_model::checkpoint::{raw_tensor, TensorMap};
 use llama_model::lora::file::save_adapter;
@@ -67,16 +66,17 @@ use llama_model::{AdamWConfig, Llama, LlamaConfig};
 
 use crate::classify::classifier::{ClassifierConfig, ClassifierError, LlamaEmbeddingClassifier};
 use crate::classify::finetune::artifacts::{
-    clear_previous_run, remove_stale_checkpoints, save_json, SaveEveryCall, ADAPTER_FILE,
+    clear_previous_run, remove_stale_checkpoints, save_json, SaveEveryCall,
 };
 use crate::classify::finetune::error::io_err;
 use crate::classify::finetune::resume::{ResumeState, RunSettings};
 use crate::classify::finetune::training_loop::{Components, EpochOrdered, LoopEnd, ResumableLoop};
 use crate::data::sentences::{SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
 use crate::distributed::collective::{Collective, RankOutcome, RankSummary};
-use crate::distributed::settings::CollectiveSettings;
+use crate::fnv::weights_digest;
 use crate::report::metrics_log::{rows_to_resume, METRICS_FILE};
-use crate::run::fnv::weights_digest;
+use crate::run::control::RunControl;
+use crate::run::ADAPTER_FILE;
 
 // The parts of a run live in their own modules; these re-exports keep `finetune::…` paths.
 pub use crate::classify::evaluate::{
@@ -88,7 +88,7 @@ pub use crate::classify::finetune::artifacts::{
 pub use crate::classify::finetune::config::{ConfigError, FinetuneConfig};
 pub use crate::classify::finetune::error::FinetuneError;
 pub use crate::classify::finetune::resume::EpochSummary;
-pub use crate::classify::metrics::{
+pub use crate::metrics::{
     ClassPredictions, MacroF1Metric, ACCURACY, ITERATION_SPEED, LEARNING_RATE, LOSS, MACRO_F1,
 };
 pub use crate::report::progress::{ProgressMode, ProgressRenderer};
@@ -170,31 +170,6 @@ pub struct FinetuneOutcome<B: Backend> {
     /// On a data-parallel run: rank 0's summary (its weights after the last step, not the
     /// best epoch's; its exchanges).
     pub rank: Option<RankSummary>,
-}
-
-/// How a fine-tuning run starts and when it stops early.
-#[derive(Clone, Default)]
-pub struct RunControl {
-    /// Continue the run saved in `artifact_dir` (`resume.json`) instead of starting over.
-    pub resume: bool,
-    /// Stop after the current step and save when this fires (the CLI fires it on Ctrl-C).
-    pub interrupter: Option<Interrupter>,
-    /// Stop after this many training steps of this call and save (a time-boxed run).
-    pub max_steps: Option<usize>,
-    /// Bars on a terminal, or plain lines (the default for a library).
-    pub progress: ProgressMode,
-    /// Data-parallel training: this process's rank in a run on several (see
-    /// [`crate::distributed::collective`]); `None` trains alone.
-    pub collective: Option<CollectiveSettings>,
-}
-
-impl RunControl {
-    /// Whether the interrupter has fired (Ctrl-C).
-    pub fn interrupted(&self) -> bool {
-        self.interrupter
-            .as_ref()
-            .is_some_and(Interrupter::should_stop)
-    }
 }
 
 /// Fine-tune a classifier over `llama` (with hyper-parameters `llama_config`) on `data`;

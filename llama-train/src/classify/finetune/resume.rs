@@ -8,7 +8,7 @@
 //! far come along so that the epoch summaries and the best-model choice are the same too.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,14 +16,12 @@ use llama_model::lora::LoraConfig;
 
 use crate::classify::classifier::{FinetuneOption, SentencePosition};
 use crate::classify::finetune::config::FinetuneConfig;
-use crate::classify::metrics::{ACCURACY, LOSS};
 use crate::data::sentences::SentenceDataset;
-use crate::run::fnv::{json_digest, Fnv1a};
+use crate::fnv::{json_digest, Fnv1a};
+use crate::metrics::{ACCURACY, LOSS};
+use crate::run::resume_file::{check_settings, read_resume_file, ResumeError, RESUME_FILE};
 // The epoch tally lives with the metrics; `resume::Tally` stays a valid path.
-pub use crate::classify::metrics::Tally;
-
-/// File name of the resumable state in an artifact folder.
-pub const RESUME_FILE: &str = "resume.json";
+pub use crate::metrics::Tally;
 
 /// Version of the `resume.json` layout.
 const VERSION: u32 = 1;
@@ -247,96 +245,6 @@ pub struct ResumeState {
     pub history: Vec<EpochSummary>,
     /// What must stay the same on resumption.
     pub settings: RunSettings,
-}
-
-/// Why a run cannot be resumed.
-#[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
-    /// No `resume.json` in the folder.
-    #[error(
-        "nothing to resume in {}: {RESUME_FILE} not found (a run saves it after its first epoch or when stopped); start without --resume",
-        .0.display()
-    )]
-    NotFound(PathBuf),
-    /// The file cannot be read or parsed.
-    #[error("{}: unreadable resume state: {detail}", path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        detail: String,
-    },
-    /// A setting differs from the saved run's.
-    #[error(
-        "cannot resume the run in {}: its {what} was {saved}, now {now}; resume with the same settings or start a new run",
-        dir.display()
-    )]
-    Mismatch {
-        /// The artifact folder.
-        dir: PathBuf,
-        /// The setting.
-        what: &'static str,
-        /// The saved run's value.
-        saved: String,
-        /// This call's value.
-        now: String,
-    },
-    /// The folder cannot be written.
-    #[error("{}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Reads `dir/resume.json` as a `T` whose layout version (read by `version_of`) must be
-/// `version`: the loader of every kind of run's state.
-pub(crate) fn read_resume_file<T: serde::de::DeserializeOwned>(
-    dir: &Path,
-    version: u32,
-    version_of: impl Fn(&T) -> u32,
-) -> Result<T, ResumeError> {
-    let path = dir.join(RESUME_FILE);
-    let corrupt = |detail: String| ResumeError::Corrupt {
-        path: path.clone(),
-        detail,
-    };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ResumeError::NotFound(dir.to_path_buf()))
-        }
-        Err(e) => return Err(corrupt(e.to_string())),
-    };
-    // Another kind of run's state (fine-tuning against pretraining) fails to parse here.
-    let state: T = serde_json::from_str(&text)
-        .map_err(|e| corrupt(format!("{e} (is this folder another kind of run's?)")))?;
-    let found = version_of(&state);
-    if found != version {
-        return Err(corrupt(format!(
-            "layout version {found} (this build reads {version})"
-        )));
-    }
-    Ok(state)
-}
-
-/// The error for the first differing setting `(name, saved, now)`, if any.
-pub(crate) fn check_settings(
-    dir: &Path,
-    difference: Option<(&'static str, String, String)>,
-) -> Result<(), ResumeError> {
-    match difference {
-        Some((what, saved, now)) => Err(ResumeError::Mismatch {
-            dir: dir.to_path_buf(),
-            what,
-            saved,
-            now,
-        }),
-        None => Ok(()),
-    }
 }
 
 impl ResumeState {

@@ -64,20 +64,19 @@ use burn::train::{
     TrainLoader, TrainingComponents, TrainingItem, TrainingModel, ValidLoader,
 };
 use llama_model::train::adamw::AdamWOptimizer;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use crate::classify::classifier::LlamaEmbeddingClassifier;
 use crate::classify::finetune::artifacts::save_best;
 use crate::classify::finetune::resume::EpochSummary;
 use crate::classify::finetune::resume::{BestEpoch, Position, ResumeState, Tally};
-use crate::classify::metrics::LEARNING_RATE;
 use crate::data::length_grouping::length_grouped_order;
 use crate::data::sentences::{SentenceBatch, SentenceDataset, SentenceItem};
 use crate::distributed::collective::{row_share, Collective};
+use crate::metrics::LEARNING_RATE;
 use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
+use crate::run::control::INTERRUPTED;
+use crate::run::order::{epoch_order, step_seed};
 
 /// Burn's learning components of fine-tuning: constant learning rate, our classifier and
 /// AdamW.
@@ -87,33 +86,6 @@ pub(crate) type Components<B> = LearningComponentsMarker<
     LlamaEmbeddingClassifier<B>,
     AdamWOptimizer<LlamaEmbeddingClassifier<B>, B>,
 >;
-
-/// The message our interrupter carries when the user asked to stop (Ctrl-C).
-pub const INTERRUPTED: &str = "interrupted by the user";
-
-/// splitmix64's finaliser: a well-mixed 64-bit value from any input.
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn mix(seed: u64, a: u64, b: u64) -> u64 {
-    splitmix64(splitmix64(splitmix64(seed) ^ a) ^ b)
-}
-
-/// Training order of epoch `epoch` (1-based): a permutation of `0..n` drawn from
-/// `(seed, epoch)` alone.
-pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut StdRng::seed_from_u64(mix(
-        seed,
-        epoch as u64,
-        u64::MAX,
-    )));
-    order
-}
 
 /// Training order of epoch `epoch` over sentences of `lengths` tokens: [`epoch_order`],
 /// regrouped into batches of similar lengths ([`length_grouped_order`]) when
@@ -131,11 +103,6 @@ pub fn training_order(
     } else {
         order
     }
-}
-
-/// Seed of the dropout mask of step `batch` (0-based) of `epoch`.
-pub fn step_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
-    mix(seed, epoch as u64, batch as u64)
 }
 
 /// The training set in the current epoch's order (set by the loop before each epoch's

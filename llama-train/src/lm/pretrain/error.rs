@@ -8,8 +8,8 @@ use llama_model::lora::LoraError;
 use llama_model::train::adamw::AdamWError;
 use llama_model::CheckpointError;
 
-use crate::classify::finetune::resume::ResumeError;
 use crate::data::documents::TextError;
+use crate::run::resume_file::ResumeError;
 
 /// Why [`crate::lm::pretrain::pretrain`] failed.
 #[derive(Debug, thiserror::Error)]

@@ -51,9 +51,8 @@ use burn_collective::ReduceOperation;
 use llama_model::train::grad_clip::clip_global_norm;
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions};
 
-use crate::classify::finetune::training_loop::{epoch_order, step_seed};
-use crate::classify::finetune::RunControl;
 use crate::distributed::collective::{row_share, Collective, RankOutcome, RankSummary};
+use crate::fnv::weights_digest;
 use crate::lm::corpus::LmCorpus;
 use crate::lm::objective::{lm_loss, LmBatch};
 use crate::lm::pretrain::config::PretrainConfig;
@@ -61,7 +60,8 @@ use crate::lm::pretrain::error::{io_err, PretrainError};
 use crate::lm::pretrain::run::{clear_previous_run, record_error, Run};
 use crate::lm::pretrain::state::{Evaluation, PretrainSettings, PretrainState};
 use crate::report::metrics_log::{rows_to_resume, METRICS_FILE};
-use crate::run::fnv::weights_digest;
+use crate::run::control::RunControl;
+use crate::run::order::{epoch_order, step_seed};
 
 pub use crate::lm::pretrain::state::PRETRAIN_RECORD_FILE;
 

@@ -14,8 +14,6 @@ use llama_model::checkpoint::{save_llama2c_bin, save_model, TensorMap};
 use llama_model::lora::file::save_adapter;
 use llama_model::{Llama, LlamaConfig};
 
-use crate::classify::finetune::resume::RESUME_FILE;
-use crate::classify::finetune::RunControl;
 use crate::lm::corpus::LmCorpus;
 use crate::lm::perplexity::perplexity;
 use crate::lm::pretrain::config::PretrainConfig;
@@ -23,13 +21,15 @@ use crate::lm::pretrain::error::{io_err, PretrainError};
 use crate::lm::pretrain::state::{Evaluation, PretrainState, PRETRAIN_RECORD_FILE};
 use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
+use crate::run::control::RunControl;
+use crate::run::resume_file::RESUME_FILE;
 
 /// File name of the best model in a run folder (its config is `model.config.json`).
 pub const MODEL_FILE: &str = "model.safetensors";
 /// File name of the best model as a llama2.c v0 export (with `export_bin`).
 pub const MODEL_BIN_FILE: &str = "model.bin";
 /// File name of the best model's LoRA adapters (LoRA runs).
-pub const ADAPTER_FILE: &str = crate::classify::finetune::artifacts::ADAPTER_FILE;
+pub use crate::run::ADAPTER_FILE;
 
 /// What the saving and evaluating steps of a run share.
 pub(crate) struct Run<'a, D> {

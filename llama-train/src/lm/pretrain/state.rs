@@ -13,12 +13,10 @@ use llama_model::atomic_file::write_atomic;
 use llama_model::lora::LoraConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::classify::finetune::resume::{
-    check_settings, read_resume_file, ResumeError, RESUME_FILE,
-};
+use crate::fnv::{json_digest, Fnv1a};
 use crate::lm::pretrain::config::PretrainConfig;
 use crate::lm::pretrain::error::{io_err, PretrainError};
-use crate::run::fnv::{json_digest, Fnv1a};
+use crate::run::resume_file::{check_settings, read_resume_file, ResumeError, RESUME_FILE};
 
 /// File name of the run record in an artifact folder.
 pub const PRETRAIN_RECORD_FILE: &str = "pretrain.json";
