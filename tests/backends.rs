@@ -3,7 +3,7 @@
 //! `--features tch` on libtorch (CPU). Where wgpu finds no adapter its test is skipped with
 //! the reason, unless `LLAMA_REQUIRE_WGPU=1` (as in CI) makes that a failure.
 
-mod common;
+use crate::common;
 
 use burn::backend::{Flex, NdArray};
 use burn::tensor::backend::Backend;

@@ -3,7 +3,7 @@
 //! export, and unshared classifiers (v0's negative vocab size, v1's shared byte 0), load to
 //! the same model.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_model::checkpoint::CheckpointFormat;

@@ -1,6 +1,6 @@
 //! The stories260K forward pass against the PyTorch reference, for every checkpoint format.
 
-mod common;
+use crate::common;
 
 use common::*;
 use llama_model::exercise::compare::compare;

@@ -9,7 +9,7 @@
 //! it longer by count or by time per file, with a new seed, e.g.
 //! `LLAMA_FUZZ_SECONDS=600 LLAMA_FUZZ_SEED=7 cargo test --test fuzz_loaders pickle -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -2,7 +2,7 @@
 //! ids and texts, the KV cache against full recomputation, batching, cropping past the
 //! context length, and the sampler's distribution.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;

@@ -2,7 +2,7 @@
 //! runs them: how far the stories260K forward fixture's logits move, and how long greedy
 //! decoding follows the f32 reference.
 
-mod common;
+use crate::common;
 
 use burn::backend::Flex;
 use burn::tensor::{DType, Int, Tensor, TensorData};

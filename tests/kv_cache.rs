@@ -1,6 +1,6 @@
 //! The KV-cached decoding path against a full recomputation of the context at every step.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::*;

@@ -1,6 +1,6 @@
 //! Every way a checkpoint can be wrong gives its own error, naming the file (and tensor).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! replaces. The backend's generator is global to the process on ndarray and flex, so a draw
 //! hidden in a load would shift every later draw of the process (a training run's, a test's).
 
-mod common;
+use crate::common;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;

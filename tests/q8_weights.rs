@@ -3,7 +3,7 @@
 //! (`generate-q80-stories260K.json`), from its int8 export and from the f32 model quantized
 //! at load; and how far logits and hidden states move from f32.
 
-mod common;
+use crate::common;
 
 use burn::backend::Flex;
 use burn::tensor::backend::Backend;

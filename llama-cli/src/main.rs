@@ -1,8 +1,11 @@
 //! `llama-cli`: load Llama 2 checkpoints, check them, generate text, classify sentences.
 
-mod args;
 mod commands;
-mod runtime;
+
+// The flag groups and the runtime live in the library target (src/lib.rs), whose unit tests
+// build without the commands; imported here, they keep their `crate::args` and
+// `crate::runtime` paths.
+use llama_cli::{args, runtime};
 
 use std::process::ExitCode;
 

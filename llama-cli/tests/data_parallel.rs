@@ -4,7 +4,7 @@
 //!
 //! Every process here talks to 127.0.0.1 only, and every wait is bounded.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

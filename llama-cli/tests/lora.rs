@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Output;
 
-mod common;
+use crate::common;
 use common::{cli, path, text};
 
 use llama_model::checkpoint::{read_tensors, save_model};

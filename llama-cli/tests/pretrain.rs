@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-mod common;
+use crate::common;
 use common::{cli, path, text};
 
 use llama_model::fixtures::fixture;

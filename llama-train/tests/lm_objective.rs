@@ -17,7 +17,7 @@ use llama_train::lm::objective::{lm_loss, pack_documents, LmBatch};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
-mod common;
+use crate::common;
 
 use common::{assert_close, assert_rel, dims, floats};
 

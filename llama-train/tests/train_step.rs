@@ -15,7 +15,7 @@ use llama_train::classify::classifier::{
 };
 use serde_json::Value;
 
-mod common;
+use crate::common;
 
 use common::{assert_close, assert_rel, dims, floats};
 

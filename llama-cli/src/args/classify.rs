@@ -11,7 +11,7 @@ use crate::args::data_files::{self, DataFiles, GivenFiles, TrainFile};
 use crate::runtime::output::check_writable;
 
 /// `data/sst-dev.txt` + `prompting` -> `sst-dev-prompting-output.txt` (the exercise's names).
-pub(crate) fn default_output(data: &Path, kind: &str) -> PathBuf {
+pub fn default_output(data: &Path, kind: &str) -> PathBuf {
     let stem = data
         .file_stem()
         .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
@@ -48,7 +48,7 @@ pub struct DataArgs {
 
 impl DataArgs {
     /// The data files after defaults ([`crate::args::data_files::resolve`]).
-    pub(crate) fn files(&self, train: TrainFile) -> Result<DataFiles> {
+    pub fn files(&self, train: TrainFile) -> Result<DataFiles> {
         data_files::resolve(
             GivenFiles {
                 train: self.train.as_deref(),
@@ -62,11 +62,7 @@ impl DataArgs {
 
     /// The dev and test output paths (defaults named after `kind`), checked writable before
     /// any long computation.
-    pub(crate) fn outputs(
-        &self,
-        files: &DataFiles,
-        kind: &str,
-    ) -> Result<(PathBuf, Option<PathBuf>)> {
+    pub fn outputs(&self, files: &DataFiles, kind: &str) -> Result<(PathBuf, Option<PathBuf>)> {
         let dev_out = self
             .dev_out
             .clone()
@@ -84,7 +80,7 @@ impl DataArgs {
 }
 
 /// One line on stderr saying which files a run reads.
-pub(crate) fn describe_files(files: &DataFiles) -> String {
+pub fn describe_files(files: &DataFiles) -> String {
     let mut parts = vec![];
     if let Some(train) = &files.train {
         parts.push(format!("train {}", train.display()));

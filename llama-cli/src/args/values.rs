@@ -18,7 +18,7 @@ pub fn positive_u64() -> RangedU64ValueParser<u64> {
     RangedU64ValueParser::new().range(1..)
 }
 
-pub(crate) fn number(s: &str) -> Result<f64, String> {
+pub fn number(s: &str) -> Result<f64, String> {
     s.parse().map_err(|_| format!("`{s}` is not a number"))
 }
 

@@ -1,0 +1,14 @@
+//! The command-line tests: the built `llama-cli` binary run as a user runs it.
+//!
+//! One test binary for the package: each file is a module, so the generic model and
+//! training code is instantiated and linked once.
+
+mod common;
+
+mod cli;
+mod data_parallel;
+mod exercise_folder;
+mod lora;
+mod perplexity;
+mod pretrain;
+mod watching;

@@ -1,0 +1,19 @@
+//! End-to-end tests of the workspace against `../shared/fixtures`: loading every
+//! checkpoint format, the forward pass, generation and the backends.
+//!
+//! One test binary for the package: each file is a module, so the generic model and
+//! training code is instantiated and linked once.
+
+mod common;
+
+mod backends;
+mod bin_formats;
+mod forward;
+mod fuzz_loaders;
+mod generate;
+mod half_weights;
+mod kv_cache;
+mod layout;
+mod loader_errors;
+mod loading;
+mod q8_weights;
