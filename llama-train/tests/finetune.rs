@@ -17,6 +17,7 @@ use llama_train::classify::finetune::{
     FinetuneOutcome, CLASSIFIER_CONFIG_FILE, FINETUNE_CONFIG_FILE,
 };
 use llama_train::data::sentences::{read_labelled_file, SentenceDataset};
+use llama_train::report::metrics_log::{read_metrics, Split, METRICS_FILE};
 use llama_train::run::control::RunControl;
 use llama_train::run::resume_file::ResumeError;
 
@@ -290,12 +291,13 @@ fn pretrain_option_leaves_the_llama_untouched() {
 fn stopped_and_resumed_runs_equal_a_straight_run() {
     let straight = tempfile::tempdir().expect("tempdir");
     let split = tempfile::tempdir().expect("tempdir");
-    // 40 sentences at batch 8: 5 steps per epoch.
-    let cfg = config(straight.path()).with_epochs(2);
+    // 40 sentences at batch 8: 5 steps per epoch; a train row every 3 steps and at the end
+    // of each epoch.
+    let cfg = config(straight.path()).with_epochs(2).with_log_every(3);
     let data = data5(&cfg, 40, 16, 8);
     let a = run(&cfg, &data);
 
-    let cfg = config(split.path()).with_epochs(2);
+    let cfg = config(split.path()).with_epochs(2).with_log_every(3);
     let budget = |steps, resume| RunControl {
         resume,
         max_steps: Some(steps),
@@ -323,6 +325,62 @@ fn stopped_and_resumed_runs_equal_a_straight_run() {
     };
     let b = run_with(&cfg, &data, &resume).expect("resumed run");
     same_run(&a, &b);
+
+    // metrics.csv: the same rows, and a train row closing each epoch (steps 5 and 10) beside
+    // those of every third step.
+    let rows = |dir: &Path| {
+        read_metrics(&dir.join(METRICS_FILE))
+            .expect("metrics.csv")
+            .into_iter()
+            .map(|r| (r.epoch, r.step, r.split, r.loss.map(f64::to_bits)))
+            .collect::<Vec<_>>()
+    };
+    let straight_rows = rows(straight.path());
+    assert_eq!(straight_rows, rows(split.path()));
+    let (t, d) = (Split::Train, Split::Dev);
+    let expected = [
+        (1, 3, t),
+        (1, 5, t),
+        (1, 5, d),
+        (2, 6, t),
+        (2, 9, t),
+        (2, 10, t),
+        (2, 10, d),
+    ];
+    let found: Vec<_> = straight_rows.iter().map(|r| (r.0, r.1, r.2)).collect();
+    assert_eq!(found, expected);
+}
+
+/// An epoch shorter than `log_every` still gets its train row, and an epoch that ends on a
+/// logged step gets no second one.
+#[test]
+fn every_epoch_ends_with_one_train_row_whatever_log_every_is() {
+    let (t, d) = (Split::Train, Split::Dev);
+    // 24 sentences at batch 8: 3 steps per epoch.
+    for (log_every, expected) in [
+        (50, vec![(1, 3, t), (1, 3, d), (2, 6, t), (2, 6, d)]),
+        (3, vec![(1, 3, t), (1, 3, d), (2, 6, t), (2, 6, d)]),
+        (
+            2,
+            vec![
+                (1, 2, t),
+                (1, 3, t),
+                (1, 3, d),
+                (2, 4, t),
+                (2, 6, t),
+                (2, 6, d),
+            ],
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path()).with_log_every(log_every);
+        run(&cfg, &data5(&cfg, 24, 8, 0));
+        let rows = read_metrics(&dir.path().join(METRICS_FILE)).expect("metrics.csv");
+        let found: Vec<_> = rows.iter().map(|r| (r.epoch, r.step, r.split)).collect();
+        assert_eq!(found, expected, "log_every {log_every}");
+        // The epoch's last row covers the steps since the previous one: a mean loss.
+        assert!(rows.iter().all(|r| r.loss.is_some_and(f64::is_finite)));
+    }
 }
 
 /// With `group_by_length` the batches change (64 sentences at batch 8 make megabatches of

@@ -90,7 +90,9 @@ fn a_tiny_preset_learns_and_its_saved_model_reloads_exactly() {
     let (model, llama) = tiny();
     let config = run_config(dir.path().join("run"))
         .with_epochs(2)
-        .with_export_bin(true);
+        .with_export_bin(true)
+        // 56 steps per epoch: no epoch ends on a logged step.
+        .with_log_every(5);
     let seq_len = window_len(&config, &llama).unwrap();
     let corpus = LmCorpus::new(docs, Validation::Fraction(0.1), seq_len, 64, config.seed).unwrap();
     let outcome = train(&config, model, &llama, &corpus, &RunControl::default()).unwrap();
@@ -117,10 +119,28 @@ fn a_tiny_preset_learns_and_its_saved_model_reloads_exactly() {
     );
     assert!(train.last().unwrap() < &(train[0] - 1.0), "{train:?}");
     assert!(outcome.best.val_loss < start.val_loss - 1.0);
-    assert_eq!(
-        outcome.steps,
-        2 * config.steps_per_epoch(corpus.windows.len())
+    let per_epoch = config.steps_per_epoch(corpus.windows.len());
+    assert_eq!(outcome.steps, 2 * per_epoch);
+
+    // Each epoch ends with one train row, also when it does not end on a logged step.
+    assert_ne!(
+        per_epoch % config.log_every,
+        0,
+        "no epoch ends on a logged step"
     );
+    for epoch in 1..=2 {
+        let steps: Vec<usize> = rows
+            .iter()
+            .filter(|r| r.split == Split::Train && r.epoch == epoch)
+            .map(|r| r.step)
+            .collect();
+        assert_eq!(
+            steps.last(),
+            Some(&(epoch * per_epoch)),
+            "epoch {epoch}: {steps:?}"
+        );
+        assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    }
 
     // The saved model reloads to exactly the recorded figure, and the llama2.c export to
     // exactly the same logits.

@@ -375,6 +375,15 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
                 self.finish(end);
                 return (learner.model(), processor);
             }
+            // The epoch's last training row: the window since the last logged step, whatever
+            // `log_every` is (empty when the epoch ended on a logged step).
+            if self.log_every > 0 && !state.window.is_empty() {
+                let window = std::mem::take(&mut state.window);
+                let mut row =
+                    MetricsRow::from_tally(epoch, state.steps, Split::Train, &window, wall());
+                row.lr = Some(learner.lr_current());
+                rows.push(row);
+            }
             processor.process_train(LearnerEvent::EndEpoch(epoch));
             let next = Position {
                 epoch: epoch + 1,

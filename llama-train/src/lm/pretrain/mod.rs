@@ -296,6 +296,11 @@ pub fn pretrain_rank<B: AutodiffBackend>(
             }
         }
         bar.finish_and_clear();
+        // The epoch's last training row, whatever `log_every` is (nothing to log when the
+        // epoch ended on a logged step).
+        if state.since_log.1 > 0 {
+            run.log_train(&mut state, lr, groups.len());
+        }
         run.evaluate(&model.valid(), &mut state, lr)?;
         state.epoch += 1;
         state.epoch_steps = 0;
