@@ -15,7 +15,7 @@ use burn::backend::NdArray;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use common::{path, text};
+use common::{head, path, text};
 use llama_model::fixtures::fixture;
 use llama_model::{load_checkpoint, LoadOptions};
 use llama_train::classify::finetune::load_classifier;
@@ -29,15 +29,6 @@ const WEIGHT_TOLERANCE: f32 = 5e-6;
 /// The same for `pretrain` of the stories260K preset from scratch: one epoch of 74 steps at
 /// lr 1e-3, global batch 8 windows of 32 tokens, gradient clipping at 1. Measured 1.9e-5.
 const PRETRAIN_TOLERANCE: f32 = 1e-4;
-
-/// The first `n` lines of a fixture data file, written to `dir`.
-fn head(dir: &Path, name: &str, n: usize) -> String {
-    let text = std::fs::read_to_string(fixture(&format!("data/{name}"))).unwrap();
-    let lines: Vec<&str> = text.lines().take(n).collect();
-    let p = dir.join(name);
-    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
-    path(&p)
-}
 
 /// `finetune` of stories260K at global batch 8, 16 tokens a sentence, lr 1e-3, on flex
 /// with one thread (the ranks share this machine's cores).
@@ -76,10 +67,6 @@ fn finetune(train: &str, dev: &str, out_dir: &Path, epochs: u32) -> Vec<String> 
     .to_vec()
 }
 
-fn llama_cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_llama-cli"))
-}
-
 /// A loopback port that was free a moment ago.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -92,7 +79,7 @@ fn free_port() -> u16 {
 /// `llama-cli coordinator` on a free port, once it accepts connections; and its address.
 fn start_coordinator() -> (Child, String) {
     let port = free_port();
-    let coordinator = llama_cli()
+    let coordinator = common::llama_cli()
         .args(["coordinator", "--port", &port.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -123,7 +110,7 @@ fn wait_for_a_saved_epoch(run: &Path) {
 
 /// `llama-cli launch --nproc 2 -- ARGS`, to completion, bounded by a watchdog.
 fn launch(args: &[String], limit: Duration) -> (bool, String, String) {
-    let child = llama_cli()
+    let child = common::llama_cli()
         .args(["launch", "--nproc", "2", "--"])
         .args(args)
         .stdout(Stdio::piped())
@@ -205,7 +192,7 @@ fn two_ranks_train_the_weights_one_process_trains() {
     let dev = head(d, "cfimdb-dev.txt", 8);
 
     let one = d.join("one");
-    let out = llama_cli()
+    let out = common::llama_cli()
         .args(finetune(&train, &dev, &one, 2))
         .output()
         .unwrap();
@@ -267,7 +254,7 @@ fn a_killed_rank_stops_the_run_and_it_resumes_from_the_last_save() {
     let run = d.join("run");
     let mut args = finetune(&train, &dev, &run, 40);
     args.extend(["--collective-timeout", "30"].map(String::from));
-    let mut child = llama_cli()
+    let mut child = common::llama_cli()
         .args(["launch", "--nproc", "2", "--"])
         .args(&args)
         .stdout(Stdio::null())
@@ -365,7 +352,7 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
         said.contains("single device") && said.contains("launch --nproc 2"),
         "{said}"
     );
-    let out = llama_cli()
+    let out = common::llama_cli()
         .args(["launch", "--nproc", "2", "--devices", "0", "--", "finetune"])
         .output()
         .unwrap();
@@ -376,7 +363,7 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
         text(&out.stderr)
     );
     // Not an address.
-    let out = llama_cli()
+    let out = common::llama_cli()
         .args(rank("2", "0", "127.0.0.1:9", &[]))
         .output()
         .unwrap();
@@ -384,7 +371,7 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
     // No coordinator there: an error within seconds.
     let coordinator = format!("ws://127.0.0.1:{}", free_port());
     let started = Instant::now();
-    let out = llama_cli()
+    let out = common::llama_cli()
         .args(rank("2", "0", &coordinator, &[]))
         .output()
         .unwrap();
@@ -400,7 +387,7 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
     // A rank alone, its partner never started: it gives up after its timeout.
     let (mut coordinator, address) = start_coordinator();
     let node = format!("ws://127.0.0.1:{}", free_port());
-    let lonely = llama_cli()
+    let lonely = common::llama_cli()
         .args(rank(
             "2",
             "0",
@@ -450,7 +437,7 @@ fn a_rank_left_alone_mid_run_stops_naming_the_dead_one() {
                 ]
                 .map(String::from),
             );
-            llama_cli()
+            common::llama_cli()
                 .args(args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -535,7 +522,7 @@ fn pretrain_on_two_ranks_trains_what_one_process_trains() {
         .to_vec()
     };
     let one = d.join("one");
-    let out = llama_cli().args(args(&one)).output().unwrap();
+    let out = common::llama_cli().args(args(&one)).output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let two = d.join("two");
     let (ok, stdout, stderr) = launch(&args(&two), Duration::from_secs(300));

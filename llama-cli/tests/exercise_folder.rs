@@ -9,17 +9,14 @@
 //! test backend), so the command lines are exactly the exercise's.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::common::text;
 use llama_model::fixtures::fixture;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// `llama-cli ARGS` run in `dir` on ndarray.
 fn cli_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    crate::common::llama_cli()
         .current_dir(dir)
         .env("LLAMA_BACKEND", "ndarray")
         .args(args)

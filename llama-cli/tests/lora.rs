@@ -5,20 +5,11 @@ use std::path::Path;
 use std::process::Output;
 
 use crate::common;
-use common::{cli, path, text};
+use common::{cli, head, path, text};
 
 use llama_model::checkpoint::{read_tensors, save_model};
 use llama_model::fixtures::fixture;
 use llama_model::LlamaConfig;
-
-/// The first `n` lines of a fixture data file, written to `dir`.
-fn head(dir: &Path, name: &str, n: usize) -> String {
-    let all = std::fs::read_to_string(fixture(&format!("data/{name}"))).unwrap();
-    let lines: Vec<&str> = all.lines().take(n).collect();
-    let p = dir.join(name);
-    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
-    path(&p)
-}
 
 fn stories260k() -> String {
     path(&fixture("models/stories260K/stories260K.pt"))
@@ -64,6 +55,25 @@ fn one_error_line(out: &Output, code: i32, needle: &str) {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// A run stopped after one step and resumed saves the same adapter as the whole run
+/// (`adapter`), bit for bit: its tensors and settings (the metadata's order in the header is
+/// a hash map's).
+fn resumed_runs_save_the_same_adapter(d: &Path, adapter: &Path) {
+    let split = d.join("split");
+    let lora = ["--lora-rank", "4", "--lora-targets", "q,v,w2"];
+    let out = finetune(d, &split, &[&lora[..], &["--max-steps", "1"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!split.join("adapter.safetensors").exists());
+    let out = finetune(d, &split, &[&lora[..], &["--resume"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (resumed, whole) = (
+        read_tensors(&split.join("adapter.safetensors")).unwrap(),
+        read_tensors(adapter).unwrap(),
+    );
+    assert_eq!(resumed.0, whole.0);
+    assert!(resumed.1 == whole.1, "the resumed run's adapter differs");
+}
+
 #[test]
 fn a_lora_finetune_saves_a_small_adapter_that_merges_into_a_loadable_model() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,21 +113,7 @@ fn a_lora_finetune_saves_a_small_adapter_that_merges_into_a_loadable_model() {
         std::fs::read_to_string(d.join("dev-out.txt")).unwrap()
     );
 
-    // Stopped after one step and resumed: the same adapter, bit for bit (its tensors and
-    // settings; the metadata's order in the header is a hash map's).
-    let split = d.join("split");
-    let lora = ["--lora-rank", "4", "--lora-targets", "q,v,w2"];
-    let out = finetune(d, &split, &[&lora[..], &["--max-steps", "1"]].concat());
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(!split.join("adapter.safetensors").exists());
-    let out = finetune(d, &split, &[&lora[..], &["--resume"]].concat());
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let (resumed, whole) = (
-        read_tensors(&split.join("adapter.safetensors")).unwrap(),
-        read_tensors(&adapter).unwrap(),
-    );
-    assert_eq!(resumed.0, whole.0);
-    assert!(resumed.1 == whole.1, "the resumed run's adapter differs");
+    resumed_runs_save_the_same_adapter(d, &adapter);
 
     let merged = d.join("merged.safetensors");
     let out = cli(&[

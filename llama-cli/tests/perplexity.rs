@@ -1,20 +1,17 @@
 //! `llama-cli perplexity`: its figures, and a bad `--text` refused with one line.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::common::text;
 use llama_model::fixtures::fixture;
 
 fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    crate::common::llama_cli()
         .args(["--backend", "ndarray", "perplexity", "--checkpoint"])
         .arg(fixture("models/stories260K/stories260K.bin"))
         .args(args)
         .output()
         .expect("llama-cli runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn reference() -> serde_json::Value {

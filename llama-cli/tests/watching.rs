@@ -2,24 +2,12 @@
 //! `metrics.csv`, `curves.png` and the dev confusion matrix, checked against the predictions.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::common::{head, text};
 use llama_model::fixtures::fixture;
 use llama_train::report::canvas::png_size;
 use llama_train::report::curves::CURVES_SIZE;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The first `n` lines of a fixture data file, written to `dir`.
-fn head(dir: &Path, name: &str, n: usize) -> String {
-    let all = std::fs::read_to_string(fixture(&format!("data/{name}"))).unwrap();
-    let lines: Vec<&str> = all.lines().take(n).collect();
-    let p = dir.join(name);
-    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
-    p.display().to_string()
-}
 
 /// The class ids in the first field (`id ||| …`) of each line of `path`.
 fn first_fields(path: &Path) -> Vec<usize> {
@@ -66,6 +54,56 @@ fn printed_matrix(stdout: &str, heading: &str, n: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// `metrics.csv` of a run at `--log-every 1`: a train row per step and a dev row per epoch,
+/// each with plausible figures and a growing wall clock.
+fn check_metrics_csv(path: &Path, steps_per_epoch: usize, epochs: usize, batch: usize) {
+    let csv = std::fs::read_to_string(path).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("epoch,step,split,loss,accuracy,macro_f1,lr,perplexity,wall_seconds")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    let mut expected = Vec::new();
+    for epoch in 1..=epochs {
+        for batch in 1..=steps_per_epoch {
+            expected.push((epoch, (epoch - 1) * steps_per_epoch + batch, "train"));
+        }
+        expected.push((epoch, epoch * steps_per_epoch, "dev"));
+    }
+    let got: Vec<(usize, usize, &str)> = rows
+        .iter()
+        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap(), r[2]))
+        .collect();
+    assert_eq!(got, expected, "{csv}");
+    let number = |s: &str| {
+        s.parse::<f64>()
+            .unwrap_or_else(|_| panic!("{s:?} in\n{csv}"))
+    };
+    let mut last_wall = 0.0;
+    for r in &rows {
+        assert_eq!(r.len(), 9, "{csv}");
+        let loss = number(r[3]);
+        assert!(loss.is_finite() && loss > 0.0, "{csv}");
+        for fraction in [number(r[4]), number(r[5])] {
+            assert!((0.0..=1.0).contains(&fraction), "{csv}");
+        }
+        match r[2] {
+            "train" => assert!(number(r[6]) > 0.0, "{csv}"),
+            _ => assert!(r[6].is_empty(), "{csv}"),
+        }
+        assert!(r[7].is_empty(), "no perplexity for a classifier: {csv}");
+        let wall = number(r[8]);
+        assert!(wall >= last_wall, "{csv}");
+        last_wall = wall;
+    }
+    // A train row's accuracy is over its own batch of 8 (24 sentences make 3 full batches).
+    for r in rows.iter().filter(|r| r[2] == "train") {
+        let correct = number(r[4]) * batch as f64;
+        assert!((correct - correct.round()).abs() < 1e-9, "{csv}");
+    }
+}
+
 #[test]
 fn a_piped_finetune_logs_plain_lines_metrics_curves_and_a_confusion_matrix() {
     const TRAIN: usize = 24;
@@ -79,7 +117,7 @@ fn a_piped_finetune_logs_plain_lines_metrics_curves_and_a_confusion_matrix() {
     let run = d.join("run");
     let dev_out = d.join("dev-out.txt");
     // `--progress auto` with stdout and stderr on pipes: the plain lines.
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    let out: Output = crate::common::llama_cli()
         .args(["--backend", "ndarray", "--progress", "auto", "finetune"])
         .args([
             "--checkpoint",
@@ -118,53 +156,12 @@ fn a_piped_finetune_logs_plain_lines_metrics_curves_and_a_confusion_matrix() {
     }
     assert!(stdout.contains("epoch 2/2"), "{stdout}");
 
-    // metrics.csv: a train row per step (log-every 1) and a dev row per epoch.
-    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let mut lines = csv.lines();
-    assert_eq!(
-        lines.next(),
-        Some("epoch,step,split,loss,accuracy,macro_f1,lr,perplexity,wall_seconds")
+    check_metrics_csv(
+        &run.join("metrics.csv"),
+        TRAIN.div_ceil(BATCH),
+        EPOCHS,
+        BATCH,
     );
-    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
-    let steps_per_epoch = TRAIN.div_ceil(BATCH);
-    let mut expected = Vec::new();
-    for epoch in 1..=EPOCHS {
-        for batch in 1..=steps_per_epoch {
-            expected.push((epoch, (epoch - 1) * steps_per_epoch + batch, "train"));
-        }
-        expected.push((epoch, epoch * steps_per_epoch, "dev"));
-    }
-    let got: Vec<(usize, usize, &str)> = rows
-        .iter()
-        .map(|r| (r[0].parse().unwrap(), r[1].parse().unwrap(), r[2]))
-        .collect();
-    assert_eq!(got, expected, "{csv}");
-    let number = |s: &str| {
-        s.parse::<f64>()
-            .unwrap_or_else(|_| panic!("{s:?} in\n{csv}"))
-    };
-    let mut last_wall = 0.0;
-    for r in &rows {
-        assert_eq!(r.len(), 9, "{csv}");
-        let loss = number(r[3]);
-        assert!(loss.is_finite() && loss > 0.0, "{csv}");
-        for fraction in [number(r[4]), number(r[5])] {
-            assert!((0.0..=1.0).contains(&fraction), "{csv}");
-        }
-        match r[2] {
-            "train" => assert!(number(r[6]) > 0.0, "{csv}"),
-            _ => assert!(r[6].is_empty(), "{csv}"),
-        }
-        assert!(r[7].is_empty(), "no perplexity for a classifier: {csv}");
-        let wall = number(r[8]);
-        assert!(wall >= last_wall, "{csv}");
-        last_wall = wall;
-    }
-    // A train row's accuracy is over its own batch of 8 (24 sentences make 3 full batches).
-    for r in rows.iter().filter(|r| r[2] == "train") {
-        let correct = number(r[4]) * BATCH as f64;
-        assert!((correct - correct.round()).abs() < 1e-9, "{csv}");
-    }
 
     // The pictures: whole PNGs of the documented / a readable size, not blank.
     let (size, colours) = decode_png(&run.join("curves.png"));

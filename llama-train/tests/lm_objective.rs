@@ -102,7 +102,12 @@ fn lm_batch_loss_gradients_and_clipped_adamw_steps_match_the_reference() {
     println!("loss {value} vs {}", num(&lm["loss"]));
     assert!((value - num(&lm["loss"])).abs() <= 1e-5);
 
-    // The gradients: norms and sums (rtol 1e-4), values (atol 1e-6 + rtol 1e-3).
+    gradients_match(&model, loss, lm);
+    clipped_adamw_steps_match(model, &batch, lm);
+}
+
+/// The gradients: norms and sums (rtol 1e-4), values (atol 1e-6 + rtol 1e-3).
+fn gradients_match(model: &Llama<TB>, loss: Tensor<TB, 1>, lm: &Value) {
     let grads = loss.backward();
     let gradients = Module::map(model.clone(), &mut ToGradients { grads: &grads });
     let named = model_tensors(&gradients);
@@ -138,9 +143,11 @@ fn lm_batch_loss_gradients_and_clipped_adamw_steps_match_the_reference() {
             .collect();
         assert_close(&format!("{name} all"), &actual.data, &values, 1e-6, 1e-3);
     }
+}
 
-    // Steps of global-norm clipping and the exercise's AdamW on the same batch: the norm
-    // before each clip (rtol 1e-4) and the loss after each step (atol 1e-4).
+/// Steps of global-norm clipping and the exercise's AdamW on the same batch: the norm
+/// before each clip (rtol 1e-4) and the loss after each step (atol 1e-4).
+fn clipped_adamw_steps_match(model: Llama<TB>, batch: &LmBatch<TB>, lm: &Value) {
     let steps = &lm["train_steps"];
     let hp = &steps["adamw"];
     let mut optim = AdamWConfig::new()
@@ -157,7 +164,7 @@ fn lm_batch_loss_gradients_and_clipped_adamw_steps_match_the_reference() {
     let mut model = model;
     let mut first_norm = None;
     for (step, &expected_norm) in expected_norms.iter().enumerate() {
-        let loss = lm_loss(&model, &batch);
+        let loss = lm_loss(&model, batch);
         let value = f64::from(loss.clone().into_scalar());
         assert!(
             (value - f64::from(expected_losses[step])).abs() <= 1e-4,
@@ -176,7 +183,7 @@ fn lm_batch_loss_gradients_and_clipped_adamw_steps_match_the_reference() {
         );
         model = optim.step(num(&hp["lr"]), model, grads);
     }
-    let last = f64::from(lm_loss(&model, &batch).into_scalar());
+    let last = f64::from(lm_loss(&model, batch).into_scalar());
     println!("losses: {expected_losses:?}, last {last}");
     assert!((last - f64::from(expected_losses[3])).abs() <= 1e-4);
     assert_rel(

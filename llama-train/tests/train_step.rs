@@ -171,7 +171,6 @@ impl ModuleVisitor<TB> for SquaredNorm<'_> {
 #[test]
 fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
     let fx = json();
-    let full = safetensors_f32("reference/train-step-stories260K.safetensors");
     let model = classifier(&fx, SentencePosition::LastToken);
     let b = batch(&fx, None);
 
@@ -187,10 +186,22 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
     let loss_value = to_vec(loss.clone())[0];
     assert_close("loss", &[loss_value], &floats(&fx["loss"]), 1e-5, 0.0);
 
-    // Backward: the eight named gradients.
+    // Backward: the eight named gradients, and the norm over every parameter.
     let grads = loss.backward();
+    named_gradients_match(&model, &grads, &fx);
+    total_gradient_norm_matches(&model, &grads, &fx);
+    adamw_steps_match(model, &b, &fx);
+}
+
+/// The eight named gradients of the reference: norm, sum, first values, every value.
+fn named_gradients_match(
+    model: &LlamaEmbeddingClassifier<TB>,
+    grads: &<TB as AutodiffBackend>::Gradients,
+    fx: &Value,
+) {
+    let full = safetensors_f32("reference/train-step-stories260K.safetensors");
     for (name, expected) in fx["grads"].as_object().expect("grads") {
-        let actual = grad_pt(&model, &grads, name);
+        let actual = grad_pt(model, grads, name);
         let shape = dims(&expected["shape"]);
         assert_eq!(actual.len(), shape.iter().product::<usize>(), "{name} size");
         let norm = actual
@@ -229,10 +240,16 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
         assert_eq!(full_shape, &shape, "{name} safetensors shape");
         assert_close(&format!("{name} full"), &actual, full_values, 1e-6, 1e-3);
     }
+}
 
-    // Total gradient norm over every parameter.
+/// The gradient's norm over every parameter, each of which gets a gradient.
+fn total_gradient_norm_matches(
+    model: &LlamaEmbeddingClassifier<TB>,
+    grads: &<TB as AutodiffBackend>::Gradients,
+    fx: &Value,
+) {
     let mut visitor = SquaredNorm {
-        grads: &grads,
+        grads,
         sum: 0.0,
         params: 0,
         with_grad: 0,
@@ -252,8 +269,11 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
         fx["total_grad_l2_norm"].as_f64().expect("norm"),
         1e-4,
     );
+}
 
-    // Three AdamW steps (lr 1e-3, weight decay 0, every parameter) on the same batch.
+/// Three AdamW steps (lr 1e-3, weight decay 0, every parameter) on the same batch: the
+/// losses and chosen parameters after them.
+fn adamw_steps_match(model: LlamaEmbeddingClassifier<TB>, b: &Batch, fx: &Value) {
     let hp = &fx["adamw"];
     let num = |v: &Value| v.as_f64().expect("number");
     let config = AdamWConfig::new()
@@ -267,11 +287,11 @@ fn unpadded_batch_matches_reference_forward_gradients_and_adamw() {
         .expect("valid AdamW config");
     let expected_losses = floats(&hp["losses"]);
     let mut model = model;
-    let mut loss = loss_of(&model, &b).1;
+    let mut loss = loss_of(&model, b).1;
     for (step, expected) in expected_losses.iter().enumerate().skip(1) {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(num(&hp["lr"]), model, grads);
-        loss = loss_of(&model, &b).1;
+        loss = loss_of(&model, b).1;
         assert_close(
             &format!("loss after {step} AdamW steps"),
             &to_vec(loss.clone()),

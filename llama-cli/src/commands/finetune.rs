@@ -1,14 +1,16 @@
 //! `llama-cli finetune` (alias `train`): a classifier fine-tuned with Burn's Learner.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use llama_train::classify::classifier::{FinetuneOption, SentencePosition};
 use llama_train::classify::finetune::training_loop::training_order;
-use llama_train::classify::finetune::{finetune_rank, FinetuneConfig, FinetuneData};
+use llama_train::classify::finetune::{
+    finetune_rank, FinetuneConfig, FinetuneData, FinetuneOutcome,
+};
 use llama_train::data::length_grouping::padding_share;
 use llama_train::data::predictions::write_predictions;
 use llama_train::data::sentences::{load_label_names, SentenceDataset};
@@ -101,23 +103,7 @@ impl Job for FinetuneArgs {
                 .map_or_else(|| "train".into(), |s| s.to_string_lossy().into_owned());
             PathBuf::from("runs").join(stem)
         });
-        let config = FinetuneConfig::new(out_dir.clone())
-            .with_epochs(self.epochs)
-            .with_lr(self.lr)
-            .with_batch_size(self.batch_size)
-            .with_hidden_dropout_prob(self.hidden_dropout_prob)
-            .with_weight_decay(self.weight_decay)
-            .with_seed(self.seed)
-            .with_option(self.option)
-            .with_max_sentence_len(self.max_sentence_len)
-            .with_log_every(self.log_every)
-            .with_lora(self.lora.config())
-            .with_group_by_length(self.group_by_length)
-            .with_position(if self.pad_position_pooling {
-                SentencePosition::LastPosition
-            } else {
-                SentencePosition::LastToken
-            });
+        let config = self.finetune_config(out_dir.clone());
         let (llama, llama_config, tokenizer) = self.model.load::<B>(&device)?;
         eprintln!("{}", describe_files(&files));
         let options = config.data_options();
@@ -161,48 +147,91 @@ impl Job for FinetuneArgs {
         let Some(outcome) = main_outcome(outcome, rank, |o| o.rank) else {
             return Ok(()); // another rank than 0: rank 0 saved the run
         };
-        write_predictions(&dev_out, &outcome.dev.predictions, &data.dev.sentences())?;
-        println!(
-            "best epoch {}: dev accuracy {:.3}, macro-F1 {:.3}; wrote {}",
-            outcome.best_epoch,
-            outcome.dev.accuracy,
-            outcome.dev.macro_f1,
-            dev_out.display()
-        );
-        confusion::report(
-            "dev",
-            &data.dev.labels(),
-            &outcome.dev.predictions,
+        report(
+            &outcome,
+            &data,
             &label_names,
-            &out_dir.join("confusion-dev.png"),
-        )?;
-        if let (Some(test), Some(out), Some(test_data)) = (&outcome.test, &test_out, &data.test) {
-            write_predictions(out, &test.predictions, &test_data.sentences())?;
-            println!(
+            &dev_out,
+            test_out.as_deref(),
+            &out_dir,
+        )
+    }
+}
+
+impl FinetuneArgs {
+    /// The run's settings, from the flags.
+    fn finetune_config(&self, out_dir: PathBuf) -> FinetuneConfig {
+        FinetuneConfig::new(out_dir)
+            .with_epochs(self.epochs)
+            .with_lr(self.lr)
+            .with_batch_size(self.batch_size)
+            .with_hidden_dropout_prob(self.hidden_dropout_prob)
+            .with_weight_decay(self.weight_decay)
+            .with_seed(self.seed)
+            .with_option(self.option)
+            .with_max_sentence_len(self.max_sentence_len)
+            .with_log_every(self.log_every)
+            .with_lora(self.lora.config())
+            .with_group_by_length(self.group_by_length)
+            .with_position(if self.pad_position_pooling {
+                SentencePosition::LastPosition
+            } else {
+                SentencePosition::LastToken
+            })
+    }
+}
+
+/// Writes the dev (and test) predictions and prints their scores, confusion matrices and
+/// the files saved.
+fn report<B: Backend>(
+    outcome: &FinetuneOutcome<B>,
+    data: &FinetuneData,
+    label_names: &[String],
+    dev_out: &Path,
+    test_out: Option<&Path>,
+    out_dir: &Path,
+) -> Result<()> {
+    write_predictions(dev_out, &outcome.dev.predictions, &data.dev.sentences())?;
+    println!(
+        "best epoch {}: dev accuracy {:.3}, macro-F1 {:.3}; wrote {}",
+        outcome.best_epoch,
+        outcome.dev.accuracy,
+        outcome.dev.macro_f1,
+        dev_out.display()
+    );
+    confusion::report(
+        "dev",
+        &data.dev.labels(),
+        &outcome.dev.predictions,
+        label_names,
+        &out_dir.join("confusion-dev.png"),
+    )?;
+    if let (Some(test), Some(out), Some(test_data)) = (&outcome.test, test_out, &data.test) {
+        write_predictions(out, &test.predictions, &test_data.sentences())?;
+        println!(
                 "test accuracy {:.3}, macro-F1 {:.3} (meaningless where the test labels are placeholders); wrote {}",
                 test.accuracy,
                 test.macro_f1,
                 out.display()
             );
-            confusion::report(
-                "test",
-                &test_data.labels(),
-                &test.predictions,
-                &label_names,
-                &out_dir.join("confusion-test.png"),
-            )?;
-        }
-        println!("saved classifier: {}", outcome.record_path.display());
-        if let Some(adapter) = &outcome.adapter_path {
-            let bytes = std::fs::metadata(adapter).map_or(0, |m| m.len());
-            println!(
-                "saved LoRA adapter and head: {} ({:.1} KiB)",
-                adapter.display(),
-                bytes as f64 / 1024.0
-            );
-        }
-        Ok(())
+        confusion::report(
+            "test",
+            &test_data.labels(),
+            &test.predictions,
+            label_names,
+            &out_dir.join("confusion-test.png"),
+        )?;
     }
+    println!("saved classifier: {}", outcome.record_path.display());
+    if let Some(adapter) = &outcome.adapter_path {
+        let bytes = std::fs::metadata(adapter).map_or(0, |m| m.len());
+        println!(
+            "saved LoRA adapter and head: {} ({:.1} KiB)",
+            adapter.display(),
+            bytes as f64 / 1024.0
+        );
+    }
+    Ok(())
 }
 
 /// How much of epoch 1's batches is padding, in the order this run uses and in the other.

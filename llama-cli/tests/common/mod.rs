@@ -3,9 +3,19 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use llama_model::fixtures::{fixture, fixtures_dir, FIXTURES_ENV};
+
+/// The built `llama-cli`, told where the fixtures are (a shipped binary finds them only
+/// through `LLAMA_FIXTURES`).
+pub fn llama_cli() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_llama-cli"));
+    command.env(FIXTURES_ENV, fixtures_dir());
+    command
+}
+
 /// `llama-cli --backend ndarray --quiet ARGS…`, run to completion.
 pub fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    llama_cli()
         .args(["--backend", "ndarray", "--quiet"])
         .args(args)
         .output()
@@ -20,4 +30,13 @@ pub fn text(bytes: &[u8]) -> String {
 /// A path as an argument.
 pub fn path(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// The first `n` lines of the fixture data file `name`, written to `dir/name`; its path.
+pub fn head(dir: &Path, name: &str, n: usize) -> String {
+    let all = std::fs::read_to_string(fixture(&format!("data/{name}"))).expect("fixture data");
+    let lines: Vec<&str> = all.lines().take(n).collect();
+    let written = dir.join(name);
+    std::fs::write(&written, lines.join("\n") + "\n").expect("write a data file");
+    path(&written)
 }

@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData, TensorPrimitive};
-use burn::train::ClassificationOutput;
+use burn::tensor::{ElementConversion, Tensor, TensorData, TensorPrimitive};
 
 use crate::distributed::exchange::{ExchangeFailure, RankExchange};
 use crate::distributed::settings::{CollectiveError, CollectiveSettings, WsAddress};
@@ -271,31 +270,21 @@ impl<B: Backend> Collective<B> {
         })
     }
 
-    /// Gathers the rows' per-row losses, log-probabilities `[rows, classes]` and targets of
-    /// every rank into one item of the global batch of `rows` rows, and whether any rank asked
-    /// to stop. A sum in which each row comes from one rank and the others add zeros: exact.
-    pub fn gather_outputs<AB: AutodiffBackend<InnerBackend = B>>(
+    /// Gathers a table of `rows` rows `[rows, width]` of which this rank holds the `share`
+    /// rows (`block` `[share.len(), width]`; an empty share contributes nothing), and whether
+    /// any rank asked to stop. A sum in which each row comes from one rank and the others add
+    /// zeros: exact.
+    pub fn gather_rows(
         &self,
-        item: ClassificationOutput<AB>,
+        block: Option<Tensor<B, 2>>,
         share: Range<usize>,
-        rows: usize,
+        [rows, width]: [usize; 2],
         stop: bool,
         step: usize,
-    ) -> Result<(ClassificationOutput<AB>, bool), CollectiveError> {
-        let classes = item.output.dims()[1];
-        let width = classes + 2;
+    ) -> Result<(Tensor<B, 2>, bool), CollectiveError> {
         let device = self.device.clone();
         let mut table = Tensor::<B, 2>::zeros([rows, width], &device);
-        if !share.is_empty() {
-            let n = share.len();
-            let block = Tensor::cat(
-                vec![
-                    item.loss.inner().reshape([n, 1]),
-                    item.output.inner(),
-                    item.targets.inner().float().reshape([n, 1]),
-                ],
-                1,
-            );
+        if let Some(block) = block.filter(|_| !share.is_empty()) {
             table = table.slice_assign([share, 0..width], block);
         }
         let flag = Tensor::<B, 1>::from_floats([f32::from(u8::from(stop))], &device);
@@ -307,19 +296,8 @@ impl<B: Backend> Collective<B> {
             .into_scalar()
             .elem::<f32>()
             > 0.0;
-        let table = summed.slice(0..rows * width).reshape([rows, width]);
-        let loss = table.clone().slice([0..rows, 0..1]).reshape([rows]);
-        let output = table.clone().slice([0..rows, 1..1 + classes]);
-        let targets: Tensor<B, 1, Int> = table
-            .slice([0..rows, 1 + classes..width])
-            .reshape([rows])
-            .int();
         Ok((
-            ClassificationOutput::new(
-                Tensor::from_inner(loss),
-                Tensor::from_inner(output),
-                Tensor::from_inner(targets),
-            ),
+            summed.slice(0..rows * width).reshape([rows, width]),
             any_stop,
         ))
     }

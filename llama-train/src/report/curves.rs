@@ -214,18 +214,10 @@ impl Curves<'_> {
             .map_err(text)
     }
 
-    fn draw_dev<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    /// The dev panel's lines: accuracy and macro-F1 per epoch, or perplexity per step.
+    fn dev_series(&self, figure: DevFigure) -> Vec<Series> {
         let dev = self.dev();
-        let Some(figure) = self.dev_figure() else {
-            return area
-                .draw(&Text::new(
-                    "no dev evaluation yet",
-                    (40, 200),
-                    (FONT, 18).into_font(),
-                ))
-                .map_err(text);
-        };
-        let series: Vec<Series> = match figure {
+        match figure {
             DevFigure::Classification => vec![
                 (
                     "dev accuracy",
@@ -249,7 +241,21 @@ impl Curves<'_> {
                     .filter_map(|r| Some((r.step as f64, figure.plotted(r.perplexity?))))
                     .collect(),
             )],
+        }
+    }
+
+    fn draw_dev<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>) -> Result<(), String> {
+        let dev = self.dev();
+        let Some(figure) = self.dev_figure() else {
+            return area
+                .draw(&Text::new(
+                    "no dev evaluation yet",
+                    (40, 200),
+                    (FONT, 18).into_font(),
+                ))
+                .map_err(text);
         };
+        let series = self.dev_series(figure);
         // A classifier is evaluated once per epoch; a language model every so many steps.
         let x_of = |r: &MetricsRow| match figure {
             DevFigure::Classification => r.epoch as f64,

@@ -34,3 +34,27 @@ pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<usize> {
 pub fn step_seed(seed: u64, epoch: usize, batch: usize) -> u64 {
     mix(seed, epoch as u64, batch as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_orders_are_permutations_fixed_by_seed_and_epoch() {
+        let a = epoch_order(7, 1, 100);
+        let mut sorted = a.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_eq!(a, epoch_order(7, 1, 100));
+        assert_ne!(a, epoch_order(7, 2, 100));
+        assert_ne!(a, epoch_order(8, 1, 100));
+    }
+
+    #[test]
+    fn step_seeds_differ_by_epoch_and_batch() {
+        let seeds: std::collections::HashSet<u64> = (1..4)
+            .flat_map(|e| (0..100).map(move |b| step_seed(1337, e, b)))
+            .collect();
+        assert_eq!(seeds.len(), 300);
+    }
+}

@@ -50,6 +50,7 @@
 //! own loaders, which would lose the exact resumption; they are not used.
 
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
@@ -58,6 +59,7 @@ use burn::data::dataloader::Progress;
 use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor};
 use burn::train::{
     ClassificationOutput, EventProcessorTraining, InferenceStep, Learner, LearnerEvent,
     LearningComponentsMarker, SupervisedLearningStrategy, SupervisedTrainingEventProcessor,
@@ -72,6 +74,7 @@ use crate::classify::finetune::resume::{BestEpoch, Position, ResumeState, Tally}
 use crate::data::length_grouping::length_grouped_order;
 use crate::data::sentences::{SentenceBatch, SentenceDataset, SentenceItem};
 use crate::distributed::collective::{row_share, Collective};
+use crate::distributed::settings::CollectiveError;
 use crate::metrics::LEARNING_RATE;
 use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
@@ -154,6 +157,45 @@ pub(crate) enum LoopEnd {
     Failed(String),
 }
 
+/// Every rank's rows of a global batch's outputs (per-row losses, log-probabilities
+/// `[rows, classes]` and targets) as one item of the global batch of `rows` rows, and
+/// whether any rank asked to stop.
+fn gather_outputs<B: AutodiffBackend>(
+    collective: &Collective<B::InnerBackend>,
+    item: ClassificationOutput<B>,
+    share: Range<usize>,
+    rows: usize,
+    stop: bool,
+    step: usize,
+) -> Result<(ClassificationOutput<B>, bool), CollectiveError> {
+    let classes = item.output.dims()[1];
+    let width = classes + 2;
+    let block = (!share.is_empty()).then(|| {
+        let n = share.len();
+        Tensor::cat(
+            vec![
+                item.loss.inner().reshape([n, 1]),
+                item.output.inner(),
+                item.targets.inner().float().reshape([n, 1]),
+            ],
+            1,
+        )
+    });
+    let (table, any_stop) = collective.gather_rows(block, share, [rows, width], stop, step)?;
+    let loss = table.clone().slice([0..rows, 0..1]).reshape([rows]);
+    let output = table.clone().slice([0..rows, 1..1 + classes]);
+    let targets: Tensor<B::InnerBackend, 1, Int> = table
+        .slice([0..rows, 1 + classes..width])
+        .reshape([rows])
+        .int();
+    let item = ClassificationOutput::new(
+        Tensor::from_inner(loss),
+        Tensor::from_inner(output),
+        Tensor::from_inner(targets),
+    );
+    Ok((item, any_stop))
+}
+
 /// The loop of [`crate::classify::finetune`]; see the [module docs](self).
 pub(crate) struct ResumableLoop<B: AutodiffBackend> {
     pub(crate) dir: PathBuf,
@@ -216,8 +258,7 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
         } else {
             share
         };
-        collective
-            .gather_outputs(output.item, reported, rows, stop(), step)
+        gather_outputs(collective, output.item, reported, rows, stop(), step)
             .map_err(|e| e.to_string())
     }
 
@@ -243,6 +284,261 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
     }
 }
 
+/// What the loop carries from step to step: Burn's parts of the run, and ours.
+struct LoopRun<B: AutodiffBackend> {
+    components: TrainingComponents<Components<B>>,
+    /// Where the run stands (saved as `resume.json`).
+    state: ResumeState,
+    /// The `metrics.csv` rows so far.
+    rows: Vec<MetricsRow>,
+    /// Steps trained by this call (for the step budget).
+    steps_here: usize,
+    /// Training time of the earlier calls of a resumed run.
+    wall_offset: f64,
+    started: Instant,
+}
+
+impl<B: AutodiffBackend> LoopRun<B> {
+    /// Training time of the whole run so far, in seconds.
+    fn wall(&self) -> f64 {
+        self.wall_offset + self.started.elapsed().as_secs_f64()
+    }
+
+    /// A `metrics.csv` train row from the steps since the last one.
+    fn log_train(&mut self, epoch: usize, lr: f64) {
+        let window = std::mem::take(&mut self.state.window);
+        let mut row =
+            MetricsRow::from_tally(epoch, self.state.steps, Split::Train, &window, self.wall());
+        row.lr = Some(lr);
+        self.rows.push(row);
+    }
+}
+
+impl<B: AutodiffBackend> ResumableLoop<B> {
+    /// Saves the model, the optimizer, the metrics and their curves, and the state (whose
+    /// `next` says where to continue; written last, so a crash between these writes resumes
+    /// from the previous state, and the metrics rows past it are dropped). Rank 0 saves the
+    /// run; the other ranks only keep their state.
+    fn save(&self, run: &mut LoopRun<B>, learner: &Learner<Components<B>>) -> Result<(), String> {
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = run.state.clone();
+        if !self.is_main() {
+            return Ok(());
+        }
+        let components = &mut run.components;
+        if let Some(checkpointer) = components.checkpointer.as_mut() {
+            checkpointer.checkpoint(learner, run.state.steps, &components.event_store);
+        }
+        // Burn's checkpointer reports a failed write through the interrupter.
+        if components.interrupter.should_stop() {
+            if let Some(message) = components
+                .interrupter
+                .get_message()
+                .filter(|m| m != INTERRUPTED)
+            {
+                return Err(format!("saving the checkpoint failed: {message}"));
+            }
+        }
+        write_metrics(&self.dir.join(METRICS_FILE), &run.rows).map_err(|e| e.to_string())?;
+        if run.rows.iter().any(|r| r.loss.is_some()) {
+            save_curves(&run.rows, &self.dir.join(CURVES_FILE)).map_err(|e| e.to_string())?;
+        }
+        run.state.save(&self.dir).map_err(|e| e.to_string())
+    }
+
+    /// The epochs from the saved position on, and how they ended.
+    fn epochs(
+        &self,
+        run: &mut LoopRun<B>,
+        learner: &mut Learner<Components<B>>,
+        train_loader: &TrainLoader<Components<B>>,
+        valid_loader: &ValidLoader<Components<B>>,
+    ) -> LoopEnd {
+        let lengths = self.train.items.lengths();
+        for epoch in run.state.next.epoch..=run.components.num_epochs {
+            self.train.set_order(training_order(
+                self.seed,
+                epoch,
+                &lengths,
+                self.batch_size,
+                self.group_by_length,
+            ));
+            match self.train_epoch(run, learner, train_loader, epoch) {
+                Ok(None) => {}
+                Ok(Some(interrupted)) => {
+                    return match self.save(run, learner) {
+                        Ok(()) => LoopEnd::Stopped {
+                            at: run.state.next,
+                            interrupted,
+                        },
+                        Err(e) => LoopEnd::Failed(e),
+                    }
+                }
+                Err(e) => return LoopEnd::Failed(e),
+            }
+            // The epoch's last training row: the window since the last logged step, whatever
+            // `log_every` is (empty when the epoch ended on a logged step).
+            if self.log_every > 0 && !run.state.window.is_empty() {
+                run.log_train(epoch, learner.lr_current());
+            }
+            let processor = &mut run.components.event_processor;
+            processor.process_train(LearnerEvent::EndEpoch(epoch));
+            let stop = if self.is_main() {
+                if let Err(e) = self.close_epoch(run, learner, valid_loader, epoch) {
+                    return LoopEnd::Failed(e);
+                }
+                run.components.interrupter.should_stop()
+            } else {
+                // Rank 0 evaluates and saves; this rank waits for its verdict on stopping.
+                self.next_epoch(run, epoch);
+                let _ = self.save(run, learner);
+                false
+            };
+            match self.agree_to_stop(stop, epoch) {
+                Ok(false) => {}
+                // Ctrl-C during the dev pass: the epoch is complete and saved.
+                Ok(true) => {
+                    return LoopEnd::Stopped {
+                        at: run.state.next,
+                        interrupted: true,
+                    }
+                }
+                Err(e) => return LoopEnd::Failed(e),
+            }
+        }
+        LoopEnd::Finished
+    }
+
+    /// Trains epoch `epoch` from where the run stands. `Some(interrupted)` when the run
+    /// stopped after a step (the interrupter, or the step budget), with `state.next` there.
+    fn train_epoch(
+        &self,
+        run: &mut LoopRun<B>,
+        learner: &mut Learner<Components<B>>,
+        train_loader: &TrainLoader<Components<B>>,
+        epoch: usize,
+    ) -> Result<Option<bool>, String> {
+        let global = Progress::new(epoch, run.components.num_epochs);
+        let skip = run.state.next.batches_done;
+        let started = Instant::now();
+        let mut iterator = train_loader.iter();
+        let mut batch = 0;
+        let mut stop = None;
+        while let Some(mut item) = iterator.next() {
+            batch += 1;
+            if batch <= skip {
+                continue; // trained before the interruption
+            }
+            item.dropout_seed = Some(step_seed(self.seed, epoch, batch - 1));
+            item.loss_divisor = Some(self.batch_size);
+            let interrupter = &run.components.interrupter;
+            let wants_stop = || interrupter.should_stop();
+            let (output, any_stop) =
+                self.train_step(learner, item, run.state.steps + 1, &wants_stop)?;
+            run.state.steps += 1;
+            run.steps_here += 1;
+            run.state.tally.add(&output);
+            run.state.window.add(&output);
+            if self.log_every > 0 && run.state.steps.is_multiple_of(self.log_every) {
+                run.log_train(epoch, learner.lr_current());
+            }
+            run.components
+                .event_processor
+                .process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
+                    output,
+                    iterator.progress(),
+                    global.clone(),
+                    Some(batch),
+                    Some(learner.lr_current()),
+                )));
+            if any_stop {
+                stop = Some(true);
+            } else if self.max_steps.is_some_and(|max| run.steps_here >= max) {
+                stop = Some(false);
+            }
+            if stop.is_some() {
+                break;
+            }
+        }
+        run.state.partial_seconds += started.elapsed().as_secs_f64();
+        if stop.is_some() {
+            run.state.next = Position {
+                epoch,
+                batches_done: batch,
+            };
+        }
+        Ok(stop)
+    }
+
+    /// Rank 0's end of an epoch: the dev evaluation (no dropout, no generator draws), the
+    /// epoch's summary, the best model so far, the dev row, and the saved state.
+    fn close_epoch(
+        &self,
+        run: &mut LoopRun<B>,
+        learner: &Learner<Components<B>>,
+        valid_loader: &ValidLoader<Components<B>>,
+        epoch: usize,
+    ) -> Result<(), String> {
+        let global = Progress::new(epoch, run.components.num_epochs);
+        let processor = &mut run.components.event_processor;
+        let model = learner.model().valid();
+        let mut dev = Tally::default();
+        let mut iterator = valid_loader.iter();
+        let mut batch = 0;
+        while let Some(item) = iterator.next() {
+            batch += 1;
+            let output = model.step(item);
+            dev.add(&output);
+            processor.process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
+                output,
+                iterator.progress(),
+                global.clone(),
+                Some(batch),
+                None,
+            )));
+        }
+        processor.process_valid(LearnerEvent::EndEpoch(epoch));
+
+        let state = &mut run.state;
+        let mut train = state.tally.summary();
+        train.insert(LEARNING_RATE.to_string(), learner.lr_current());
+        let summary = EpochSummary {
+            epoch,
+            train,
+            dev: dev.summary(),
+            train_seconds: state.partial_seconds,
+        };
+        let accuracy = summary.dev_accuracy().unwrap_or(f64::NAN) / 100.0;
+        if state.best.is_none_or(|best| accuracy > best.dev_accuracy) {
+            save_best(&model, &self.dir)?;
+            state.best = Some(BestEpoch {
+                epoch,
+                dev_accuracy: accuracy,
+            });
+        }
+        state.history.push(summary);
+        let wall = run.wall();
+        run.rows.push(MetricsRow::from_tally(
+            epoch,
+            run.state.steps,
+            Split::Dev,
+            &dev,
+            wall,
+        ));
+        self.next_epoch(run, epoch);
+        self.save(run, learner)
+    }
+
+    /// The state at the start of the epoch after `epoch`.
+    fn next_epoch(&self, run: &mut LoopRun<B>, epoch: usize) {
+        run.state.tally = Tally::default();
+        run.state.partial_seconds = 0.0;
+        run.state.next = Position {
+            epoch: epoch + 1,
+            batches_done: 0,
+        };
+    }
+}
+
 impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for ResumableLoop<B> {
     fn fit(
         &self,
@@ -255,251 +551,23 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
         TrainingModel<Components<B>>,
         SupervisedTrainingEventProcessor<Components<B>>,
     ) {
-        let mut processor = components.event_processor;
-        let mut checkpointer = components.checkpointer;
-        let interrupter = components.interrupter;
-        let num_epochs = components.num_epochs;
-        let store = components.event_store;
-        let mut state = self
+        let state = self
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        let lengths = self.train.items.lengths();
-        let mut steps_here = 0;
-        let mut rows = self.metrics.clone();
-        // Training time of the earlier calls of a resumed run, then this call's.
-        let wall_offset = rows.last().map_or(0.0, |r| r.wall_seconds);
-        let run_started = Instant::now();
-        let wall = || wall_offset + run_started.elapsed().as_secs_f64();
-        let is_main = self.is_main();
-
-        // Save the model, the optimizer, the metrics and their curves, and `state` (whose
-        // `next` says where to continue; written last, so a crash between these writes
-        // resumes from the previous state, and the metrics rows past it are dropped).
-        let mut save = |learner: &Learner<Components<B>>,
-                        state: &ResumeState,
-                        rows: &[MetricsRow]|
-         -> Result<(), String> {
-            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = state.clone();
-            if !is_main {
-                return Ok(()); // rank 0 saves the run
-            }
-            if let Some(checkpointer) = checkpointer.as_mut() {
-                checkpointer.checkpoint(learner, state.steps, &store);
-            }
-            // Burn's checkpointer reports a failed write through the interrupter.
-            if interrupter.should_stop() {
-                if let Some(message) = interrupter.get_message().filter(|m| m != INTERRUPTED) {
-                    return Err(format!("saving the checkpoint failed: {message}"));
-                }
-            }
-            write_metrics(&self.dir.join(METRICS_FILE), rows).map_err(|e| e.to_string())?;
-            if rows.iter().any(|r| r.loss.is_some()) {
-                save_curves(rows, &self.dir.join(CURVES_FILE)).map_err(|e| e.to_string())?;
-            }
-            state.save(&self.dir).map_err(|e| e.to_string())?;
-            Ok(())
+        let rows = self.metrics.clone();
+        let mut run = LoopRun {
+            components,
+            state,
+            // Training time of the earlier calls of a resumed run, then this call's.
+            wall_offset: rows.last().map_or(0.0, |r| r.wall_seconds),
+            rows,
+            steps_here: 0,
+            started: Instant::now(),
         };
-
-        for epoch in state.next.epoch..=num_epochs {
-            let global = Progress::new(epoch, num_epochs);
-            self.train.set_order(training_order(
-                self.seed,
-                epoch,
-                &lengths,
-                self.batch_size,
-                self.group_by_length,
-            ));
-            let skip = state.next.batches_done;
-            let started = Instant::now();
-            let mut iterator = dataloader_train.iter();
-            let mut batch = 0;
-            let mut stop = None;
-            while let Some(mut item) = iterator.next() {
-                batch += 1;
-                if batch <= skip {
-                    continue; // trained before the interruption
-                }
-                item.dropout_seed = Some(step_seed(self.seed, epoch, batch - 1));
-                item.loss_divisor = Some(self.batch_size);
-                let wants_stop = || interrupter.should_stop();
-                let (output, any_stop) =
-                    match self.train_step(&mut learner, item, state.steps + 1, &wants_stop) {
-                        Ok(done) => done,
-                        Err(e) => {
-                            self.finish(LoopEnd::Failed(e));
-                            return (learner.model(), processor);
-                        }
-                    };
-                state.steps += 1;
-                steps_here += 1;
-                state.tally.add(&output);
-                state.window.add(&output);
-                if self.log_every > 0 && state.steps.is_multiple_of(self.log_every) {
-                    let window = std::mem::take(&mut state.window);
-                    let mut row =
-                        MetricsRow::from_tally(epoch, state.steps, Split::Train, &window, wall());
-                    row.lr = Some(learner.lr_current());
-                    rows.push(row);
-                }
-                processor.process_train(LearnerEvent::ProcessedItem(TrainingItem::new(
-                    output,
-                    iterator.progress(),
-                    global.clone(),
-                    Some(batch),
-                    Some(learner.lr_current()),
-                )));
-                if any_stop {
-                    stop = Some(true);
-                } else if self.max_steps.is_some_and(|max| steps_here >= max) {
-                    stop = Some(false);
-                }
-                if stop.is_some() {
-                    break;
-                }
-            }
-            state.partial_seconds += started.elapsed().as_secs_f64();
-            if let Some(interrupted) = stop {
-                state.next = Position {
-                    epoch,
-                    batches_done: batch,
-                };
-                let end = match save(&learner, &state, &rows) {
-                    Ok(()) => LoopEnd::Stopped {
-                        at: state.next,
-                        interrupted,
-                    },
-                    Err(e) => LoopEnd::Failed(e),
-                };
-                self.finish(end);
-                return (learner.model(), processor);
-            }
-            // The epoch's last training row: the window since the last logged step, whatever
-            // `log_every` is (empty when the epoch ended on a logged step).
-            if self.log_every > 0 && !state.window.is_empty() {
-                let window = std::mem::take(&mut state.window);
-                let mut row =
-                    MetricsRow::from_tally(epoch, state.steps, Split::Train, &window, wall());
-                row.lr = Some(learner.lr_current());
-                rows.push(row);
-            }
-            processor.process_train(LearnerEvent::EndEpoch(epoch));
-            let next = Position {
-                epoch: epoch + 1,
-                batches_done: 0,
-            };
-            if !is_main {
-                // Rank 0 evaluates and saves; this rank waits for its verdict on stopping.
-                state.tally = Tally::default();
-                state.partial_seconds = 0.0;
-                state.next = next;
-                let _ = save(&learner, &state, &rows);
-                match self.agree_to_stop(false, epoch) {
-                    Ok(false) => continue,
-                    Ok(true) => self.finish(LoopEnd::Stopped {
-                        at: state.next,
-                        interrupted: true,
-                    }),
-                    Err(e) => self.finish(LoopEnd::Failed(e)),
-                }
-                return (learner.model(), processor);
-            }
-
-            // Dev evaluation (no dropout, no generator draws).
-            let model = learner.model().valid();
-            let mut dev = Tally::default();
-            let mut iterator = dataloader_valid.iter();
-            let mut batch = 0;
-            while let Some(item) = iterator.next() {
-                batch += 1;
-                let output = model.step(item);
-                dev.add(&output);
-                processor.process_valid(LearnerEvent::ProcessedItem(TrainingItem::new(
-                    output,
-                    iterator.progress(),
-                    global.clone(),
-                    Some(batch),
-                    None,
-                )));
-            }
-            processor.process_valid(LearnerEvent::EndEpoch(epoch));
-
-            let mut train = state.tally.summary();
-            train.insert(LEARNING_RATE.to_string(), learner.lr_current());
-            let summary = EpochSummary {
-                epoch,
-                train,
-                dev: dev.summary(),
-                train_seconds: state.partial_seconds,
-            };
-            let accuracy = summary.dev_accuracy().unwrap_or(f64::NAN) / 100.0;
-            if state.best.is_none_or(|best| accuracy > best.dev_accuracy) {
-                if let Err(e) = save_best(&model, &self.dir) {
-                    self.finish(LoopEnd::Failed(e));
-                    return (learner.model(), processor);
-                }
-                state.best = Some(BestEpoch {
-                    epoch,
-                    dev_accuracy: accuracy,
-                });
-            }
-            state.history.push(summary);
-            rows.push(MetricsRow::from_tally(
-                epoch,
-                state.steps,
-                Split::Dev,
-                &dev,
-                wall(),
-            ));
-            state.tally = Tally::default();
-            state.partial_seconds = 0.0;
-            state.next = next;
-            if let Err(e) = save(&learner, &state, &rows) {
-                self.finish(LoopEnd::Failed(e));
-                return (learner.model(), processor);
-            }
-            let stop = match self.agree_to_stop(interrupter.should_stop(), epoch) {
-                Ok(stop) => stop,
-                Err(e) => {
-                    self.finish(LoopEnd::Failed(e));
-                    return (learner.model(), processor);
-                }
-            };
-            if stop {
-                // Ctrl-C during the dev pass: the epoch is complete and saved.
-                self.finish(LoopEnd::Stopped {
-                    at: state.next,
-                    interrupted: true,
-                });
-                return (learner.model(), processor);
-            }
-        }
-        self.finish(LoopEnd::Finished);
-        (learner.model(), processor)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn epoch_orders_are_permutations_fixed_by_seed_and_epoch() {
-        let a = epoch_order(7, 1, 100);
-        let mut sorted = a.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
-        assert_eq!(a, epoch_order(7, 1, 100));
-        assert_ne!(a, epoch_order(7, 2, 100));
-        assert_ne!(a, epoch_order(8, 1, 100));
-    }
-
-    #[test]
-    fn step_seeds_differ_by_epoch_and_batch() {
-        let seeds: std::collections::HashSet<u64> = (1..4)
-            .flat_map(|e| (0..100).map(move |b| step_seed(1337, e, b)))
-            .collect();
-        assert_eq!(seeds.len(), 300);
+        let end = self.epochs(&mut run, &mut learner, &dataloader_train, &dataloader_valid);
+        self.finish(end);
+        (learner.model(), run.components.event_processor)
     }
 }

@@ -25,7 +25,8 @@
 //!
 //! On a data-parallel run ([`RunControl::collective`], [`pretrain_rank`]) each rank trains
 //! its rows of every micro-batch and the gradients are summed across ranks once per
-//! optimizer step, before clipping; rank 0 alone evaluates and saves ([`crate::distributed::collective`]).
+//! optimizer step, before clipping; rank 0 alone evaluates and saves
+//! ([`crate::distributed::collective`]).
 //!
 //! Burn's `Learner` keeps its optimizer private: outside Burn's `SupervisedTraining` its
 //! state cannot be saved, and without it a run cannot resume exactly. So this loop drives
@@ -38,7 +39,7 @@ pub mod error;
 pub mod run;
 pub mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::{AutodiffModule, Module};
@@ -137,24 +138,12 @@ pub fn pretrain_rank<B: AutodiffBackend>(
     device: &B::Device,
     control: &RunControl,
 ) -> Result<RankOutcome<PretrainOutcome<B::InnerBackend>>, PretrainError> {
-    config.check()?;
-    let seq_len = window_len(config, llama_config)?;
-    if corpus.windows.first().map(Vec::len) != Some(seq_len + 1) {
-        return Err(PretrainError::InvalidConfig(format!(
-            "the corpus was not packed into windows of seq_len {seq_len} + 1 tokens"
-        )));
-    }
-    if control.max_steps == Some(0) {
-        return Err(PretrainError::InvalidConfig(
-            "max_steps must be at least 1".into(),
-        ));
-    }
-    let mut model = match &config.lora {
+    let seq_len = check_run(config, llama_config, corpus, control)?;
+    let model = match &config.lora {
         Some(lora) => llama.with_lora(lora, config.seed)?.freeze_base(),
         None => llama,
     };
     let dir = &config.artifact_dir;
-    let checkpoints = dir.join("checkpoint");
     let world_size = control.collective.as_ref().map_or(1, |c| c.world_size);
     let settings = PretrainSettings::new(config, &corpus.windows, corpus.val_rows.len(), seq_len)
         .with_world_size(world_size);
@@ -169,37 +158,16 @@ pub fn pretrain_rank<B: AutodiffBackend>(
     };
     let share = control.collective.as_ref().map(|c| (c.rank, c.world_size));
     let is_main = share.is_none_or(|(rank, _)| rank == 0);
-    let mut state = if control.resume {
-        PretrainState::load(dir, &settings)?
-    } else {
-        if is_main {
-            clear_previous_run(dir)?;
-        }
-        PretrainState::start(settings)
-    };
-    if is_main {
-        std::fs::create_dir_all(&checkpoints).map_err(io_err(&checkpoints))?;
-    }
-
-    let recorder = DefaultRecorder::new();
-    let mut optim = config.optimizer().init::<B, Llama<B>>()?;
-    if state.steps > 0 {
-        let path = checkpoints.join("model");
-        model = model
-            .load_file(&path, &recorder, device)
-            .map_err(record_error(&path))?;
-        let path = checkpoints.join("optim");
-        let record =
-            Recorder::<B>::load(&recorder, path.clone(), device).map_err(record_error(&path))?;
-        optim = optim.load_record(record);
-    }
+    let mut state = open_run(dir, settings, control.resume, is_main)?;
+    let optim = config.optimizer().init::<B, Llama<B>>()?;
+    let (model, optim) = restore(model, optim, &dir.join("checkpoint"), state.steps, device)?;
     let per_epoch = config.steps_per_epoch(corpus.windows.len());
-    let schedule = config.schedule(config.epochs * per_epoch).init();
-    let mut scheduler = schedule
+    let scheduler = config
+        .schedule(config.epochs * per_epoch)
+        .init()
         .map_err(PretrainError::InvalidConfig)?
         .load_record::<B>(state.steps);
-
-    let mut run = Run {
+    let run = Run {
         config,
         llama_config,
         corpus,
@@ -216,116 +184,252 @@ pub fn pretrain_rank<B: AutodiffBackend>(
         wall_offset: state.wall_seconds,
         is_main,
     };
+    let mut epochs = Epochs {
+        run,
+        optim,
+        scheduler,
+        collective: collective.as_ref(),
+        share,
+        seq_len,
+        steps_here: 0,
+        lr: 0.0,
+    };
     if state.evaluations.is_empty() {
-        run.evaluate(&model.valid(), &mut state, 0.0)?;
-        run.save(&model, &optim, &mut state)?;
+        epochs.run.evaluate(&model.valid(), &mut state, 0.0)?;
+        epochs.run.save(&model, &epochs.optim, &mut state)?;
+    }
+    let model = epochs.train(model, &mut state)?;
+    outcome(config, model, &state, collective.as_ref(), is_main, device)
+}
+
+/// Everything checkable before anything is written; the window length.
+fn check_run(
+    config: &PretrainConfig,
+    llama_config: &LlamaConfig,
+    corpus: &LmCorpus,
+    control: &RunControl,
+) -> Result<usize, PretrainError> {
+    config.check()?;
+    let seq_len = window_len(config, llama_config)?;
+    if corpus.windows.first().map(Vec::len) != Some(seq_len + 1) {
+        return Err(PretrainError::InvalidConfig(format!(
+            "the corpus was not packed into windows of seq_len {seq_len} + 1 tokens"
+        )));
+    }
+    if control.max_steps == Some(0) {
+        return Err(PretrainError::InvalidConfig(
+            "max_steps must be at least 1".into(),
+        ));
+    }
+    Ok(seq_len)
+}
+
+/// The state to start from (`resume.json`'s, or a fresh start after clearing what an
+/// earlier run left), and the checkpoint folder rank 0 writes.
+fn open_run(
+    dir: &Path,
+    settings: PretrainSettings,
+    resume: bool,
+    is_main: bool,
+) -> Result<PretrainState, PretrainError> {
+    let state = if resume {
+        PretrainState::load(dir, &settings)?
+    } else {
+        if is_main {
+            clear_previous_run(dir)?;
+        }
+        PretrainState::start(settings)
+    };
+    if is_main {
+        let checkpoints = dir.join("checkpoint");
+        std::fs::create_dir_all(&checkpoints).map_err(io_err(&checkpoints))?;
+    }
+    Ok(state)
+}
+
+/// The model and the optimizer as saved at step `steps` (as given at step 0).
+fn restore<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+    model: Llama<B>,
+    optim: O,
+    checkpoints: &Path,
+    steps: usize,
+    device: &B::Device,
+) -> Result<(Llama<B>, O), PretrainError> {
+    if steps == 0 {
+        return Ok((model, optim));
+    }
+    let recorder = DefaultRecorder::new();
+    let path = checkpoints.join("model");
+    let model = model
+        .load_file(&path, &recorder, device)
+        .map_err(record_error(&path))?;
+    let path = checkpoints.join("optim");
+    let record =
+        Recorder::<B>::load(&recorder, path.clone(), device).map_err(record_error(&path))?;
+    Ok((model, optim.load_record(record)))
+}
+
+/// The training loop's parts: the run's files and figures, the optimizer and its schedule,
+/// and this rank's place in a data-parallel run.
+struct Epochs<'r, 'a, B: AutodiffBackend, O, S> {
+    run: Run<'a, B::Device>,
+    optim: O,
+    scheduler: S,
+    collective: Option<&'r Collective<B::InnerBackend>>,
+    /// `(rank, world_size)` on a data-parallel run.
+    share: Option<(usize, usize)>,
+    seq_len: usize,
+    /// Optimizer steps of this call (for the step budget).
+    steps_here: usize,
+    /// The last step's learning rate.
+    lr: f64,
+}
+
+impl<B: AutodiffBackend, O: Optimizer<Llama<B>, B>, S: LrScheduler> Epochs<'_, '_, B, O, S> {
+    /// Every epoch from where `state` stands, evaluating and saving as configured; the
+    /// last step's model. A stop (Ctrl-C, the step budget) saves and returns
+    /// [`PretrainError::Stopped`].
+    fn train(
+        &mut self,
+        mut model: Llama<B>,
+        state: &mut PretrainState,
+    ) -> Result<Llama<B>, PretrainError> {
+        let (config, corpus, control) = (self.run.config, self.run.corpus, self.run.control);
+        while state.epoch <= config.epochs {
+            let epoch = state.epoch;
+            let order = epoch_order(config.seed, epoch, corpus.windows.len());
+            let micro: Vec<&[usize]> = order.chunks(config.batch_size).collect();
+            let groups: Vec<&[&[usize]]> = micro.chunks(config.grad_accum_steps).collect();
+            let bar = control.progress.bar(
+                groups.len(),
+                format!("epoch {epoch}/{}", config.epochs),
+                "steps",
+            );
+            bar.set_position(state.epoch_steps as u64);
+            for group in &groups[state.epoch_steps..] {
+                let (stepped, loss, stop) = self.step(model, group, state)?;
+                model = stepped;
+                bar.inc(1);
+                bar.set_message(format!("loss {loss:.4}, lr {:.2e}", self.lr));
+                if state.steps.is_multiple_of(config.log_every) {
+                    self.run.log_train(state, self.lr, groups.len());
+                }
+                let last_of_epoch = state.epoch_steps == groups.len();
+                if config.eval_every > 0
+                    && state.steps.is_multiple_of(config.eval_every)
+                    && !last_of_epoch
+                {
+                    bar.suspend(|| self.run.evaluate(&model.valid(), state, self.lr))?;
+                    self.run.save(&model, &self.optim, state)?;
+                }
+                let spent = control.max_steps.is_some_and(|m| self.steps_here >= m);
+                if !last_of_epoch && (stop || spent) {
+                    bar.finish_and_clear();
+                    self.run.save(&model, &self.optim, state)?;
+                    return self.stop(state, stop);
+                }
+            }
+            bar.finish_and_clear();
+            // The epoch's last training row, whatever `log_every` is (nothing to log when
+            // the epoch ended on a logged step).
+            if state.since_log.1 > 0 {
+                self.run.log_train(state, self.lr, groups.len());
+            }
+            self.run.evaluate(&model.valid(), state, self.lr)?;
+            state.epoch += 1;
+            state.epoch_steps = 0;
+            self.run.save(&model, &self.optim, state)?;
+            let mut stop = control.interrupted();
+            if let Some(c) = self.collective {
+                // Rank 0 alone evaluated: Ctrl-C may have come to it meanwhile.
+                stop = c.any(stop, &format!("the end of epoch {epoch}"))?;
+            }
+            let spent = control.max_steps.is_some_and(|m| self.steps_here >= m);
+            if (stop || spent) && state.epoch <= config.epochs {
+                return self.stop(state, stop);
+            }
+        }
+        Ok(model)
     }
 
-    let mut steps_here = 0;
-    let mut lr = 0.0;
-    while state.epoch <= config.epochs {
-        let epoch = state.epoch;
-        let order = epoch_order(config.seed, epoch, corpus.windows.len());
-        let micro: Vec<&[usize]> = order.chunks(config.batch_size).collect();
-        let groups: Vec<&[&[usize]]> = micro.chunks(config.grad_accum_steps).collect();
-        let bar = control.progress.bar(
-            groups.len(),
-            format!("epoch {epoch}/{}", config.epochs),
-            "steps",
+    /// One optimizer step on a group of micro-batches: the accumulated gradients (summed
+    /// across ranks), clipped, applied at the scheduled rate. The stepped model, the
+    /// group's loss, and whether any rank wants to stop.
+    fn step(
+        &mut self,
+        model: Llama<B>,
+        group: &[&[usize]],
+        state: &mut PretrainState,
+    ) -> Result<(Llama<B>, f64, bool), PretrainError> {
+        let (config, corpus, control) = (self.run.config, self.run.corpus, self.run.control);
+        self.lr = self.scheduler.step();
+        // One dropout seed per micro-batch of the epoch (LoRA's input dropout).
+        let first = state.epoch_steps * config.grad_accum_steps;
+        let seeds: Vec<u64> = (first..first + group.len())
+            .map(|micro| step_seed(config.seed, state.epoch, micro))
+            .collect();
+        let (grads, loss) = accumulated_gradients(
+            &model,
+            group,
+            &seeds,
+            &corpus.windows,
+            self.run.device,
+            self.share,
         );
-        bar.set_position(state.epoch_steps as u64);
-        for group in &groups[state.epoch_steps..] {
-            lr = scheduler.step();
-            // One dropout seed per micro-batch of the epoch (LoRA's input dropout).
-            let first = state.epoch_steps * config.grad_accum_steps;
-            let seeds: Vec<u64> = (first..first + group.len())
-                .map(|micro| step_seed(config.seed, epoch, micro))
-                .collect();
-            let (grads, loss) =
-                accumulated_gradients(&model, group, &seeds, &corpus.windows, device, share);
-            let (grads, loss, stop) = match &collective {
-                None => (grads, loss, control.interrupted()),
-                Some(c) => {
-                    let step = state.steps + 1;
-                    let what = format!("step {step}'s gradient all-reduce");
-                    let grads = c.all_reduce_grads(&model, grads, ReduceOperation::Sum, &what)?;
-                    let flag = f32::from(u8::from(control.interrupted()));
-                    let what = format!("step {step}'s loss");
-                    let sums = c.sum_values(&[loss as f32, flag], &what)?;
-                    (grads, f64::from(sums[0]), sums[1] > 0.0)
-                }
-            };
-            let grads = if config.grad_clip > 0.0 {
-                clip_global_norm(&model, grads, config.grad_clip).0
-            } else {
-                grads
-            };
-            model = optim.step(lr, model, grads);
-            state.steps += 1;
-            state.epoch_steps += 1;
-            steps_here += 1;
-            let tokens = group.iter().map(|b| b.len()).sum::<usize>() * seq_len;
-            for sums in [&mut state.since_eval, &mut state.since_log] {
-                sums.0 += loss * tokens as f64;
-                sums.1 += tokens;
+        let (grads, loss, stop) = match self.collective {
+            None => (grads, loss, control.interrupted()),
+            Some(c) => {
+                let step = state.steps + 1;
+                let what = format!("step {step}'s gradient all-reduce");
+                let grads = c.all_reduce_grads(&model, grads, ReduceOperation::Sum, &what)?;
+                let flag = f32::from(u8::from(control.interrupted()));
+                let what = format!("step {step}'s loss");
+                let sums = c.sum_values(&[loss as f32, flag], &what)?;
+                (grads, f64::from(sums[0]), sums[1] > 0.0)
             }
-            bar.inc(1);
-            bar.set_message(format!("loss {loss:.4}, lr {lr:.2e}"));
-            if state.steps.is_multiple_of(config.log_every) {
-                run.log_train(&mut state, lr, groups.len());
-            }
-            let last_of_epoch = state.epoch_steps == groups.len();
-            if config.eval_every > 0
-                && state.steps.is_multiple_of(config.eval_every)
-                && !last_of_epoch
-            {
-                bar.suspend(|| run.evaluate(&model.valid(), &mut state, lr))?;
-                run.save(&model, &optim, &mut state)?;
-            }
-            if !last_of_epoch && (stop || control.max_steps.is_some_and(|m| steps_here >= m)) {
-                bar.finish_and_clear();
-                run.save(&model, &optim, &mut state)?;
-                if let Some(c) = &collective {
-                    c.leave();
-                }
-                return Err(PretrainError::Stopped {
-                    dir: dir.clone(),
-                    step: state.steps,
-                    interrupted: stop,
-                });
-            }
+        };
+        let grads = if config.grad_clip > 0.0 {
+            clip_global_norm(&model, grads, config.grad_clip).0
+        } else {
+            grads
+        };
+        let model = self.optim.step(self.lr, model, grads);
+        state.steps += 1;
+        state.epoch_steps += 1;
+        self.steps_here += 1;
+        let tokens = group.iter().map(|b| b.len()).sum::<usize>() * self.seq_len;
+        for sums in [&mut state.since_eval, &mut state.since_log] {
+            sums.0 += loss * tokens as f64;
+            sums.1 += tokens;
         }
-        bar.finish_and_clear();
-        // The epoch's last training row, whatever `log_every` is (nothing to log when the
-        // epoch ended on a logged step).
-        if state.since_log.1 > 0 {
-            run.log_train(&mut state, lr, groups.len());
-        }
-        run.evaluate(&model.valid(), &mut state, lr)?;
-        state.epoch += 1;
-        state.epoch_steps = 0;
-        run.save(&model, &optim, &mut state)?;
-        let mut stop = control.interrupted();
-        if let Some(c) = &collective {
-            // Rank 0 alone evaluated: Ctrl-C may have come to it meanwhile.
-            let what = format!("the end of epoch {epoch}");
-            stop = c.any(stop, &what)?;
-        }
-        let spent = control.max_steps.is_some_and(|m| steps_here >= m);
-        if (stop || spent) && state.epoch <= config.epochs {
-            if let Some(c) = &collective {
-                c.leave();
-            }
-            return Err(PretrainError::Stopped {
-                dir: dir.clone(),
-                step: state.steps,
-                interrupted: stop,
-            });
-        }
+        Ok((model, loss, stop))
     }
 
+    /// Leaves the data-parallel run and reports where the run stopped (saved there).
+    fn stop<T>(&self, state: &PretrainState, interrupted: bool) -> Result<T, PretrainError> {
+        if let Some(c) = self.collective {
+            c.leave();
+        }
+        Err(PretrainError::Stopped {
+            dir: self.run.dir.to_path_buf(),
+            step: state.steps,
+            interrupted,
+        })
+    }
+}
+
+/// What a finished rank returns: rank 0 the best model as reloaded from its file, with the
+/// run's figures; another rank its summary.
+fn outcome<B: AutodiffBackend>(
+    config: &PretrainConfig,
+    model: Llama<B>,
+    state: &PretrainState,
+    collective: Option<&Collective<B::InnerBackend>>,
+    is_main: bool,
+    device: &B::Device,
+) -> Result<RankOutcome<PretrainOutcome<B::InnerBackend>>, PretrainError> {
     // Only ranks compare digests: reading every weight back is not free on a large model.
-    let summary = collective.as_ref().map(|c| {
+    let summary = collective.map(|c| {
         c.leave();
         RankSummary {
             steps: state.steps,
@@ -336,6 +440,7 @@ pub fn pretrain_rank<B: AutodiffBackend>(
     if let (false, Some(summary)) = (is_main, summary) {
         return Ok(RankOutcome::Other(summary));
     }
+    let dir = &config.artifact_dir;
     let model_path = dir.join(MODEL_FILE);
     let best = state
         .best()
