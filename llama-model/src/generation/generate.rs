@@ -294,17 +294,6 @@ pub fn generate_text<B: Backend>(
     })
 }
 
-/// Where a [`Generator`] is.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
-    /// Nothing run yet: the next call pre-fills the prompt.
-    Start,
-    /// Running; the last sampled token must be fed before the next sample.
-    Running(u32),
-    /// Finished (a stop reason, or `None` after an error).
-    Done(Option<StopReason>),
-}
-
 /// Step-by-step generation of one prompt: an iterator over the new tokens.
 ///
 /// Each `next()` runs one forward pass (the first one pre-fills the prompt) and samples one
@@ -326,14 +315,9 @@ enum Phase {
 /// ```
 #[derive(Debug)]
 pub struct Generator<'m, B: Backend> {
-    engine: Engine<'m, B>,
-    sampler: Sampler,
-    config: GenerateConfig,
-    phase: Phase,
-    produced: usize,
-    /// Logits `[vocab]` of the last sampling.
-    logits: Vec<f32>,
-    clock: Clock,
+    decoder: Decoder<'m, B>,
+    /// Set after an error: nothing more is yielded.
+    failed: bool,
 }
 
 impl<'m, B: Backend> Generator<'m, B> {
@@ -344,60 +328,33 @@ impl<'m, B: Backend> Generator<'m, B> {
         prompt: &[u32],
         config: &GenerateConfig,
     ) -> Result<Self, GenerateError> {
-        let sampler = config.sampler(0)?;
-        let engine = Engine::new(model, vec![prompt.to_vec()], config.decode_split)?;
         Ok(Self {
-            clock: Clock::new(prompt.len()),
-            engine,
-            sampler,
-            config: config.clone(),
-            phase: Phase::Start,
-            produced: 0,
-            logits: Vec::new(),
+            decoder: Decoder::new(model, vec![prompt.to_vec()], config)?,
+            failed: false,
         })
     }
 
     /// The logits `[vocab]` the last token was sampled from (empty before the first).
     pub fn logits(&self) -> &[f32] {
-        &self.logits
+        self.decoder.logits.first().map_or(&[], Vec::as_slice)
     }
 
     /// Why generation ended; `None` while it runs (or after an error).
     pub fn stop_reason(&self) -> Option<StopReason> {
-        match self.phase {
-            Phase::Done(reason) => reason,
-            _ => None,
+        if self.failed || !self.decoder.done() {
+            return None;
         }
+        Some(
+            self.decoder
+                .stop_reasons()
+                .pop()
+                .unwrap_or(StopReason::MaxNewTokens),
+        )
     }
 
     /// Timings so far.
     pub fn stats(&self) -> GenerationStats {
-        self.clock.stats(self.engine.context_resets)
-    }
-
-    fn step(&mut self) -> Result<Option<u32>, GenerateError> {
-        if self.produced >= self.config.max_new_tokens {
-            self.phase = Phase::Done(Some(StopReason::MaxNewTokens));
-            return Ok(None);
-        }
-        let mut logits = match self.phase {
-            Phase::Start => {
-                self.clock.start();
-                self.engine.prefill()?
-            }
-            Phase::Running(token) => self.engine.push(&[token])?,
-            Phase::Done(_) => return Ok(None),
-        };
-        self.logits = logits.pop().unwrap_or_default();
-        let token = self.sampler.sample(&self.logits)?;
-        self.clock.sampled(1);
-        self.produced += 1;
-        if let Some(reason) = self.config.stop_for(token) {
-            self.phase = Phase::Done(Some(reason));
-            return Ok(None);
-        }
-        self.phase = Phase::Running(token);
-        Ok(Some(token))
+        self.decoder.stats()
     }
 }
 
@@ -405,11 +362,13 @@ impl<B: Backend> Iterator for Generator<'_, B> {
     type Item = Result<u32, GenerateError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.step() {
-            Ok(Some(token)) => Some(Ok(token)),
-            Ok(None) => None,
+        if self.failed || self.decoder.done() {
+            return None;
+        }
+        match self.decoder.step() {
+            Ok(tokens) => tokens.into_iter().next().flatten().map(Ok),
             Err(e) => {
-                self.phase = Phase::Done(None);
+                self.failed = true;
                 Some(Err(e))
             }
         }
@@ -430,52 +389,117 @@ pub fn generate_batch<B: Backend>(
     if prompts.is_empty() {
         return Err(GenerateError::EmptyBatch);
     }
-    let rows = prompts.len();
-    let mut samplers = (0..rows)
-        .map(|row| config.sampler(row))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut engine = Engine::new(model, prompts.to_vec(), config.decode_split)?;
-    let mut clock = Clock::new(prompts.iter().map(Vec::len).sum());
-    let mut tokens = vec![Vec::new(); rows];
-    let mut stop_reasons: Vec<Option<StopReason>> = vec![None; rows];
-
-    if config.max_new_tokens > 0 {
-        clock.start();
-        let mut logits = engine.prefill()?;
-        for step in 0..config.max_new_tokens {
-            let mut next = Vec::with_capacity(rows);
-            let mut sampled = 0;
-            for row in 0..rows {
-                if stop_reasons[row].is_some() {
-                    // Finished rows still need an input; repeating their last token is as
-                    // good as any (their results are discarded).
-                    next.push(*engine.histories[row].last().unwrap_or(&config.bos_id));
-                    continue;
-                }
-                let token = samplers[row].sample(&logits[row])?;
-                sampled += 1;
-                match config.stop_for(token) {
-                    Some(reason) => stop_reasons[row] = Some(reason),
-                    None => tokens[row].push(token),
-                }
-                next.push(token);
-            }
-            clock.sampled(sampled);
-            let all_done = stop_reasons.iter().all(Option::is_some);
-            if all_done || step + 1 == config.max_new_tokens {
-                break;
-            }
-            logits = engine.push(&next)?;
+    let mut decoder = Decoder::new(model, prompts.to_vec(), config)?;
+    let mut tokens = vec![Vec::new(); prompts.len()];
+    while !decoder.done() {
+        for (row, token) in decoder.step()?.into_iter().enumerate() {
+            tokens[row].extend(token);
         }
     }
     Ok(BatchGeneration {
         tokens,
-        stop_reasons: stop_reasons
-            .into_iter()
-            .map(|r| r.unwrap_or(StopReason::MaxNewTokens))
-            .collect(),
-        stats: clock.stats(engine.context_resets),
+        stop_reasons: decoder.stop_reasons(),
+        stats: decoder.stats(),
     })
+}
+
+/// The sample-and-stop loop of every generation: an [`Engine`] decoding a batch of rows,
+/// each row with its own sampler (seeded `config.seed + row`) and stop rules, all within
+/// `config.max_new_tokens` steps. [`Generator`] is one row of it, [`generate_batch`] many.
+#[derive(Debug)]
+struct Decoder<'m, B: Backend> {
+    engine: Engine<'m, B>,
+    samplers: Vec<Sampler>,
+    config: GenerateConfig,
+    /// Per row, why it stopped (`None` while it runs).
+    stopped: Vec<Option<StopReason>>,
+    /// Per row, the logits `[vocab]` its last token was sampled from.
+    logits: Vec<Vec<f32>>,
+    /// The tokens the next step feeds, one per row (`None` before the pre-fill).
+    next: Option<Vec<u32>>,
+    steps: usize,
+    clock: Clock,
+}
+
+impl<'m, B: Backend> Decoder<'m, B> {
+    fn new(
+        model: &'m Llama<B>,
+        prompts: Vec<Vec<u32>>,
+        config: &GenerateConfig,
+    ) -> Result<Self, GenerateError> {
+        let rows = prompts.len();
+        let samplers = (0..rows)
+            .map(|row| config.sampler(row))
+            .collect::<Result<Vec<_>, _>>()?;
+        let clock = Clock::new(prompts.iter().map(Vec::len).sum());
+        Ok(Self {
+            engine: Engine::new(model, prompts, config.decode_split)?,
+            samplers,
+            config: config.clone(),
+            stopped: vec![None; rows],
+            logits: Vec::new(),
+            next: None,
+            steps: 0,
+            clock,
+        })
+    }
+
+    /// Whether every row has stopped or the token budget is spent.
+    fn done(&self) -> bool {
+        self.steps >= self.config.max_new_tokens || self.stopped.iter().all(Option::is_some)
+    }
+
+    /// One step: the pre-fill (first call) or the last tokens fed, then a token sampled for
+    /// every running row. Per row the new token; `None` for a row that has stopped (a stop
+    /// token is not returned). A stopped row still needs an input: it repeats its last
+    /// token, whose result is discarded.
+    fn step(&mut self) -> Result<Vec<Option<u32>>, GenerateError> {
+        let logits = match &self.next {
+            None => {
+                self.clock.start();
+                self.engine.prefill()?
+            }
+            Some(next) => self.engine.push(next)?,
+        };
+        let mut next = Vec::with_capacity(logits.len());
+        let mut tokens = Vec::with_capacity(logits.len());
+        let mut sampled = 0;
+        for (row, row_logits) in logits.iter().enumerate() {
+            if self.stopped[row].is_some() {
+                let history = &self.engine.histories[row];
+                next.push(*history.last().unwrap_or(&self.config.bos_id));
+                tokens.push(None);
+                continue;
+            }
+            let token = self.samplers[row].sample(row_logits)?;
+            sampled += 1;
+            match self.config.stop_for(token) {
+                Some(reason) => {
+                    self.stopped[row] = Some(reason);
+                    tokens.push(None);
+                }
+                None => tokens.push(Some(token)),
+            }
+            next.push(token);
+        }
+        self.clock.sampled(sampled);
+        self.steps += 1;
+        self.logits = logits;
+        self.next = Some(next);
+        Ok(tokens)
+    }
+
+    /// Per row, why it stopped; a row still running when the budget ran out stopped for it.
+    fn stop_reasons(&self) -> Vec<StopReason> {
+        self.stopped
+            .iter()
+            .map(|r| r.unwrap_or(StopReason::MaxNewTokens))
+            .collect()
+    }
+
+    fn stats(&self) -> GenerationStats {
+        self.clock.stats(self.engine.context_resets)
+    }
 }
 
 /// The exercise's generation loop, without a cache: every step re-runs the whole context,

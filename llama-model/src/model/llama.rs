@@ -13,8 +13,8 @@ use crate::model::config::LlamaConfig;
 use crate::model::feed_forward::FeedForwardConfig;
 use crate::model::kv_cache::LlamaCache;
 use crate::model::layer::{gather_positions, LlamaLayer, LlamaLayerConfig};
-use crate::model::lora_linear::LoraLinear;
 use crate::model::param_source::{ParamSource, RandomInit};
+use crate::model::projection::Projection;
 use crate::model::rms_norm::{RmsNorm, RmsNormConfig};
 use crate::model::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::weights::q8_matrix::Q8Matrix;
@@ -132,13 +132,23 @@ impl LlamaConfig {
 }
 
 /// Additive causal mask `[1, seq, start + seq]`: query `t` (absolute position `start + t`)
-/// sees keys `0..=start + t`.
-pub fn causal_mask<B: Backend>(seq: usize, start: usize, device: &B::Device) -> Tensor<B, 3> {
+/// sees keys `0..=start + t`. `None` for a single query, which sees every key.
+pub fn causal_mask<B: Backend>(
+    seq: usize,
+    start: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 3>> {
+    if seq <= 1 {
+        return None;
+    }
     let keys = start + seq;
     let data: Vec<f32> = (0..seq)
         .flat_map(|t| (0..keys).map(move |k| if k > start + t { MASKED } else { 0.0 }))
         .collect();
-    Tensor::from_data(TensorData::new(data, [1, seq, keys]), device)
+    Some(Tensor::from_data(
+        TensorData::new(data, [1, seq, keys]),
+        device,
+    ))
 }
 
 impl<B: Backend> Llama<B> {
@@ -203,7 +213,7 @@ impl<B: Backend> Llama<B> {
 
     /// The seven projections of every layer with their parameter-name prefixes
     /// (`layers.0.attention.compute_query`, …, `layers.0.feed_forward.w3`), in layer order.
-    pub fn projections_mut(&mut self) -> impl Iterator<Item = (String, &mut LoraLinear<B>)> {
+    pub fn projections_mut(&mut self) -> impl Iterator<Item = (String, &mut Projection<B>)> {
         self.layers.iter_mut().enumerate().flat_map(|(i, layer)| {
             let attention = &mut layer.attention;
             let feed_forward = &mut layer.feed_forward;
@@ -221,7 +231,7 @@ impl<B: Backend> Llama<B> {
     }
 
     /// [`Self::projections_mut`], read-only.
-    pub fn projections(&self) -> impl Iterator<Item = (String, &LoraLinear<B>)> {
+    pub fn projections(&self) -> impl Iterator<Item = (String, &Projection<B>)> {
         self.layers.iter().enumerate().flat_map(|(i, layer)| {
             let (attention, feed_forward) = (&layer.attention, &layer.feed_forward);
             [
@@ -295,7 +305,7 @@ impl<B: Backend> Llama<B> {
         let seq = tokens.dims()[1];
         let device = tokens.device();
         let angles = self.rope.angles(0, seq);
-        let mask = (seq > 1).then(|| causal_mask(seq, 0, &device));
+        let mask = causal_mask(seq, 0, &device);
         self.run(tokens, &angles, mask, None, None, 1).1
     }
 
@@ -318,7 +328,7 @@ impl<B: Backend> Llama<B> {
         let mut x = self.dropout.forward(self.embed(tokens));
         let out = match self.layers.split_last() {
             Some((last, body)) => {
-                let mask = (seq > 1).then(|| causal_mask(seq, 0, &device));
+                let mask = causal_mask(seq, 0, &device);
                 for layer in body {
                     x = layer.forward(x, &angles, mask.clone(), None, 1);
                 }
@@ -368,7 +378,7 @@ impl<B: Backend> Llama<B> {
         let seq = tokens.dims()[1];
         let device = tokens.device();
         let angles = self.rope.angles(0, seq);
-        let mask = (seq > 1).then(|| causal_mask(seq, 0, &device));
+        let mask = causal_mask(seq, 0, &device);
         let mut layers = Vec::with_capacity(self.n_layers());
         let (embeddings, hidden) = self.run(tokens, &angles, mask, None, Some(&mut layers), 1);
         LlamaTrace {
@@ -397,7 +407,7 @@ impl<B: Backend> Llama<B> {
         let device = tokens.device();
         let angles = self.rope.angles(start, seq);
         // A single new token may see every cached key: no mask needed.
-        let mask = (seq > 1).then(|| causal_mask(seq, start, &device));
+        let mask = causal_mask(seq, start, &device);
         self.forward_cached_with(tokens, &angles, mask, cache, split)
     }
 
