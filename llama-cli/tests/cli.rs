@@ -3,18 +3,16 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use llama_model::fixtures::fixture;
+use llama_model::fixtures::{fixture, fixtures_dir, FIXTURES_ENV};
+
+use crate::common::{head, text};
 
 fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    crate::common::llama_cli()
         .args(["--backend", "ndarray"])
         .args(args)
         .output()
         .expect("llama-cli runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn path(p: PathBuf) -> String {
@@ -192,6 +190,7 @@ fn output_files_get_the_usual_mode() {
     let run = |args: &[&str]| {
         // Under a known umask, whatever the test runner's is.
         let out = Command::new("sh")
+            .env(FIXTURES_ENV, fixtures_dir())
             .arg("-c")
             .arg("umask 022; exec \"$0\" \"$@\"")
             .arg(env!("CARGO_BIN_EXE_llama-cli"))
@@ -312,7 +311,7 @@ fn generate_runs_on_wgpu_from_the_default_build() {
     let dir = tempfile::tempdir().unwrap();
     let run = |backend: &str| {
         let out_file = dir.path().join(format!("{backend}.txt"));
-        let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+        let out = crate::common::llama_cli()
             .args(["generate", "--backend", backend, "--checkpoint"])
             .arg(stories260k())
             .args(["--temperature", "0", "--max-new-tokens", "24", "--out"])
@@ -368,7 +367,7 @@ fn f16_weights_generate_on_flex_and_are_refused_elsewhere() {
         ]
     };
     let run = |args: Vec<String>| {
-        Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+        crate::common::llama_cli()
             .args(args)
             .output()
             .expect("llama-cli runs")
@@ -439,7 +438,7 @@ fn q8_generation_prints_runq_text() {
         if let Some(d) = dtype {
             args.extend(["--weight-dtype", d]);
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+        let out = crate::common::llama_cli()
             .args(["--backend", "flex"])
             .args(&args)
             .output()
@@ -461,19 +460,6 @@ fn q8_generation_prints_runq_text() {
     assert_eq!(written, expected);
     let (log, _) = run("stories260K-q80.bin", Some("f32"));
     assert!(log.contains("weights f32"), "{log}");
-}
-
-/// The first `n` lines of a fixture data file, written to `dir`.
-fn head(dir: &std::path::Path, name: &str, n: usize) -> String {
-    let lines: Vec<String> = std::fs::read_to_string(fixture(&format!("data/{name}")))
-        .unwrap()
-        .lines()
-        .take(n)
-        .map(str::to_string)
-        .collect();
-    let p = dir.join(name);
-    std::fs::write(&p, lines.join("\n") + "\n").unwrap();
-    path(p)
 }
 
 #[test]
@@ -629,7 +615,7 @@ fn ctrl_c_saves_the_run_and_resume_finishes_it() {
         3,
     ));
     args.extend(["--lr", "1e-3"].map(String::from));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    let mut child = crate::common::llama_cli()
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -666,7 +652,7 @@ fn ctrl_c_saves_the_run_and_resume_finishes_it() {
 
     let mut resumed = args.clone();
     resumed.push("--resume".into());
-    let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    let out = crate::common::llama_cli()
         .args(&resumed)
         .output()
         .expect("llama-cli runs");
@@ -679,7 +665,7 @@ fn ctrl_c_saves_the_run_and_resume_finishes_it() {
     let predictions = std::fs::read_to_string(&ft_out).unwrap();
     assert_eq!(predictions.lines().count(), 8);
     // Resuming again finds nothing left to train and predicts the same.
-    let again = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    let again = crate::common::llama_cli()
         .args(&resumed)
         .output()
         .expect("llama-cli runs");
@@ -758,7 +744,7 @@ fn a_tokenizer_of_another_model_is_refused() {
 #[cfg(not(feature = "tch"))]
 #[test]
 fn a_backend_not_compiled_in_names_its_feature() {
-    let out = Command::new(env!("CARGO_BIN_EXE_llama-cli"))
+    let out = crate::common::llama_cli()
         .args(["--backend", "tch-cpu", "generate", "--checkpoint"])
         .arg(stories260k())
         .args(["--temperature", "0"])
@@ -814,6 +800,36 @@ fn check_prints_the_exercise_success_lines() {
         "{stderr}"
     );
     assert!(!text(&out.stdout).contains("passed!"));
+}
+
+/// The shipped binary finds the reference data only through `LLAMA_FIXTURES` (no build
+/// machine path is compiled in): without it, `check`'s default is one error line naming the
+/// flag and the variable; with it, the default is found.
+#[test]
+fn check_defaults_come_from_llama_fixtures_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |fixtures: Option<&std::path::Path>| {
+        let mut command = crate::common::llama_cli();
+        command.env_remove(FIXTURES_ENV).current_dir(dir.path());
+        if let Some(f) = fixtures {
+            command.env(FIXTURES_ENV, f);
+        }
+        command
+            .args(["--backend", "ndarray", "--quiet", "check", "--only", "rope"])
+            .output()
+            .unwrap()
+    };
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--rope") && stderr.contains(FIXTURES_ENV),
+        "{stderr}"
+    );
+    let out = run(Some(&fixtures_dir()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("Rotary embedding test passed!"));
 }
 
 /// `finetune --pad-position-pooling` trains on the exercise's code's convention (the hidden
@@ -873,7 +889,7 @@ fn bench_reports_the_freed_page_setting_and_its_override() {
     ] {
         let json = dir.path().join("bench.json");
         let json_arg = path(json.clone());
-        let mut command = Command::new(env!("CARGO_BIN_EXE_llama-cli"));
+        let mut command = crate::common::llama_cli();
         command.args(["--backend", "ndarray", "bench", "--checkpoint", &checkpoint]);
         command.args(["--only", "generate", "--runs", "1", "--prompt-tokens", "4"]);
         command.args(["--new-tokens", "8", "--json", &json_arg]);

@@ -1,19 +1,29 @@
-//! Locating the shared reference data (`shared/fixtures`) for tests, benchmarks and
-//! `llama-cli check`. The panicking helpers are for tests only (the `test-support` feature).
+//! Locating the shared reference data (`shared/fixtures`).
 //!
-//! The fixtures are never copied into the repository. They are found through the
-//! `LLAMA_FIXTURES` environment variable, else `../shared/fixtures` next to the workspace root.
+//! The fixtures are never copied into the repository. A shipped binary (`llama-cli check`
+//! and `bench`) finds them only through the `LLAMA_FIXTURES` environment variable
+//! ([`fixtures_from_env`]); test builds (the `test-support` feature) also look in
+//! `../shared/fixtures` beside the workspace, so that `cargo test` needs no setting. The
+//! panicking helpers are for tests only.
 
 use std::path::PathBuf;
 
 /// The environment variable that points at the fixtures folder.
 pub const FIXTURES_ENV: &str = "LLAMA_FIXTURES";
 
-/// The fixtures folder, if it can be found.
+/// The folder `LLAMA_FIXTURES` names, if it is set and is a folder.
+pub fn fixtures_from_env() -> Option<PathBuf> {
+    let dir = PathBuf::from(std::env::var_os(FIXTURES_ENV)?);
+    dir.is_dir().then_some(dir)
+}
+
+/// The fixtures folder of a test build: `LLAMA_FIXTURES` when set, else
+/// `../shared/fixtures` beside the workspace (test builds only: the `test-support` feature,
+/// so that no shipped binary embeds the build machine's source path).
+#[cfg(any(test, feature = "test-support"))]
 pub fn try_fixtures_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os(FIXTURES_ENV) {
-        let dir = PathBuf::from(dir);
-        return dir.is_dir().then_some(dir);
+    if std::env::var_os(FIXTURES_ENV).is_some() {
+        return fixtures_from_env();
     }
     // llama-model -> workspace root -> ../shared/fixtures
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -2,6 +2,33 @@
 //! its tokenizers, text generation and the exercise's AdamW.
 //!
 //! Everything is generic over Burn's [`Backend`](burn::tensor::backend::Backend).
+//!
+//! # Example
+//!
+//! Load a checkpoint (any format [`load_checkpoint`] recognises) and a tokenizer, and
+//! continue a prompt (`examples/generate.rs`; `cargo run --example generate` runs it on the
+//! fixtures' stories260K):
+//!
+//! ```no_run
+#![doc = include_str!("../examples/generate.rs")]
+//! ```
+//!
+//! # The public API
+//!
+//! - [`load_checkpoint`] → [`LoadedCheckpoint`] (a [`Llama`] and its [`LlamaConfig`]);
+//!   [`checkpoint::save_model`] and [`checkpoint::save_llama2c_bin`] write one back out.
+//! - The model, [`Llama`]: [`Llama::forward`] (logits and final hidden states of a batch),
+//!   [`Llama::hidden_at`] (final hidden states at chosen positions, for classifiers).
+//! - The [`Tokenizer`]: sentencepiece `.model`, llama2.c `.bin` or Hugging Face `tokenizer.json`.
+//! - Generation ([`generation::generate`]): [`generation::generate::generate`],
+//!   [`generation::generate::generate_text`], [`generation::generate::generate_batch`] and the
+//!   step-by-step [`generation::generate::Generator`]; [`generation::sampling::Sampler`].
+//! - [`lora`]: LoRA adapters on a whole model and their files.
+//! - [`AdamW`] (the exercise's optimizer) and [`train`]'s clipping and seeded dropout.
+//! - [`exercise`]: the exercise's own checks.
+//!
+//! The modules below those (the layers, the weight stores) are public for the other crates of
+//! this workspace, which build classifiers and training loops from them.
 
 pub mod atomic_file;
 pub mod checkpoint;

@@ -182,7 +182,7 @@ fn a_lora_run_saves_an_adapter_that_merges_into_the_trained_model() {
     // 1e-5 of their scale (max |logit|, 20 here): the f32 sum of the two products and the
     // product with the summed weight round differently, and five layers carry that on
     // (measured: 3.1e-5 absolute, 1.6e-6 of the scale; 1e-5 absolute holds for one layer,
-    // see llama-model's `lora_linear` tests).
+    // see llama-model's `projection` tests).
     let (base, _) = stories260k::<NdArray>();
     let merged = adapter.apply(base).expect("apply").merge_lora();
     let tokens = sst_batch(4).tokens.inner();

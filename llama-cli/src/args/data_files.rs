@@ -13,23 +13,27 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use llama_model::fixtures::{try_fixtures_dir, FIXTURES_ENV};
+use llama_model::fixtures::{fixtures_from_env, FIXTURES_ENV};
 
 /// The exercise's data set, relative to the current folder.
 pub const EXERCISE_PREFIX: &str = "data/cfimdb";
 
-/// `given`, else `relative` in the fixtures folder (the lookup the tests use:
-/// `LLAMA_FIXTURES`, else ../shared/fixtures); an error naming `flag` when neither is there.
-/// The defaults of `bench` and `check`, whose files are the project's reference data.
+/// `given`, else `relative` in the fixtures folder that `LLAMA_FIXTURES` names: the defaults
+/// of `bench` and `check`, whose files are the project's reference data. Without either, one
+/// error line naming both the flag and the variable.
 pub fn fixture_or(given: &Option<PathBuf>, relative: &str, flag: &str) -> Result<PathBuf> {
     if let Some(path) = given {
         return Ok(path.clone());
     }
-    match try_fixtures_dir().map(|dir| dir.join(relative)) {
-        Some(path) if path.is_file() => Ok(path),
-        _ => bail!(
-            "no {relative} found in the fixtures folder (set {FIXTURES_ENV}, or place shared/ \
-             beside the workspace): pass {flag} FILE"
+    match fixtures_from_env() {
+        Some(dir) if dir.join(relative).is_file() => Ok(dir.join(relative)),
+        Some(dir) => bail!(
+            "{} not found ({FIXTURES_ENV} is {}): pass {flag} FILE",
+            dir.join(relative).display(),
+            dir.display()
+        ),
+        None => bail!(
+            "no {flag} given and {FIXTURES_ENV} is not set to the reference data folder              (shared/fixtures): pass {flag} FILE, or set {FIXTURES_ENV}"
         ),
     }
 }

@@ -1,4 +1,5 @@
-//! Flag groups that several commands share, and parsers of flag values that clap cannot check by itself.
+//! Flag groups that several commands share, and parsers of flag values that clap cannot check
+//! by itself.
 
 pub mod classify;
 pub mod collective;

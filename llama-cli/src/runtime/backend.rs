@@ -98,7 +98,7 @@ pub trait Job {
 #[allow(dead_code)]
 fn not_compiled(kind: BackendKind, feature: &str) -> anyhow::Error {
     let extra = if feature == "tch" {
-        " (needs libtorch: see the README's libtorch section)"
+        " (needs libtorch: see docs/formats.md, \"Backends and libtorch\")"
     } else {
         ""
     };

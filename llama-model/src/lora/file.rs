@@ -19,7 +19,7 @@ use crate::checkpoint::{
     raw_tensor, read_tensors, write_safetensors, CheckpointError, RawTensor, TensorMap,
 };
 use crate::lora::{LoraConfig, LoraError, LoraTarget};
-use crate::model::lora_linear::LoraAdapter;
+use crate::model::projection::LoraAdapter;
 use crate::Llama;
 
 /// The prefix PEFT puts before a model's parameter names.

@@ -1,6 +1,6 @@
 //! LoRA on a whole [`Llama`]: which projections get an adapter, with what rank and scale, and
 //! the model-level operations (attach, freeze the base, merge). The layer itself is
-//! [`crate::model::lora_linear`]; the adapter file is [`crate::lora::file`].
+//! [`crate::model::projection`]; the adapter file is [`crate::lora::file`].
 
 pub mod file;
 
@@ -12,7 +12,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::model::lora_linear::LoraAdapter;
+use crate::model::projection::LoraAdapter;
 use crate::Llama;
 
 /// A projection of every layer that LoRA can adapt (`--lora-targets` names).

@@ -14,8 +14,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::model::kv_cache::KvCache;
-use crate::model::lora_linear::LoraLinear;
 use crate::model::param_source::{join, ParamSource, RandomInit};
+use crate::model::projection::Projection;
 use crate::model::rope::RopeAngles;
 
 /// Configuration of an [`Attention`] block.
@@ -42,13 +42,13 @@ pub struct AttentionConfig {
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
     /// `dim -> n_heads * head_dim`
-    pub compute_query: LoraLinear<B>,
+    pub compute_query: Projection<B>,
     /// `dim -> n_kv_heads * head_dim`
-    pub compute_key: LoraLinear<B>,
+    pub compute_key: Projection<B>,
     /// `dim -> n_kv_heads * head_dim`
-    pub compute_value: LoraLinear<B>,
+    pub compute_value: Projection<B>,
     /// `n_heads * head_dim -> dim`
-    pub compute_output: LoraLinear<B>,
+    pub compute_output: Projection<B>,
     attn_dropout: Dropout,
     resid_dropout: Dropout,
     n_heads: usize,
@@ -76,7 +76,7 @@ impl AttentionConfig {
         let mut linear = |name: &str, d_in: usize, d_out: usize, std: f64| {
             source
                 .linear(&join(prefix, name), d_in, d_out, std)
-                .map(LoraLinear::from)
+                .map(Projection::from)
         };
         Ok(Attention {
             compute_query: linear("compute_query.weight", dim, dim, std)?,

@@ -7,8 +7,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::model::lora_linear::LoraLinear;
 use crate::model::param_source::{join, ParamSource, RandomInit};
+use crate::model::projection::Projection;
 
 /// Configuration of a [`FeedForward`] block.
 #[derive(Config, Debug)]
@@ -32,11 +32,11 @@ pub struct FeedForwardConfig {
 #[derive(Module, Debug)]
 pub struct FeedForward<B: Backend> {
     /// Gate projection `dim -> hidden_dim`.
-    pub w1: LoraLinear<B>,
+    pub w1: Projection<B>,
     /// Down projection `hidden_dim -> dim`.
-    pub w2: LoraLinear<B>,
+    pub w2: Projection<B>,
     /// Up projection `dim -> hidden_dim`.
-    pub w3: LoraLinear<B>,
+    pub w3: Projection<B>,
     pub dropout: Dropout,
 }
 

@@ -1,5 +1,7 @@
-//! A bias-free projection with an optional LoRA adapter (Hu et al., 2021, "LoRA: Low-Rank
-//! Adaptation of Large Language Models").
+//! [`Projection`]: every weight product of the model (the attention's and the feed-forward's
+//! projections) goes through one: a bias-free linear map, stored in f32, f16 or int8, with an
+//! optional LoRA adapter (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language
+//! Models").
 //!
 //! LoRA keeps a pre-trained weight `W` `[d_in, d_out]` frozen and learns a low-rank update:
 //!
@@ -31,7 +33,7 @@ use crate::weights::q8_matrix::Q8Matrix;
 use crate::weights::q8_product::q8_product;
 use crate::weights::split_matmul::matmul_split;
 
-/// The trainable low-rank pair of a [`LoraLinear`].
+/// The trainable low-rank pair of a [`Projection`].
 #[derive(Module, Debug)]
 pub struct LoraAdapter<B: Backend> {
     /// `A` `[d_in, rank]`.
@@ -116,7 +118,7 @@ impl<B: Backend> LoraAdapter<B> {
 
 /// A bias-free (or biased) linear layer `d_in -> d_out` with an optional [`LoraAdapter`].
 #[derive(Module, Debug)]
-pub struct LoraLinear<B: Backend> {
+pub struct Projection<B: Backend> {
     /// `[d_in, d_out]` (Burn's layout: a transposed view of PyTorch's `[d_out, d_in]`).
     pub weight: Param<Tensor<B, 2>>,
     /// `[d_out]`, if any.
@@ -128,7 +130,7 @@ pub struct LoraLinear<B: Backend> {
     pub quantized: Option<Arc<Q8Matrix>>,
 }
 
-impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
+impl<B: Backend> From<Linear<B>> for Projection<B> {
     fn from(linear: Linear<B>) -> Self {
         Self {
             weight: linear.weight,
@@ -139,7 +141,7 @@ impl<B: Backend> From<Linear<B>> for LoraLinear<B> {
     }
 }
 
-impl<B: Backend> LoraLinear<B> {
+impl<B: Backend> Projection<B> {
     /// `d_in`.
     pub fn d_in(&self) -> usize {
         self.weight.dims()[0]
@@ -210,10 +212,10 @@ mod tests {
 
     type B = NdArray;
 
-    fn layer(d_in: usize, d_out: usize) -> LoraLinear<B> {
+    fn layer(d_in: usize, d_out: usize) -> Projection<B> {
         let device = Default::default();
         let w = Tensor::<B, 2>::random([d_out, d_in], Distribution::Normal(0.0, 1.0), &device);
-        LoraLinear {
+        Projection {
             weight: Param::from_tensor(w.transpose()),
             bias: None,
             lora: None,
@@ -231,7 +233,7 @@ mod tests {
         let a: Vec<f32> = adapter.lora_a.val().into_data().to_vec().unwrap();
         let bound = 1.0 / (32f32).sqrt();
         assert!(a.iter().all(|v| v.abs() <= bound) && a.iter().any(|v| v.abs() > bound / 2.0));
-        let with = LoraLinear {
+        let with = Projection {
             lora: Some(adapter),
             ..base
         };
@@ -262,7 +264,7 @@ mod tests {
                 expected[row * 24 + o] += 0.5 * sum;
             }
         }
-        let adapted = LoraLinear {
+        let adapted = Projection {
             lora: Some(LoraAdapter::from_factors(a, b, 0.5)),
             ..base
         };
@@ -284,7 +286,7 @@ mod tests {
     fn frozen_layers_train_only_their_adapter() {
         let device = Default::default();
         let w = Tensor::<Autodiff<B>, 2>::random([8, 6], Distribution::Normal(0.0, 1.0), &device);
-        let layer = LoraLinear {
+        let layer = Projection {
             weight: Param::from_tensor(w),
             bias: None,
             lora: Some(LoraAdapter::new(8, 6, 2, 1.0, 3, &device)),

@@ -1,4 +1,5 @@
-//! Weight storage for fast decoding: half-precision and int8 (Q8_0) matrices, their products, and row products split across threads.
+//! Weight storage for fast decoding: half-precision and int8 (Q8_0) matrices, their products,
+//! and row products split across threads.
 
 pub mod half;
 pub mod q8_kernel;

@@ -1,4 +1,5 @@
-//! Sentence classification: the fine-tuned classifier, zero-shot prompting, metrics and evaluation, and fine-tuning itself.
+//! Sentence classification: the fine-tuned classifier, zero-shot prompting, evaluation,
+//! and fine-tuning itself.
 
 pub mod classifier;
 pub mod evaluate;

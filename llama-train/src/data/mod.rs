@@ -1,4 +1,5 @@
-//! Data files and their batches: labelled sentence files, padded sentence batches, text documents, prediction files, length-grouped order.
+//! Data files and their batches: labelled sentence files, padded sentence batches, text
+//! documents, prediction files, length-grouped order.
 
 pub mod documents;
 pub mod labelled_file;

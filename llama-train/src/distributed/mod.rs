@@ -1,4 +1,5 @@
-//! Data-parallel training across processes and machines: a rank's settings, its membership of the run, the per-step gradient exchange, and the coordinator.
+//! Data-parallel training across processes and machines: a rank's settings, its membership of
+//! the run, the per-step gradient exchange, and the coordinator.
 
 pub mod collective;
 pub mod coordinator;

@@ -1,4 +1,5 @@
-//! The language model on text: perplexity, the LM objective, the packed corpus, the learning-rate schedule, and language-model training (`pretrain`).
+//! The language model on text: perplexity, the LM objective, the packed corpus, the learning-
+//! rate schedule, and language-model training (`pretrain`).
 
 pub mod corpus;
 pub mod objective;

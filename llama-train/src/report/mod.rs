@@ -1,4 +1,5 @@
-//! What a run shows people: progress bars and lines, `metrics.csv`, the training curves, confusion matrices, and the canvas they are drawn on.
+//! What a run shows people: progress bars and lines, `metrics.csv`, the training curves,
+//! confusion matrices, and the canvas they are drawn on.
 
 pub mod canvas;
 pub mod confusion;
