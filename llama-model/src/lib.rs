@@ -27,8 +27,10 @@
 //! - [`AdamW`] (the exercise's optimizer) and [`train`]'s clipping and seeded dropout.
 //! - [`exercise`]: the exercise's own checks.
 //!
-//! The modules below those (the layers, the weight stores) are public for the other crates of
-//! this workspace, which build classifiers and training loops from them.
+//! The layers themselves (attention, feed-forward, RMSNorm, RoPE, the KV cache, the
+//! projections) are internal to the crate; [`weights`] and [`model::param_source`] stay
+//! public for this workspace's training crate and command line (int8 products, loading a
+//! saved classifier without drawing random weights).
 
 pub mod atomic_file;
 pub mod checkpoint;

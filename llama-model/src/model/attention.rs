@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::model::kv_cache::KvCache;
-use crate::model::param_source::{join, ParamSource, RandomInit};
+use crate::model::param_source::{join, ParamSource};
 use crate::model::projection::Projection;
 use crate::model::rope::RopeAngles;
 
@@ -57,12 +57,6 @@ pub struct Attention<B: Backend> {
 }
 
 impl AttentionConfig {
-    /// Randomly initialised block.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Attention<B> {
-        let Ok(block) = self.build("attention", &mut RandomInit::new(device));
-        block
-    }
-
     /// The block whose weights `prefix.compute_query.weight` … come from `source` (a
     /// checkpoint, or random draws).
     pub fn build<B: Backend, S: ParamSource<B>>(

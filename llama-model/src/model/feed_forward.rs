@@ -7,7 +7,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::model::param_source::{join, ParamSource, RandomInit};
+use crate::model::param_source::{join, ParamSource};
 use crate::model::projection::Projection;
 
 /// Configuration of a [`FeedForward`] block.
@@ -41,12 +41,6 @@ pub struct FeedForward<B: Backend> {
 }
 
 impl FeedForwardConfig {
-    /// Randomly initialised block.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> FeedForward<B> {
-        let Ok(block) = self.build("feed_forward", &mut RandomInit::new(device));
-        block
-    }
-
     /// The block whose weights `prefix.w1.weight` … come from `source` (a checkpoint, or
     /// random draws).
     pub fn build<B: Backend, S: ParamSource<B>>(

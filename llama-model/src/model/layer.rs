@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor};
 use crate::model::attention::{Attention, AttentionConfig};
 use crate::model::feed_forward::{FeedForward, FeedForwardConfig};
 use crate::model::kv_cache::KvCache;
-use crate::model::param_source::{join, ParamSource, RandomInit};
+use crate::model::param_source::{join, ParamSource};
 use crate::model::rms_norm::{RmsNorm, RmsNormConfig};
 use crate::model::rope::RopeAngles;
 
@@ -31,12 +31,6 @@ pub struct LlamaLayer<B: Backend> {
 }
 
 impl LlamaLayerConfig {
-    /// Randomly initialised block.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> LlamaLayer<B> {
-        let Ok(layer) = self.build("", &mut RandomInit::new(device));
-        layer
-    }
-
     /// The block whose parameters `prefix.attention.…`, `prefix.feed_forward.…`,
     /// `prefix.attention_norm.weight` and `prefix.ffn_norm.weight` come from `source`.
     pub fn build<B: Backend, S: ParamSource<B>>(

@@ -2,14 +2,14 @@
 //! and a KV cache, SwiGLU feed-forward, RMSNorm), the projection every weight product goes
 //! through, and where parameters come from.
 
-pub mod attention;
+pub(crate) mod attention;
 pub mod config;
-pub mod feed_forward;
-pub mod kv_cache;
-pub mod layer;
+pub(crate) mod feed_forward;
+pub(crate) mod kv_cache;
+pub(crate) mod layer;
 pub mod llama;
 pub mod param_source;
-pub mod projection;
-pub mod rms_norm;
-pub mod rope;
-pub mod weight_layout;
+pub(crate) mod projection;
+pub(crate) mod rms_norm;
+pub(crate) mod rope;
+pub(crate) mod weight_layout;

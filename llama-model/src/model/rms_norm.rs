@@ -28,11 +28,6 @@ pub struct RmsNorm<B: Backend> {
 }
 
 impl RmsNormConfig {
-    /// A norm with unit gain.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> RmsNorm<B> {
-        RmsNorm::from_weight(Tensor::ones([self.dim], device), self.eps)
-    }
-
     /// The norm whose gain `prefix.weight` comes from `source` (ones for random sources).
     pub fn build<B: Backend, S: ParamSource<B>>(
         &self,
