@@ -3,7 +3,7 @@
 //!
 //! Keys follow PEFT where it fits: `base_model.model.<projection>.lora_A.weight` `[r, d_in]`
 //! and `….lora_B.weight` `[d_out, r]` (PyTorch's `nn.Linear` layout of the two factors, so
-//! `A` here is the transpose of [`LoraAdapter::lora_a`]). The metadata holds PEFT's `r`,
+//! `A` here is the transpose of `LoraAdapter::lora_a`). The metadata holds PEFT's `r`,
 //! `lora_alpha` and `target_modules` (our target names, `q,v`), and the base model's `dim`,
 //! `n_layers`, `hidden_dim`, `n_kv_heads` and `vocab_size`, so that an adapter for another
 //! model is refused with both shapes named. Other tensors (a classifier head trained beside

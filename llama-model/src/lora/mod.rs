@@ -1,6 +1,6 @@
 //! LoRA on a whole [`Llama`]: which projections get an adapter, with what rank and scale, and
 //! the model-level operations (attach, freeze the base, merge). The layer itself is
-//! [`crate::model::projection`]; the adapter file is [`crate::lora::file`].
+//! `model::projection` (internal); the adapter file is [`crate::lora::file`].
 
 pub mod file;
 

@@ -1,4 +1,4 @@
-//! The Llama 2 model: token embeddings, a stack of [`LlamaLayer`]s, a final RMSNorm, and an
+//! The Llama 2 model: token embeddings, a stack of `LlamaLayer`s, a final RMSNorm, and an
 //! output projection tied to the embeddings.
 
 use std::sync::Arc;

@@ -17,7 +17,7 @@ use crate::Llama;
 impl<B: Backend> Llama<B> {
     /// The model with every linear layer's weight stored in `[d_in, d_out]` order, the
     /// faster one for products over many rows (batched inference); see
-    /// [`crate::model::weight_layout`]. The same numbers; the embedding table is left as it is.
+    /// `model::weight_layout`. The same numbers; the embedding table is left as it is.
     pub fn with_batch_layout(self) -> Self {
         // Tensor data is read out in logical order whatever the storage, so a round trip
         // through it lays each weight out as `[d_in, d_out]` on every backend.

@@ -16,7 +16,7 @@ use super::decode::DecodeState;
 use super::{Tokenizer, TokenizerError};
 
 /// Decodes a stream of token ids into text chunks, each valid UTF-8 (see the
-/// [module docs](self)).
+/// module docs).
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
