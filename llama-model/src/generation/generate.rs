@@ -25,15 +25,15 @@
 //!
 //! Use an inference backend (not `Autodiff<_>`): on an autodiff backend dropout is active.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use burn::config::Config;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::generation::decoder::{Clock, Decoder};
+use crate::generation::engine::{int_tensor, read_rows, Engine};
 use crate::generation::sampling::{self, Sampler, SamplingError};
-use crate::model::kv_cache::LlamaCache;
-use crate::model::llama::{Llama, MASKED};
+use crate::model::llama::Llama;
 use crate::tokenizer::TextStream;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -93,7 +93,7 @@ impl GenerateConfig {
     }
 
     /// The sampler for batch row `row` (seed `seed + row`).
-    fn sampler(&self, row: usize) -> Result<Sampler, GenerateError> {
+    pub(super) fn sampler(&self, row: usize) -> Result<Sampler, GenerateError> {
         Ok(Sampler::new(
             self.temperature,
             self.top_p,
@@ -102,7 +102,7 @@ impl GenerateConfig {
     }
 
     /// Why generation stops at `token`, if it does.
-    fn stop_for(&self, token: u32) -> Option<StopReason> {
+    pub(super) fn stop_for(&self, token: u32) -> Option<StopReason> {
         if self.stop_at_eos && token == self.eos_id {
             Some(StopReason::Eos)
         } else if self.stop_at_bos && token == self.bos_id {
@@ -403,105 +403,6 @@ pub fn generate_batch<B: Backend>(
     })
 }
 
-/// The sample-and-stop loop of every generation: an [`Engine`] decoding a batch of rows,
-/// each row with its own sampler (seeded `config.seed + row`) and stop rules, all within
-/// `config.max_new_tokens` steps. [`Generator`] is one row of it, [`generate_batch`] many.
-#[derive(Debug)]
-struct Decoder<'m, B: Backend> {
-    engine: Engine<'m, B>,
-    samplers: Vec<Sampler>,
-    config: GenerateConfig,
-    /// Per row, why it stopped (`None` while it runs).
-    stopped: Vec<Option<StopReason>>,
-    /// Per row, the logits `[vocab]` its last token was sampled from.
-    logits: Vec<Vec<f32>>,
-    /// The tokens the next step feeds, one per row (`None` before the pre-fill).
-    next: Option<Vec<u32>>,
-    steps: usize,
-    clock: Clock,
-}
-
-impl<'m, B: Backend> Decoder<'m, B> {
-    fn new(
-        model: &'m Llama<B>,
-        prompts: Vec<Vec<u32>>,
-        config: &GenerateConfig,
-    ) -> Result<Self, GenerateError> {
-        let rows = prompts.len();
-        let samplers = (0..rows)
-            .map(|row| config.sampler(row))
-            .collect::<Result<Vec<_>, _>>()?;
-        let clock = Clock::new(prompts.iter().map(Vec::len).sum());
-        Ok(Self {
-            engine: Engine::new(model, prompts, config.decode_split)?,
-            samplers,
-            config: config.clone(),
-            stopped: vec![None; rows],
-            logits: Vec::new(),
-            next: None,
-            steps: 0,
-            clock,
-        })
-    }
-
-    /// Whether every row has stopped or the token budget is spent.
-    fn done(&self) -> bool {
-        self.steps >= self.config.max_new_tokens || self.stopped.iter().all(Option::is_some)
-    }
-
-    /// One step: the pre-fill (first call) or the last tokens fed, then a token sampled for
-    /// every running row. Per row the new token; `None` for a row that has stopped (a stop
-    /// token is not returned). A stopped row still needs an input: it repeats its last
-    /// token, whose result is discarded.
-    fn step(&mut self) -> Result<Vec<Option<u32>>, GenerateError> {
-        let logits = match &self.next {
-            None => {
-                self.clock.start();
-                self.engine.prefill()?
-            }
-            Some(next) => self.engine.push(next)?,
-        };
-        let mut next = Vec::with_capacity(logits.len());
-        let mut tokens = Vec::with_capacity(logits.len());
-        let mut sampled = 0;
-        for (row, row_logits) in logits.iter().enumerate() {
-            if self.stopped[row].is_some() {
-                let history = &self.engine.histories[row];
-                next.push(*history.last().unwrap_or(&self.config.bos_id));
-                tokens.push(None);
-                continue;
-            }
-            let token = self.samplers[row].sample(row_logits)?;
-            sampled += 1;
-            match self.config.stop_for(token) {
-                Some(reason) => {
-                    self.stopped[row] = Some(reason);
-                    tokens.push(None);
-                }
-                None => tokens.push(Some(token)),
-            }
-            next.push(token);
-        }
-        self.clock.sampled(sampled);
-        self.steps += 1;
-        self.logits = logits;
-        self.next = Some(next);
-        Ok(tokens)
-    }
-
-    /// Per row, why it stopped; a row still running when the budget ran out stopped for it.
-    fn stop_reasons(&self) -> Vec<StopReason> {
-        self.stopped
-            .iter()
-            .map(|r| r.unwrap_or(StopReason::MaxNewTokens))
-            .collect()
-    }
-
-    fn stats(&self) -> GenerationStats {
-        self.clock.stats(self.engine.context_resets)
-    }
-}
-
 /// The exercise's generation loop, without a cache: every step re-runs the whole context,
 /// cropped to its last `max_seq_len` tokens, and samples from the last position's logits.
 /// Same sampler, stop rules and seed as [`generate`]; a reference for tests (quadratic cost),
@@ -547,228 +448,6 @@ pub fn generate_uncached<B: Backend>(
         stop_reason,
         stats: clock.stats(resets),
     })
-}
-
-/// Timestamps of a generation.
-#[derive(Debug, Clone)]
-struct Clock {
-    prompt_tokens: usize,
-    start: Option<Instant>,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    generated: usize,
-    decode_tokens: usize,
-}
-
-impl Clock {
-    fn new(prompt_tokens: usize) -> Self {
-        Self {
-            prompt_tokens,
-            start: None,
-            first: None,
-            last: None,
-            generated: 0,
-            decode_tokens: 0,
-        }
-    }
-
-    fn start(&mut self) {
-        self.start = Some(Instant::now());
-    }
-
-    /// `n` tokens (one per active row) were sampled in one step.
-    fn sampled(&mut self, n: usize) {
-        let now = Instant::now();
-        if self.first.is_none() {
-            self.first = Some(now);
-        } else {
-            self.decode_tokens += n;
-        }
-        self.last = Some(now);
-        self.generated += n;
-    }
-
-    fn stats(&self, context_resets: usize) -> GenerationStats {
-        let between = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
-            (Some(a), Some(b)) => Some(b.duration_since(a)),
-            _ => None,
-        };
-        GenerationStats {
-            prompt_tokens: self.prompt_tokens,
-            generated_tokens: self.generated,
-            decode_tokens: self.decode_tokens,
-            time_to_first_token: between(self.start, self.first),
-            decode_time: between(self.first, self.last).unwrap_or_default(),
-            total_time: between(self.start, self.last).unwrap_or_default(),
-            context_resets,
-        }
-    }
-}
-
-/// The cache and the token histories of a batch of rows, left-padded in the cache.
-///
-/// Row `i` occupies cache columns `pads[i]..cache.len()`, holding the last
-/// `cache.len() - pads[i]` tokens of `histories[i]` at positions `0..` (its window). While
-/// no row was cropped every window is the whole history; a cropped row's window is
-/// `max_seq_len` long, so then `cache.len() == max_seq_len` and the next push re-fills.
-#[derive(Debug)]
-struct Engine<'m, B: Backend> {
-    model: &'m Llama<B>,
-    cache: LlamaCache<B>,
-    /// Column blocks per weight product of every step ([`GenerateConfig::decode_split`]).
-    split: usize,
-    /// Prompt plus every token fed so far, per row.
-    histories: Vec<Vec<u32>>,
-    /// Padding columns at the left of each row in the cache.
-    pads: Vec<usize>,
-    context_resets: usize,
-    device: B::Device,
-}
-
-impl<'m, B: Backend> Engine<'m, B> {
-    /// Validates the prompts (non-empty, in the vocabulary) and allocates the cache.
-    fn new(
-        model: &'m Llama<B>,
-        prompts: Vec<Vec<u32>>,
-        split: usize,
-    ) -> Result<Self, GenerateError> {
-        let vocab_size = model.vocab_size();
-        for (index, prompt) in prompts.iter().enumerate() {
-            if prompt.is_empty() {
-                return Err(GenerateError::EmptyPrompt { index });
-            }
-            if let Some((position, &id)) = prompt
-                .iter()
-                .enumerate()
-                .find(|(_, &id)| id as usize >= vocab_size)
-            {
-                return Err(GenerateError::TokenOutOfRange {
-                    index,
-                    position,
-                    id,
-                    vocab_size,
-                });
-            }
-        }
-        Ok(Self {
-            model,
-            cache: model.new_cache(prompts.len()),
-            split: split.max(1),
-            pads: vec![0; prompts.len()],
-            histories: prompts,
-            context_resets: 0,
-            device: model.tok_embeddings.weight.device(),
-        })
-    }
-
-    /// Clears the cache and pre-fills each row's window (its last `max_seq_len` tokens),
-    /// left-padded to the longest. Returns the next-token logits per row, each `[vocab]`.
-    fn prefill(&mut self) -> Result<Vec<Vec<f32>>, GenerateError> {
-        let capacity = self.cache.capacity();
-        let windows: Vec<&[u32]> = self
-            .histories
-            .iter()
-            .map(|h| &h[h.len().saturating_sub(capacity)..])
-            .collect();
-        if self.histories.iter().any(|h| h.len() > capacity) {
-            self.context_resets += 1;
-        }
-        let width = windows.iter().map(|w| w.len()).max().unwrap_or(0);
-        self.pads = windows.iter().map(|w| width - w.len()).collect();
-        let rows = windows.len();
-
-        // Padding slots repeat the row's first token: any in-vocabulary id does, as no
-        // real query can see them.
-        let ids: Vec<u32> = windows
-            .iter()
-            .flat_map(|w| std::iter::repeat_n(w[0], width - w.len()).chain(w.iter().copied()))
-            .collect();
-        let tokens = int_tensor::<B>(&ids, [rows, width], &self.device);
-        self.cache.clear();
-        let logits = if self.pads.iter().all(|&p| p == 0) {
-            self.model
-                .forward_cached(tokens, &mut self.cache, self.split)
-        } else {
-            // Positions count from each row's first real token (padding gets 0).
-            let positions: Vec<u32> = self
-                .pads
-                .iter()
-                .flat_map(|&pad| (0..width).map(move |c| c.saturating_sub(pad) as u32))
-                .collect();
-            let angles = self.model.rope().angles_at(int_tensor::<B>(
-                &positions,
-                [rows, width],
-                &self.device,
-            ));
-            // Query c of row i sees keys pad_i..=c. A padding query sees no key at all and
-            // gets uniform attention (MASKED is finite), harmless as nothing reads it.
-            let mask: Vec<f32> = self
-                .pads
-                .iter()
-                .flat_map(|&pad| {
-                    (0..width).flat_map(move |q| {
-                        (0..width).map(move |k| if k >= pad && k <= q { 0.0 } else { MASKED })
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_data(TensorData::new(mask, [rows, width, width]), &self.device);
-            self.model
-                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
-        };
-        read_rows(logits)
-    }
-
-    /// Appends one token per row and returns the next-token logits per row: one cached
-    /// step while the context fits, else a re-fill of the cropped windows.
-    fn push(&mut self, next: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
-        for (history, &token) in self.histories.iter_mut().zip(next) {
-            history.push(token);
-        }
-        if self.cache.len() + 1 > self.cache.capacity() {
-            return self.prefill();
-        }
-        let rows = next.len();
-        let tokens = int_tensor::<B>(next, [rows, 1], &self.device);
-        let logits = if self.pads.iter().all(|&p| p == 0) {
-            self.model
-                .forward_cached(tokens, &mut self.cache, self.split)
-        } else {
-            let column = self.cache.len();
-            let positions: Vec<u32> = self.pads.iter().map(|&pad| (column - pad) as u32).collect();
-            let angles =
-                self.model
-                    .rope()
-                    .angles_at(int_tensor::<B>(&positions, [rows, 1], &self.device));
-            // The new token of row i sees its real keys pad_i..=column.
-            let keys = column + 1;
-            let mask: Vec<f32> = self
-                .pads
-                .iter()
-                .flat_map(|&pad| (0..keys).map(move |k| if k >= pad { 0.0 } else { MASKED }))
-                .collect();
-            let mask = Tensor::from_data(TensorData::new(mask, [rows, 1, keys]), &self.device);
-            self.model
-                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
-        };
-        read_rows(logits)
-    }
-}
-
-/// An integer tensor of `shape` from ids.
-fn int_tensor<B: Backend>(ids: &[u32], shape: [usize; 2], device: &B::Device) -> Tensor<B, 2, Int> {
-    let data: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
-    Tensor::from_data(TensorData::new(data, shape), device)
-}
-
-/// Reads logits `[rows, vocab]` back to the host, one `Vec` per row.
-fn read_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, GenerateError> {
-    let [_, vocab] = logits.dims();
-    let values = logits
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| GenerateError::Data(format!("{e:?}")))?;
-    Ok(values.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 #[cfg(test)]

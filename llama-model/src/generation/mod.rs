@@ -1,4 +1,7 @@
-//! Text generation: the batched decoding engine with its KV cache, and sampling the next token.
+//! Text generation: the decoding engine with its KV cache, the one sample-and-stop loop
+//! over it, the public entry points, and sampling the next token.
 
+mod decoder;
+mod engine;
 pub mod generate;
 pub mod sampling;

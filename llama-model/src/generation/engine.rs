@@ -1,0 +1,179 @@
+//! The decoding engine: a batch of rows' KV cache and token histories, pre-filled in one
+//! pass and then fed one token per row per step, with the exercise's context cropping.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::generation::generate::GenerateError;
+use crate::model::kv_cache::LlamaCache;
+use crate::model::llama::{Llama, MASKED};
+
+/// The cache and the token histories of a batch of rows, left-padded in the cache.
+///
+/// Row `i` occupies cache columns `pads[i]..cache.len()`, holding the last
+/// `cache.len() - pads[i]` tokens of `histories[i]` at positions `0..` (its window). While
+/// no row was cropped every window is the whole history; a cropped row's window is
+/// `max_seq_len` long, so then `cache.len() == max_seq_len` and the next push re-fills.
+#[derive(Debug)]
+pub(super) struct Engine<'m, B: Backend> {
+    pub(super) model: &'m Llama<B>,
+    pub(super) cache: LlamaCache<B>,
+    /// Column blocks per weight product of every step ([`GenerateConfig::decode_split`]).
+    pub(super) split: usize,
+    /// Prompt plus every token fed so far, per row.
+    pub(super) histories: Vec<Vec<u32>>,
+    /// Padding columns at the left of each row in the cache.
+    pub(super) pads: Vec<usize>,
+    pub(super) context_resets: usize,
+    pub(super) device: B::Device,
+}
+
+impl<'m, B: Backend> Engine<'m, B> {
+    /// Validates the prompts (non-empty, in the vocabulary) and allocates the cache.
+    pub(super) fn new(
+        model: &'m Llama<B>,
+        prompts: Vec<Vec<u32>>,
+        split: usize,
+    ) -> Result<Self, GenerateError> {
+        let vocab_size = model.vocab_size();
+        for (index, prompt) in prompts.iter().enumerate() {
+            if prompt.is_empty() {
+                return Err(GenerateError::EmptyPrompt { index });
+            }
+            if let Some((position, &id)) = prompt
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| id as usize >= vocab_size)
+            {
+                return Err(GenerateError::TokenOutOfRange {
+                    index,
+                    position,
+                    id,
+                    vocab_size,
+                });
+            }
+        }
+        Ok(Self {
+            model,
+            cache: model.new_cache(prompts.len()),
+            split: split.max(1),
+            pads: vec![0; prompts.len()],
+            histories: prompts,
+            context_resets: 0,
+            device: model.tok_embeddings.weight.device(),
+        })
+    }
+
+    /// Clears the cache and pre-fills each row's window (its last `max_seq_len` tokens),
+    /// left-padded to the longest. Returns the next-token logits per row, each `[vocab]`.
+    pub(super) fn prefill(&mut self) -> Result<Vec<Vec<f32>>, GenerateError> {
+        let capacity = self.cache.capacity();
+        let windows: Vec<&[u32]> = self
+            .histories
+            .iter()
+            .map(|h| &h[h.len().saturating_sub(capacity)..])
+            .collect();
+        if self.histories.iter().any(|h| h.len() > capacity) {
+            self.context_resets += 1;
+        }
+        let width = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        self.pads = windows.iter().map(|w| width - w.len()).collect();
+        let rows = windows.len();
+
+        // Padding slots repeat the row's first token: any in-vocabulary id does, as no
+        // real query can see them.
+        let ids: Vec<u32> = windows
+            .iter()
+            .flat_map(|w| std::iter::repeat_n(w[0], width - w.len()).chain(w.iter().copied()))
+            .collect();
+        let tokens = int_tensor::<B>(&ids, [rows, width], &self.device);
+        self.cache.clear();
+        let logits = if self.pads.iter().all(|&p| p == 0) {
+            self.model
+                .forward_cached(tokens, &mut self.cache, self.split)
+        } else {
+            // Positions count from each row's first real token (padding gets 0).
+            let positions: Vec<u32> = self
+                .pads
+                .iter()
+                .flat_map(|&pad| (0..width).map(move |c| c.saturating_sub(pad) as u32))
+                .collect();
+            let angles = self.model.rope().angles_at(int_tensor::<B>(
+                &positions,
+                [rows, width],
+                &self.device,
+            ));
+            // Query c of row i sees keys pad_i..=c. A padding query sees no key at all and
+            // gets uniform attention (MASKED is finite), harmless as nothing reads it.
+            let mask: Vec<f32> = self
+                .pads
+                .iter()
+                .flat_map(|&pad| {
+                    (0..width).flat_map(move |q| {
+                        (0..width).map(move |k| if k >= pad && k <= q { 0.0 } else { MASKED })
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_data(TensorData::new(mask, [rows, width, width]), &self.device);
+            self.model
+                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
+        };
+        read_rows(logits)
+    }
+
+    /// Appends one token per row and returns the next-token logits per row: one cached
+    /// step while the context fits, else a re-fill of the cropped windows.
+    pub(super) fn push(&mut self, next: &[u32]) -> Result<Vec<Vec<f32>>, GenerateError> {
+        for (history, &token) in self.histories.iter_mut().zip(next) {
+            history.push(token);
+        }
+        if self.cache.len() + 1 > self.cache.capacity() {
+            return self.prefill();
+        }
+        let rows = next.len();
+        let tokens = int_tensor::<B>(next, [rows, 1], &self.device);
+        let logits = if self.pads.iter().all(|&p| p == 0) {
+            self.model
+                .forward_cached(tokens, &mut self.cache, self.split)
+        } else {
+            let column = self.cache.len();
+            let positions: Vec<u32> = self.pads.iter().map(|&pad| (column - pad) as u32).collect();
+            let angles =
+                self.model
+                    .rope()
+                    .angles_at(int_tensor::<B>(&positions, [rows, 1], &self.device));
+            // The new token of row i sees its real keys pad_i..=column.
+            let keys = column + 1;
+            let mask: Vec<f32> = self
+                .pads
+                .iter()
+                .flat_map(|&pad| (0..keys).map(move |k| if k >= pad { 0.0 } else { MASKED }))
+                .collect();
+            let mask = Tensor::from_data(TensorData::new(mask, [rows, 1, keys]), &self.device);
+            self.model
+                .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
+        };
+        read_rows(logits)
+    }
+}
+
+/// An integer tensor of `shape` from ids.
+pub(super) fn int_tensor<B: Backend>(
+    ids: &[u32],
+    shape: [usize; 2],
+    device: &B::Device,
+) -> Tensor<B, 2, Int> {
+    let data: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// Reads logits `[rows, vocab]` back to the host, one `Vec` per row.
+pub(super) fn read_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, GenerateError> {
+    let [_, vocab] = logits.dims();
+    let values = logits
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| GenerateError::Data(format!("{e:?}")))?;
+    Ok(values.chunks(vocab.max(1)).map(<[f32]>::to_vec).collect())
+}
