@@ -11,4 +11,5 @@ mod exercise_folder;
 mod lora;
 mod perplexity;
 mod pretrain;
+mod saves;
 mod watching;
