@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 mod data_parallel;
+mod data_parallel_trust;
 mod exercise_folder;
 mod lora;
 mod perplexity;

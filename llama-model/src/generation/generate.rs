@@ -30,8 +30,7 @@ use std::time::Duration;
 use burn::config::Config;
 use burn::tensor::backend::Backend;
 
-use crate::generation::decoder::{Clock, Decoder};
-use crate::generation::engine::{int_tensor, read_rows, Engine};
+use crate::generation::decoder::Decoder;
 use crate::generation::sampling::{self, Sampler, SamplingError};
 use crate::model::llama::Llama;
 use crate::tokenizer::TextStream;
@@ -413,6 +412,9 @@ pub fn generate_uncached<B: Backend>(
     prompt: &[u32],
     config: &GenerateConfig,
 ) -> Result<Generation, GenerateError> {
+    use crate::generation::decoder::Clock;
+    use crate::generation::engine::{int_tensor, read_rows, Engine};
+
     let mut sampler = config.sampler(0)?;
     // Validates the prompt; its cache is never used.
     let mut context = Engine::new(model, vec![prompt.to_vec()], 1)?
