@@ -253,7 +253,7 @@ fn extreme_header(at: usize) -> impl Fn(&mut StdRng, &[u8]) -> Vec<u8> {
         let values = [
             i32::MAX,
             1 << 30,
-            (1 << 26) - 86,
+            (1 << 28) - 86,
             (1 << 21) + 1,
             1 << 21,
             (1 << 20) + 1,

@@ -33,12 +33,12 @@ pub fn q80_header(n_layers: i32) -> Vec<u8> {
     llama2c_header(2, [64, 172, n_layers, 8, 4, 512, 512], 4)
 }
 
-/// A v1 header whose sizes overflow 64-bit arithmetic to 512 data bytes:
-/// `l·d·(2 + 2d + 2kv + 3·hidden) ≡ 0 (mod 2^62)` with `l = 2^30`, `d = 64`, `hidden =
-/// 2^26 - 86`, so that the size the old check computed wrapped to `4·d·(1 + vocab)` bytes.
-/// 768 bytes in all.
+/// A v1 header whose sizes overflow 64-bit arithmetic to 512 data bytes: its element count
+/// is `l·d·(2 + 2d + 2kv + 3·hidden) + d·(1 + vocab)`, and with `l = 2^30`, `d = kv = 64`,
+/// `hidden = 2^28 - 86` the first term is `3·2^64`, so an unchecked sum wraps to the 128
+/// floats of `d·(1 + vocab)`. 768 bytes in all.
 pub fn overflowing_bin() -> Vec<u8> {
-    let mut out = llama2c_header(1, [64, (1 << 26) - 86, 1 << 30, 8, 8, 1, 512], 0);
+    let mut out = llama2c_header(1, [64, (1 << 28) - 86, 1 << 30, 8, 8, 1, 512], 0);
     out.resize(768, 0);
     out
 }
