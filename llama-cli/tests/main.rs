@@ -6,6 +6,7 @@
 mod common;
 
 mod cli;
+mod crafted_files;
 mod data_parallel;
 mod data_parallel_trust;
 mod exercise_folder;
