@@ -113,8 +113,9 @@ fn main() -> ExitCode {
     runtime::allocator::keep_freed_memory();
     let cli = Cli::parse(); // usage errors exit with status 2
     runtime::progress::set(cli.progress, cli.quiet);
-    // Burn's network layer installs a logger that prints every connection to stdout unless
-    // the application has one: ours drops them (errors reach the user as our one line).
+    // Burn's libraries log through `tracing` and, when the application has no subscriber,
+    // may install one that prints to stdout: ours drops them (errors reach the user as our
+    // one line).
     let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     if let Command::Launch(args) = &cli.command {
         // Not on the pool: the ranks compute; this process waits for them.

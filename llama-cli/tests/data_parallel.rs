@@ -1,4 +1,4 @@
-//! Data-parallel fine-tuning on burn-collective, as processes on 127.0.0.1: two ranks train
+//! Data-parallel fine-tuning, as processes on 127.0.0.1: two ranks train
 //! the weights one process trains; a killed rank stops the run without hanging, and the
 //! run resumes from what rank 0 saved; bad rank settings fail within seconds.
 //!
@@ -8,7 +8,7 @@ use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use burn::backend::NdArray;
@@ -32,7 +32,7 @@ const PRETRAIN_TOLERANCE: f32 = 1e-4;
 
 /// `finetune` of stories260K at global batch 8, 16 tokens a sentence, lr 1e-3, on flex
 /// with one thread (the ranks share this machine's cores).
-fn finetune(train: &str, dev: &str, out_dir: &Path, epochs: u32) -> Vec<String> {
+pub(crate) fn finetune(train: &str, dev: &str, out_dir: &Path, epochs: u32) -> Vec<String> {
     let checkpoint = path(&fixture("models/stories260K/stories260K.bin"));
     let epochs = epochs.to_string();
     let out = path(out_dir);
@@ -67,8 +67,31 @@ fn finetune(train: &str, dev: &str, out_dir: &Path, epochs: u32) -> Vec<String> 
     .to_vec()
 }
 
+/// A scratch folder with the first `rows` CFIMDB training sentences, 8 dev sentences, and
+/// the path of a run folder in it (not created).
+pub(crate) struct Scratch {
+    /// Kept for its lifetime: the folder goes when the scratch does.
+    _dir: tempfile::TempDir,
+    pub(crate) train: String,
+    pub(crate) dev: String,
+    pub(crate) run: std::path::PathBuf,
+}
+
+pub(crate) fn scratch(rows: usize) -> Scratch {
+    let dir = tempfile::tempdir().unwrap();
+    let train = head(dir.path(), "cfimdb-train.txt", rows);
+    let dev = head(dir.path(), "cfimdb-dev.txt", 8);
+    let run = dir.path().join("run");
+    Scratch {
+        _dir: dir,
+        train,
+        dev,
+        run,
+    }
+}
+
 /// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -77,10 +100,16 @@ fn free_port() -> u16 {
 }
 
 /// `llama-cli coordinator` on a free port, once it accepts connections; and its address.
-fn start_coordinator() -> (Child, String) {
+pub(crate) fn start_coordinator() -> (Child, String) {
     let port = free_port();
     let coordinator = common::llama_cli()
-        .args(["coordinator", "--port", &port.to_string()])
+        .args([
+            "coordinator",
+            "--world-size",
+            "2",
+            "--port",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -93,11 +122,11 @@ fn start_coordinator() -> (Child, String) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    (coordinator, format!("ws://127.0.0.1:{port}"))
+    (coordinator, format!("127.0.0.1:{port}"))
 }
 
 /// Waits (at most 2 minutes) until rank 0 has saved an epoch of the run in `run`.
-fn wait_for_a_saved_epoch(run: &Path) {
+pub(crate) fn wait_for_a_saved_epoch(run: &Path) {
     let started = Instant::now();
     while !run.join("resume.json").exists() {
         assert!(
@@ -109,7 +138,7 @@ fn wait_for_a_saved_epoch(run: &Path) {
 }
 
 /// `llama-cli launch --nproc 2 -- ARGS`, to completion, bounded by a watchdog.
-fn launch(args: &[String], limit: Duration) -> (bool, String, String) {
+pub(crate) fn launch(args: &[String], limit: Duration) -> (bool, String, String) {
     let child = common::llama_cli()
         .args(["launch", "--nproc", "2", "--"])
         .args(args)
@@ -122,7 +151,7 @@ fn launch(args: &[String], limit: Duration) -> (bool, String, String) {
 }
 
 /// Waits for `child` at most `limit`, killing it past that (and failing).
-fn wait_bounded(mut child: Child, limit: Duration) -> (bool, String, String) {
+pub(crate) fn wait_bounded(mut child: Child, limit: Duration) -> (bool, String, String) {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -143,6 +172,34 @@ fn wait_bounded(mut child: Child, limit: Duration) -> (bool, String, String) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs `command` to its end: it must fail with exit status 1 and a message holding `needle`.
+pub(crate) fn fails_with(command: &mut Command, needle: &str) {
+    let out = command.output().expect("llama-cli runs");
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(needle), "no {needle:?} in {said}");
+}
+
+/// `llama-cli launch --nproc 2 -- ARGS` started, its ranks' process ids, and its standard
+/// error (read up to the ranks' start).
+pub(crate) fn launch_watched(args: &[String]) -> (Child, Vec<u32>, BufReader<ChildStderr>) {
+    let mut child = common::llama_cli()
+        .args(["launch", "--nproc", "2", "--"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let seen = read_until(&mut stderr, "rank 1 is process ", Duration::from_secs(60));
+    let pids: Vec<u32> = seen
+        .lines()
+        .filter_map(|l| l.split("is process ").nth(1)?.trim().parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 2, "{seen}");
+    (child, pids, stderr)
 }
 
 /// Every float parameter's values, in visiting order.
@@ -231,7 +288,7 @@ fn two_ranks_train_the_weights_one_process_trains() {
 }
 
 /// Reads `child`'s standard error until a line contains `marker`; returns what it read.
-fn read_until(stderr: &mut impl BufRead, marker: &str, limit: Duration) -> String {
+pub(crate) fn read_until(stderr: &mut impl BufRead, marker: &str, limit: Duration) -> String {
     let started = Instant::now();
     let mut seen = String::new();
     while !seen.contains(marker) {
@@ -254,20 +311,7 @@ fn a_killed_rank_stops_the_run_and_it_resumes_from_the_last_save() {
     let run = d.join("run");
     let mut args = finetune(&train, &dev, &run, 40);
     args.extend(["--collective-timeout", "30"].map(String::from));
-    let mut child = common::llama_cli()
-        .args(["launch", "--nproc", "2", "--"])
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let seen = read_until(&mut stderr, "rank 1 is process ", Duration::from_secs(60));
-    let pids: Vec<u32> = seen
-        .lines()
-        .filter_map(|l| l.split("is process ").nth(1)?.trim().parse().ok())
-        .collect();
-    assert_eq!(pids.len(), 2, "{seen}");
+    let (mut child, pids, mut stderr) = launch_watched(&args);
     // Wait for a saved epoch (2 steps each), then kill rank 1.
     wait_for_a_saved_epoch(&run);
     let killed_at = Instant::now();
@@ -331,7 +375,7 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
     };
 
     // A rank outside the world: refused before anything loads (on any backend).
-    let args = rank("2", "2", "ws://127.0.0.1:9", &[]);
+    let args = rank("2", "2", "127.0.0.1:9", &[]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let subcommand = refs.iter().position(|a| *a == "finetune").unwrap();
     let out = common::cli(&refs[subcommand..]);
@@ -352,24 +396,18 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
         said.contains("single device") && said.contains("launch --nproc 2"),
         "{said}"
     );
-    let out = common::llama_cli()
-        .args(["launch", "--nproc", "2", "--devices", "0", "--", "finetune"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("give one per rank"),
-        "{}",
-        text(&out.stderr)
+    fails_with(
+        common::llama_cli().args(["launch", "--nproc", "2", "--devices", "0", "--", "finetune"]),
+        "give one per rank",
     );
     // Not an address.
     let out = common::llama_cli()
-        .args(rank("2", "0", "127.0.0.1:9", &[]))
+        .args(rank("2", "0", "127.0.0.1", &[]))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     // No coordinator there: an error within seconds.
-    let coordinator = format!("ws://127.0.0.1:{}", free_port());
+    let coordinator = format!("127.0.0.1:{}", free_port());
     let started = Instant::now();
     let out = common::llama_cli()
         .args(rank("2", "0", &coordinator, &[]))
@@ -386,7 +424,7 @@ fn standalone_ranks_fail_clearly_and_never_hang() {
 
     // A rank alone, its partner never started: it gives up after its timeout.
     let (mut coordinator, address) = start_coordinator();
-    let node = format!("ws://127.0.0.1:{}", free_port());
+    let node = format!("127.0.0.1:{}", free_port());
     let lonely = common::llama_cli()
         .args(rank(
             "2",
@@ -431,7 +469,7 @@ fn a_rank_left_alone_mid_run_stops_naming_the_dead_one() {
                     "--coordinator",
                     &address,
                     "--node-address",
-                    &format!("ws://127.0.0.1:{node}"),
+                    &format!("127.0.0.1:{node}"),
                     "--collective-timeout",
                     "60",
                 ]

@@ -6,7 +6,9 @@
 mod common;
 
 mod cli;
+mod crafted_files;
 mod data_parallel;
+mod data_parallel_trust;
 mod exercise_folder;
 mod lora;
 mod perplexity;

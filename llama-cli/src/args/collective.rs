@@ -6,7 +6,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::Args;
 use llama_train::distributed::collective::{RankOutcome, RankSummary};
-use llama_train::distributed::settings::{CollectiveSettings, WsAddress, DEFAULT_TIMEOUT};
+use llama_train::distributed::run_key::RunToken;
+use llama_train::distributed::settings::{CollectiveSettings, PeerAddress, DEFAULT_TIMEOUT};
 use llama_train::report::progress_bar::ProgressMode;
 
 use crate::args::values;
@@ -22,13 +23,18 @@ pub struct CollectiveArgs {
     /// This process's rank, 0..world-size; rank 0 evaluates and saves.
     #[arg(long, env = "LLAMA_RANK")]
     pub rank: Option<usize>,
-    /// The coordinator, `ws://HOST:PORT` (`llama-cli coordinator --port PORT`).
+    /// The coordinator, `HOST:PORT` (`llama-cli coordinator --world-size W --port PORT`).
     #[arg(long, env = "LLAMA_COORDINATOR")]
-    pub coordinator: Option<WsAddress>,
-    /// Where the other ranks reach this one, `ws://HOST:PORT` (it serves its gradients on
-    /// PORT); default `ws://127.0.0.1:<coordinator port + 1 + rank>`, for one machine.
+    pub coordinator: Option<PeerAddress>,
+    /// Where the other ranks reach this one, `HOST:PORT`: it serves its gradients there,
+    /// listening on that host only; default `127.0.0.1:<coordinator port + 1 + rank>`, for one
+    /// machine.
     #[arg(long, env = "LLAMA_NODE_ADDRESS")]
-    pub node_address: Option<WsAddress>,
+    pub node_address: Option<PeerAddress>,
+    /// Allow a run across machines without `LLAMA_RUN_TOKEN` (anyone who reaches its ports
+    /// could join it, read its gradients or inject their own): only on a network you trust.
+    #[arg(long)]
+    pub insecure: bool,
     /// Seconds to wait for the other ranks at any exchange (joining, every step, and while
     /// rank 0 evaluates) before giving up with an error.
     #[arg(long, env = "LLAMA_COLLECTIVE_TIMEOUT", default_value_t = DEFAULT_TIMEOUT.as_secs(), value_parser = values::positive_u64())]
@@ -78,11 +84,15 @@ impl CollectiveArgs {
             bail!("--world-size {world_size} needs --rank (0..{world_size})");
         };
         let Some(coordinator) = self.coordinator.clone() else {
-            bail!("--world-size {world_size} needs --coordinator ws://HOST:PORT");
+            bail!("--world-size {world_size} needs --coordinator HOST:PORT");
         };
         let mut settings = CollectiveSettings::new(world_size, rank, coordinator)?;
         settings.node_address = self.node_address.clone();
         settings.timeout = Duration::from_secs(self.collective_timeout);
+        // From the environment only: a command line is readable by every user.
+        settings.token = RunToken::from_env()?;
+        settings.insecure = self.insecure;
+        settings.check_security()?;
         Ok(Some(settings))
     }
 }

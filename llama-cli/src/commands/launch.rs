@@ -1,14 +1,17 @@
 //! `llama-cli launch --nproc N -- finetune …`: a data-parallel run on this machine, the way
-//! torchrun starts one. It serves the coordinator, starts N copies of this program with the
-//! given command line and `LLAMA_WORLD_SIZE`, `LLAMA_RANK`, `LLAMA_COORDINATOR` and
-//! `LLAMA_NODE_ADDRESS` set (free loopback ports), and watches them: when a rank fails or
-//! is killed, the others are stopped at once and the error names the rank.
+//! torchrun starts one. It serves the coordinator on 127.0.0.1, starts N copies of this
+//! program with the given command line and `LLAMA_WORLD_SIZE`, `LLAMA_RANK`,
+//! `LLAMA_COORDINATOR`, `LLAMA_NODE_ADDRESS` (free loopback ports) and a fresh
+//! `LLAMA_RUN_TOKEN` set (in the environment only: a command line is readable by every user),
+//! and watches them: when a rank fails or is killed, the others are asked to stop (SIGTERM),
+//! killed after a grace period, and the error names the rank.
 //!
 //! The ranks run in their own process group, so a Ctrl-C at the terminal reaches this
-//! process alone, which passes it on once to every rank: they agree to stop after the same
-//! step, and rank 0 saves the run for `--resume`.
+//! process alone, which passes it on once to every rank (as does a SIGTERM or SIGHUP from a
+//! scheduler): they agree to stop after the same step, and rank 0 saves the run for
+//! `--resume`. Each rank gets SIGTERM when this process dies, however it dies.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use llama_train::distributed::coordinator::serve_coordinator;
+use llama_train::distributed::coordinator::Coordinator;
+use llama_train::distributed::run_key::{RunKey, RunToken, TOKEN_VARIABLE};
+use llama_train::distributed::settings::PeerAddress;
 
 use crate::args::values;
 
@@ -42,6 +47,9 @@ pub struct LaunchArgs {
 /// The exit status of a run stopped by Ctrl-C (and saved).
 const INTERRUPTED: i32 = 130;
 
+/// How long the other ranks get to stop by themselves after one failed, before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
 /// Runs the ranks to the end; fails naming the first rank that fails.
 pub fn run(args: &LaunchArgs) -> Result<i32> {
     if !args.devices.is_empty() && args.devices.len() != args.nproc {
@@ -60,34 +68,53 @@ pub fn run(args: &LaunchArgs) -> Result<i32> {
             "launch runs `finetune` or `pretrain`: `launch --nproc N -- [global flags] finetune …`"
         );
     }
-    let ports = free_ports(args.nproc + 1)?;
-    let port = args.port.unwrap_or(ports[0]);
-    let coordinator = format!("ws://127.0.0.1:{port}");
+    let ports = free_ports(args.nproc)?;
+    let token = RunToken::generate();
+    let coordinator = Coordinator::bind(
+        &PeerAddress {
+            host: "127.0.0.1".into(),
+            port: args.port.unwrap_or(0),
+        },
+        args.nproc,
+        RunKey::new(Some(&token)),
+    )?;
+    let port = coordinator
+        .local_addr()
+        .context("the coordinator's address")?
+        .port();
     std::thread::Builder::new()
         .name("coordinator".into())
-        .spawn(move || {
-            if let Err(e) = serve_coordinator(port) {
-                eprintln!("error: the coordinator stopped: {e}");
-            }
-        })
+        .spawn(move || coordinator.serve())
         .context("starting the coordinator")?;
-    wait_for_port(port)?;
 
     let program = std::env::current_exe().context("finding this program")?;
     let children: Arc<Mutex<Vec<Child>>> = Arc::new(Mutex::new(Vec::new()));
-    forward_ctrl_c(children.clone());
-    for rank in 0..args.nproc {
+    forward_signals(children.clone());
+    let launcher = std::process::id();
+    for (rank, node_port) in ports.iter().enumerate() {
         let mut command = Command::new(&program);
         command
             .args(&args.command)
             .env("LLAMA_WORLD_SIZE", args.nproc.to_string())
             .env("LLAMA_RANK", rank.to_string())
-            .env("LLAMA_COORDINATOR", &coordinator)
-            .env(
-                "LLAMA_NODE_ADDRESS",
-                format!("ws://127.0.0.1:{}", ports[rank + 1]),
-            )
+            .env("LLAMA_COORDINATOR", format!("127.0.0.1:{port}"))
+            .env("LLAMA_NODE_ADDRESS", format!("127.0.0.1:{node_port}"))
+            .env(TOKEN_VARIABLE, token.expose())
             .process_group(0);
+        // SAFETY: between fork and exec the child calls only async-signal-safe functions
+        // (prctl, getppid, _exit) and touches no memory of ours.
+        unsafe {
+            command.pre_exec(move || {
+                // SIGTERM (stop after the step, and save) when this process dies; spawned from
+                // the main thread, which lives as long as the process.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // Died before the line above took effect: no one would watch this rank.
+                if libc::getppid() != launcher as libc::pid_t {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         if let Some(device) = args.devices.get(rank) {
             command.env("LLAMA_DEVICE", device.to_string());
         }
@@ -100,8 +127,8 @@ pub fn run(args: &LaunchArgs) -> Result<i32> {
     watch(&children)
 }
 
-/// Waits for every rank. A rank that fails stops the others (SIGKILL: they would
-/// otherwise wait for it until their collective timeout).
+/// Waits for every rank. A rank that fails stops the others: SIGTERM, then SIGKILL after
+/// [`GRACE`] (they would otherwise wait for it until their collective timeout).
 fn watch(children: &Mutex<Vec<Child>>) -> Result<i32> {
     let n = lock(children).len();
     let mut statuses: Vec<Option<ExitStatus>> = vec![None; n];
@@ -119,10 +146,7 @@ fn watch(children: &Mutex<Vec<Child>>) -> Result<i32> {
             }
         }
         if let Some((rank, status)) = failed {
-            for child in lock(children).iter_mut() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            stop_all(&mut lock(children));
             bail!(
                 "rank {rank} {}; the other ranks were stopped",
                 describe(status)
@@ -147,21 +171,41 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Ctrl-C here is passed on to every rank once (they finish their step and save).
-fn forward_ctrl_c(children: Arc<Mutex<Vec<Child>>>) {
-    let handler = ctrlc::set_handler(move || {
-        eprintln!("\nlaunch: Ctrl-C: asking every rank to stop after its current step");
-        for child in lock(&children).iter() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on a process id of ours; no memory is involved.
-                unsafe {
-                    libc::kill(pid, libc::SIGINT);
-                }
+/// Asks every rank still running to stop (SIGTERM), and kills those that have not after
+/// [`GRACE`].
+fn stop_all(children: &mut [Child]) {
+    signal_all(children, libc::SIGTERM);
+    let started = Instant::now();
+    for child in children.iter_mut() {
+        while matches!(child.try_wait(), Ok(None)) && started.elapsed() < GRACE {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Sends `signal` to every rank.
+fn signal_all(children: &[Child], signal: libc::c_int) {
+    for child in children {
+        if let Ok(pid) = i32::try_from(child.id()) {
+            // SAFETY: kill(2) on a process id of ours; no memory is involved.
+            unsafe {
+                libc::kill(pid, signal);
             }
         }
+    }
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP here is passed on to every rank once, as SIGTERM (they finish
+/// their step and save).
+fn forward_signals(children: Arc<Mutex<Vec<Child>>>) {
+    let handler = ctrlc::set_handler(move || {
+        eprintln!("\nlaunch: stop requested: asking every rank to stop after its current step");
+        signal_all(&lock(&children), libc::SIGTERM);
     });
     if let Err(e) = handler {
-        eprintln!("warning: cannot catch Ctrl-C ({e})");
+        eprintln!("warning: cannot catch Ctrl-C or SIGTERM ({e})");
     }
 }
 
@@ -180,16 +224,4 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
         .map(|l| Ok(l.local_addr()?.port()))
         .collect::<std::io::Result<Vec<_>>>()
         .context("finding free ports on 127.0.0.1")
-}
-
-/// Waits (up to 10 s) until the coordinator accepts connections.
-fn wait_for_port(port: u16) -> Result<()> {
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if started.elapsed() > Duration::from_secs(10) {
-            bail!("the coordinator did not start on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
 }

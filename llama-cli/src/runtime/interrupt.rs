@@ -13,7 +13,7 @@ pub fn interrupt_on_ctrl_c() -> burn::train::Interrupter {
             eprintln!("\nsecond Ctrl-C: exiting without saving");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: finishing the current step, then saving (Ctrl-C again to quit now)");
+        eprintln!("\nstop requested (Ctrl-C or SIGTERM): finishing the current step, then saving (Ctrl-C again to quit now)");
         handle.stop(Some(INTERRUPTED));
     });
     if let Err(e) = handler {

@@ -30,8 +30,7 @@ use std::time::Duration;
 use burn::config::Config;
 use burn::tensor::backend::Backend;
 
-use crate::generation::decoder::{Clock, Decoder};
-use crate::generation::engine::{int_tensor, read_rows, Engine};
+use crate::generation::decoder::Decoder;
 use crate::generation::sampling::{self, Sampler, SamplingError};
 use crate::model::llama::Llama;
 use crate::tokenizer::TextStream;
@@ -413,6 +412,9 @@ pub fn generate_uncached<B: Backend>(
     prompt: &[u32],
     config: &GenerateConfig,
 ) -> Result<Generation, GenerateError> {
+    use crate::generation::decoder::Clock;
+    use crate::generation::engine::{int_tensor, read_rows, Engine};
+
     let mut sampler = config.sampler(0)?;
     // Validates the prompt; its cache is never used.
     let mut context = Engine::new(model, vec![prompt.to_vec()], 1)?
@@ -549,6 +551,29 @@ mod tests {
             }
             assert!(batch.stats.context_resets > 0);
         }
+    }
+
+    /// Decoding past the model's precomputed RoPE positions grows the engine's tables: the
+    /// tokens equal those of full passes, which compute the angles per call; a batch whose
+    /// rows start at different offsets (per-row positions) too.
+    #[test]
+    fn decoding_past_the_precomputed_tables_matches_the_uncached_reference() {
+        use crate::model::rope::TABLE_POSITIONS;
+        let model = tiny(TABLE_POSITIONS + 64);
+        assert_eq!(model.rope().max_seq_len(), TABLE_POSITIONS);
+        let prompt: Vec<u32> = (0..TABLE_POSITIONS - 2)
+            .map(|i| (i * 7 % 39) as u32 + 1)
+            .collect();
+        let config = GenerateConfig::greedy(5);
+        let cached = generate(&model, &prompt, &config, |_| {}).unwrap();
+        let reference = generate_uncached(&model, &prompt, &config).unwrap();
+        assert_eq!(cached.tokens, reference.tokens);
+
+        let prompts = vec![prompt.clone(), prompt[3..].to_vec()];
+        let batch = generate_batch(&model, &prompts, &config).unwrap();
+        assert_eq!(batch.tokens[0], reference.tokens);
+        let alone = generate_uncached(&model, &prompts[1], &config.clone().with_seed(1)).unwrap();
+        assert_eq!(batch.tokens[1], alone.tokens);
     }
 
     #[test]

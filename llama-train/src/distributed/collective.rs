@@ -7,38 +7,38 @@
 //! same way (a sum in which every other rank adds zeros, hence exact), so rank 0 reports the
 //! metrics of the whole batch.
 //!
-//! Joining ([`Collective::join`]) first checks that the coordinator's port answers and that
-//! this rank's own port is free, so the common mistakes fail within seconds; then it
-//! registers with the coordinator (burn-collective's orchestrator: it waits for every rank
-//! and refuses a world size that differs), and all ranks swap, in one burn-collective
-//! all-reduce, their rank, a digest of their settings and where their
-//! [`RankExchange`] listens. Every later sum goes through that exchange (burn-collective
-//! 0.21 completes only one global all-reduce per process: see [`crate::distributed::exchange`]).
+//! Joining ([`Collective::join`]) starts this rank's exchange on its own address (bound to
+//! that host only), then joins at the coordinator, which waits for every rank, checks that
+//! their settings digests agree, and sends each the others' addresses and a fresh run id
+//! ([`crate::distributed::rendezvous`]). Every later sum goes through the exchange
+//! ([`crate::distributed::exchange`]); every message is signed with the run's token.
 //!
 //! Every wait is bounded by the configured timeout, and an error names the step and the
 //! rank waited for, so a rank that died never leaves the others hanging.
 
 use std::fmt;
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
 
 use crate::distributed::exchange::{ExchangeFailure, RankExchange};
-use crate::distributed::settings::{CollectiveError, CollectiveSettings, WsAddress};
-use burn_collective::{
-    all_reduce, finish_collective, register, CollectiveConfig, PeerId, ReduceOperation,
-};
+use crate::distributed::rendezvous;
+use crate::distributed::run_key::RunKey;
+use crate::distributed::settings::{CollectiveError, CollectiveSettings};
 
-/// How long to wait for the coordinator's port to answer before calling it unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How the ranks' buffers of a step combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOperation {
+    /// Each rank trained its own rows: the gradients add up.
+    Sum,
+    /// Every rank trained the same rows: the identical gradients are averaged.
+    Mean,
+}
 
 /// The rows of a global batch of `rows` that `rank` of `world_size` trains on, and how the
 /// ranks' gradients combine.
@@ -64,7 +64,7 @@ pub fn row_share(rows: usize, rank: usize, world_size: usize) -> (Range<usize>, 
 pub struct Collective<B: Backend> {
     settings: CollectiveSettings,
     device: B::Device,
-    exchange: RankExchange<B>,
+    exchange: RankExchange,
     exchanges: AtomicU64,
     nanos: AtomicU64,
     floats: AtomicU64,
@@ -110,71 +110,41 @@ impl<B: Backend> fmt::Debug for Collective<B> {
     }
 }
 
-/// Bytes of a rank's exchange address in the joining all-reduce.
-const ADDRESS_BYTES: usize = 96;
-/// A rank's row in the joining all-reduce: presence, three digest pieces, its address.
-const ROW: usize = 1 + 3 + ADDRESS_BYTES;
-
 impl<B: Backend> Collective<B> {
-    /// Joins the run: checks the coordinator's port and this rank's, registers, then
-    /// checks that every rank is present once and that all ranks' `settings_digest` agree,
-    /// and learns where every rank's exchange listens.
+    /// Joins the run: refuses one that reaches past this machine without a token (unless
+    /// `insecure`), starts this rank's exchange on its address, joins at the coordinator
+    /// (which checks that every rank is present once and that all ranks' `settings_digest`
+    /// agree), and connects to every other rank.
     pub fn join(
         settings: CollectiveSettings,
         device: &B::Device,
         settings_digest: u64,
     ) -> Result<Self, CollectiveError> {
-        let coordinator = &settings.coordinator;
-        reachable(coordinator)?;
+        settings.check_security()?;
+        let key = RunKey::new(settings.token.as_ref());
         let node = settings.node();
-        let taken = |port: u16, e: std::io::Error| CollectiveError::PortTaken {
-            port,
+        let mut exchange = RankExchange::serve(
+            settings.rank,
+            settings.world_size,
+            &node,
+            key.clone(),
+            settings.timeout.saturating_mul(2) + Duration::from_secs(60),
+        )
+        .map_err(|e| CollectiveError::Listen {
+            address: node.to_string(),
             detail: e.to_string(),
-        };
-        TcpListener::bind(("0.0.0.0", node.port)).map_err(|e| taken(node.port, e))?;
-        // The exchange listens on a port of the system's choosing, announced when joining.
-        let exchange_port = TcpListener::bind(("0.0.0.0", 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| taken(0, e))?
-            .port();
-        let mut exchange =
-            RankExchange::<B>::serve(settings.rank, exchange_port).map_err(|detail| {
-                CollectiveError::Start {
-                    what: "this rank's exchange",
-                    detail,
-                }
+            hint: "choose another --node-address: a free port on an address of this machine",
+        })?;
+        let roster = rendezvous::join(&settings, &key, settings_digest, &node)?;
+        exchange
+            .connect(&roster.run_id, &roster.addresses, settings.timeout)
+            .map_err(|failure| {
+                describe(
+                    failure,
+                    "connecting to the other ranks",
+                    settings.timeout.as_secs(),
+                )
             })?;
-        let address = |a: &WsAddress| {
-            burn_communication::Address::from_str(&a.to_string())
-                .map_err(|_| CollectiveError::Address(a.to_string()))
-        };
-        let config = CollectiveConfig::default()
-            .with_num_devices(1)
-            .with_num_nodes(settings.world_size as u32)
-            .with_global_address(address(coordinator)?)
-            .with_node_address(address(&node)?)
-            .with_data_service_port(node.port);
-        let peer = PeerId::from(settings.rank);
-        let registering = device.clone();
-        let what = format!(
-            "joining the run (rank {} of {}, coordinator {coordinator})",
-            settings.rank, settings.world_size
-        );
-        within(&what, &settings, move || {
-            register::<B>(peer, registering, config)
-        })?
-        .map_err(|e| failed(&what, &settings, e))?;
-        let mine = WsAddress {
-            host: node.host.clone(),
-            port: exchange_port,
-        };
-        let addresses = swap_rows::<B>(&settings, device, settings_digest, &mine.to_string())?;
-        exchange.connect(
-            addresses
-                .iter()
-                .map(address)
-                .collect::<Result<Vec<_>, _>>()?,
-        );
         Ok(Self {
             settings,
             device: device.clone(),
@@ -242,24 +212,17 @@ impl<B: Backend> Collective<B> {
     ) -> Result<Tensor<B, 1>, CollectiveError> {
         let started = Instant::now();
         let floats = tensor.dims()[0] as u64;
+        let values: Vec<f32> = tensor
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .map_err(|e| CollectiveError::Mismatch(format!("{what}: {e:?}")))?;
         let summed = self
             .exchange
-            .sum(tensor, self.settings.timeout)
-            .map_err(|failure| {
-                let others = |rank: usize| format!("rank {rank}");
-                match failure {
-                    ExchangeFailure::Timeout { rank } => CollectiveError::Timeout {
-                        what: what.to_string(),
-                        others: others(rank),
-                        seconds: self.settings.timeout.as_secs(),
-                    },
-                    ExchangeFailure::Lost { rank, detail } => CollectiveError::Failed {
-                        what: what.to_string(),
-                        others: others(rank),
-                        detail,
-                    },
-                }
-            })?;
+            .sum(values, self.settings.timeout)
+            .map_err(|failure| describe(failure, what, self.settings.timeout.as_secs()))?;
+        let n = summed.len();
+        let summed = Tensor::<B, 1>::from_data(TensorData::new(summed, [n]), &self.device);
         self.exchanges.fetch_add(1, Ordering::Relaxed);
         self.floats.fetch_add(floats, Ordering::Relaxed);
         let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -328,79 +291,34 @@ impl<B: Backend> Collective<B> {
     }
 
     /// Leaves the run: waits until the other ranks have fetched this rank's last buffers
-    /// (at most 30 s), then unregisters from the coordinator.
+    /// (at most 30 s).
     pub fn leave(&self) {
         self.exchange.drain(Duration::from_secs(30));
-        let peer = PeerId::from(self.settings.rank);
-        let quick = CollectiveSettings {
-            timeout: Duration::from_secs(10),
-            ..self.settings.clone()
-        };
-        let _ = within("leaving the run", &quick, move || {
-            finish_collective::<B>(peer)
-        });
     }
 }
 
-/// The joining all-reduce (burn-collective's, the one it completes per process): each rank
-/// fills its row with 1, its settings digest in 16-bit pieces and its exchange address, and
-/// the others' rows are zero; the sum holds every rank's row. Returns the addresses by rank.
-fn swap_rows<B: Backend>(
-    settings: &CollectiveSettings,
-    device: &B::Device,
-    digest: u64,
-    address: &str,
-) -> Result<Vec<WsAddress>, CollectiveError> {
-    let w = settings.world_size;
-    let pieces: Vec<f32> = (0..3)
-        .map(|i| ((digest >> (16 * i)) & 0xffff) as f32)
-        .collect();
-    if address.len() > ADDRESS_BYTES {
-        return Err(CollectiveError::Address(address.to_string()));
-    }
-    let mut rows = vec![0.0f32; w * ROW];
-    let row = &mut rows[settings.rank * ROW..(settings.rank + 1) * ROW];
-    row[0] = 1.0;
-    row[1..4].copy_from_slice(&pieces);
-    for (slot, byte) in row[4..].iter_mut().zip(address.bytes()) {
-        *slot = f32::from(byte);
-    }
-    let what = "the ranks' handshake";
-    let tensor = Tensor::<B, 1>::from_data(TensorData::new(rows, [w * ROW]), device);
-    let primitive = tensor.into_primitive().tensor();
-    let peer = PeerId::from(settings.rank);
-    let summed = within(what, settings, move || {
-        all_reduce::<B>(peer, primitive, ReduceOperation::Sum)
-    })?
-    .map_err(|e| failed(what, settings, e))?;
-    let summed: Vec<f32> = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed))
-        .into_data()
-        .to_vec()
-        .map_err(|e| CollectiveError::Mismatch(format!("{e:?}")))?;
-    let mut addresses = Vec::with_capacity(w);
-    for (rank, row) in summed.chunks(ROW).enumerate() {
-        if row[0] != 1.0 {
-            return Err(CollectiveError::Mismatch(format!(
-                "rank {rank} was claimed by {} processes (each rank 0..{w} must be given to exactly one)",
-                row[0]
-            )));
+/// The error of a failed exchange, naming the rank that failed.
+fn describe(failure: ExchangeFailure, what: &str, seconds: u64) -> CollectiveError {
+    let what = what.to_string();
+    match failure {
+        ExchangeFailure::Timeout { rank } => CollectiveError::Timeout {
+            what,
+            others: format!("rank {rank}"),
+            seconds,
+        },
+        ExchangeFailure::Lost { rank, detail } => CollectiveError::Failed {
+            what,
+            others: format!("rank {rank}"),
+            detail,
+        },
+        ExchangeFailure::Forged { rank } => CollectiveError::Forged {
+            what,
+            party: format!("rank {rank}"),
+        },
+        ExchangeFailure::Invalid { rank, detail } => {
+            CollectiveError::Invalid { what, rank, detail }
         }
-        if row[1..4] != pieces[..] {
-            return Err(CollectiveError::Mismatch(format!(
-                "rank {rank}'s settings or training data differ from rank {}'s (every rank must get the same command and files)",
-                settings.rank
-            )));
-        }
-        let bytes: Vec<u8> = row[4..]
-            .iter()
-            .take_while(|&&b| b != 0.0)
-            .map(|&b| b as u8)
-            .collect();
-        let text = String::from_utf8(bytes)
-            .map_err(|e| CollectiveError::Mismatch(format!("rank {rank}'s address: {e}")))?;
-        addresses.push(text.parse()?);
     }
-    Ok(addresses)
 }
 
 /// Collects the gradients of a module's parameters, flattened, in visiting order.
@@ -441,77 +359,11 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Unflatten<'_, AB> {
     }
 }
 
-/// Runs `f` on a helper thread and waits at most `settings.timeout` for it.
-fn within<T: Send + 'static>(
-    what: &str,
-    settings: &CollectiveSettings,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, CollectiveError> {
-    let (sender, receiver) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("collective".into())
-        .spawn(move || {
-            let _ = sender.send(f());
-        })
-        .map_err(|e| failed(what, settings, e))?;
-    receiver
-        .recv_timeout(settings.timeout)
-        .map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => CollectiveError::Timeout {
-                what: what.to_string(),
-                others: others(settings),
-                seconds: settings.timeout.as_secs(),
-            },
-            // The helper panicked inside burn-collective (it panics on a lost connection).
-            mpsc::RecvTimeoutError::Disconnected => {
-                failed(what, settings, "the connection to another rank broke")
-            }
-        })
-}
-
-/// The ranks other than this one, in words: `rank 1`, `ranks 0, 2, 3`.
-fn others(settings: &CollectiveSettings) -> String {
-    let ranks: Vec<String> = (0..settings.world_size)
-        .filter(|&r| r != settings.rank)
-        .map(|r| r.to_string())
-        .collect();
-    match ranks.len() {
-        1 => format!("rank {}", ranks[0]),
-        _ => format!("ranks {}", ranks.join(", ")),
-    }
-}
-
-fn failed(what: &str, settings: &CollectiveSettings, error: impl fmt::Debug) -> CollectiveError {
-    CollectiveError::Failed {
-        what: what.to_string(),
-        others: others(settings),
-        detail: format!("{error:?}"),
-    }
-}
-
-/// Whether the coordinator's port accepts a connection, within [`CONNECT_TIMEOUT`].
-fn reachable(address: &WsAddress) -> Result<(), CollectiveError> {
-    let unreachable = |detail: String| CollectiveError::Unreachable {
-        address: address.to_string(),
-        detail,
-    };
-    let targets: Vec<_> = (address.host.as_str(), address.port)
-        .to_socket_addrs()
-        .map_err(|e| unreachable(e.to_string()))?
-        .collect();
-    let mut last = "no address".to_string();
-    for target in targets {
-        match TcpStream::connect_timeout(&target, CONNECT_TIMEOUT) {
-            Ok(_) => return Ok(()),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(unreachable(last))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::distributed::settings::PeerAddress;
+    use std::net::TcpListener;
 
     #[test]
     fn rows_are_shared_in_contiguous_blocks() {
@@ -533,7 +385,7 @@ mod tests {
         let settings = CollectiveSettings::new(
             2,
             0,
-            WsAddress {
+            PeerAddress {
                 host: "127.0.0.1".into(),
                 port,
             },

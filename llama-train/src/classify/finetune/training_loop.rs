@@ -262,11 +262,12 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
         learner.optimizer_step(grads);
         // Every rank trained on all rows when there are fewer rows than ranks: rank 0's
         // outputs stand for the batch.
-        let reported = if op == burn_collective::ReduceOperation::Mean && settings.rank > 0 {
-            0..0
-        } else {
-            share
-        };
+        let reported =
+            if op == crate::distributed::collective::ReduceOperation::Mean && settings.rank > 0 {
+                0..0
+            } else {
+                share
+            };
         gather_outputs(collective, output.item, reported, rows, stop(), step)
             .map_err(|e| e.to_string())
     }

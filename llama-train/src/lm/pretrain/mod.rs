@@ -51,11 +51,13 @@ use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
-use burn_collective::ReduceOperation;
+
 use llama_model::train::grad_clip::clip_global_norm;
 use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions};
 
-use crate::distributed::collective::{row_share, Collective, RankOutcome, RankSummary};
+use crate::distributed::collective::{
+    row_share, Collective, RankOutcome, RankSummary, ReduceOperation,
+};
 use crate::fnv::weights_digest;
 use crate::lm::corpus::LmCorpus;
 use crate::lm::objective::{lm_loss, LmBatch};
