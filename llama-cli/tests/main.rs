@@ -13,5 +13,6 @@ mod exercise_folder;
 mod lora;
 mod perplexity;
 mod pretrain;
+mod run_folder;
 mod saves;
 mod watching;
