@@ -7,6 +7,7 @@ pub mod inputs;
 pub mod order;
 pub mod record_file;
 pub mod resume_file;
+pub mod saving;
 pub mod train_backend;
 
 /// File name of a LoRA run's adapter in its folder (with the classifier head, for

@@ -87,6 +87,7 @@ use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
 use crate::run::control::INTERRUPTED;
 use crate::run::order::{epoch_order, step_seed};
+use crate::run::saving::SaveGuard;
 
 /// Burn's learning components of fine-tuning: constant learning rate, our classifier and
 /// AdamW.
@@ -334,6 +335,7 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
             *self.state.lock().unwrap_or_else(PoisonError::into_inner) = run.state.clone();
             return Ok(());
         }
+        let _saving = SaveGuard::begin();
         let components = &mut run.components;
         if let Some(checkpointer) = components.checkpointer.as_mut() {
             checkpointer.checkpoint(learner, run.state.steps, &components.event_store);
@@ -368,6 +370,8 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
         run: &mut LoopRun<B>,
         learner: &Learner<Components<B>>,
     ) -> Result<(), String> {
+        // The last weights and the save after them are one save (a second Ctrl-C waits).
+        let _saving = self.is_main().then(SaveGuard::begin);
         if self.is_main() {
             let model = learner.model().valid();
             save_last(&model, self.config.lora.as_ref(), &self.dir)?;
@@ -543,6 +547,8 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
             train_seconds: state.partial_seconds,
         };
         let accuracy = summary.dev_accuracy().unwrap_or(f64::NAN) / 100.0;
+        // The best model and the save after it are one save (a second Ctrl-C waits for both).
+        let _saving = SaveGuard::begin();
         if state.best.is_none_or(|best| accuracy > best.dev_accuracy) {
             save_best(&model, &self.dir)?;
             state.best = Some(BestEpoch {

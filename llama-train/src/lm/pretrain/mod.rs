@@ -318,8 +318,7 @@ impl<B: AutodiffBackend, O: Optimizer<Llama<B>, B>, S: LrScheduler> Epochs<'_, '
                 let spent = control.max_steps.is_some_and(|m| self.steps_here >= m);
                 if !last_of_epoch && (stop || spent) {
                     bar.finish_and_clear();
-                    self.run.save_last(&model.valid(), state)?;
-                    self.run.save(&model, &self.optim, state)?;
+                    self.run.save_stopped(&model, &self.optim, state)?;
                     return self.stop(state, stop);
                 }
             }
@@ -340,12 +339,10 @@ impl<B: AutodiffBackend, O: Optimizer<Llama<B>, B>, S: LrScheduler> Epochs<'_, '
             let spent = control.max_steps.is_some_and(|m| self.steps_here >= m);
             let stopping = (stop || spent) && state.epoch <= config.epochs;
             if stopping {
-                self.run.save_last(&model.valid(), state)?;
-            }
-            self.run.save(&model, &self.optim, state)?;
-            if stopping {
+                self.run.save_stopped(&model, &self.optim, state)?;
                 return self.stop(state, stop);
             }
+            self.run.save(&model, &self.optim, state)?;
         }
         Ok(model)
     }

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
 use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -27,6 +27,7 @@ use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE}
 use crate::run::control::RunControl;
 use crate::run::record_file::DurableRecorder;
 use crate::run::resume_file::RecordFile;
+use crate::run::saving::SaveGuard;
 
 pub use crate::lm::pretrain::files::{ADAPTER_FILE, MODEL_BIN_FILE, MODEL_FILE};
 
@@ -151,6 +152,7 @@ impl<'a, D: Clone> Run<'a, D> {
     /// Writes the best model: merged safetensors + config, the adapters alone with LoRA,
     /// and the llama2.c export with `export_bin`.
     fn save_best<B: Backend>(&self, model: &Llama<B>) -> Result<(), PretrainError> {
+        let _saving = SaveGuard::begin();
         if let Some(lora) = &self.config.lora {
             save_adapter(&self.dir.join(ADAPTER_FILE), model, lora, TensorMap::new())?;
         }
@@ -162,9 +164,22 @@ impl<'a, D: Clone> Run<'a, D> {
         Ok(())
     }
 
+    /// A stop's save: the last weights ([`Self::save_last`]), then everything a resumed run
+    /// needs ([`Self::save`]), as one save (a second Ctrl-C waits for both).
+    pub(crate) fn save_stopped<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+        &mut self,
+        model: &Llama<B>,
+        optim: &O,
+        state: &mut PretrainState,
+    ) -> Result<(), PretrainError> {
+        let _saving = self.is_main.then(SaveGuard::begin);
+        self.save_last(&model.valid(), state)?;
+        self.save(model, optim, state)
+    }
+
     /// Writes the last weights of a stopped run beside the best model (merged safetensors
     /// + config, and its adapters with LoRA), and records their step.
-    pub(crate) fn save_last<B: Backend>(
+    fn save_last<B: Backend>(
         &self,
         model: &Llama<B>,
         state: &mut PretrainState,
@@ -198,6 +213,7 @@ impl<'a, D: Clone> Run<'a, D> {
         if !self.is_main {
             return Ok(());
         }
+        let _saving = SaveGuard::begin();
         let (model_path, optim_path) = record_paths(&self.dir.join(CHECKPOINT_DIR), state.steps);
         model
             .clone()
