@@ -274,30 +274,92 @@ fn generate_rejects_bad_flags_and_leaves_no_file() {
     assert!(!target.exists());
 }
 
+/// `generate` of stories260K at temperature 0 for `tokens` tokens with `extra` flags, which
+/// must succeed: its stdout and stderr.
+fn greedy_generate(tokens: u32, extra: &[&str]) -> (String, String) {
+    let (checkpoint, tokens) = (stories260k(), tokens.to_string());
+    let mut args = vec![
+        "generate",
+        "--checkpoint",
+        &checkpoint,
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        &tokens,
+    ];
+    args.extend(extra);
+    let out = cli(&args);
+    assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+    (text(&out.stdout), text(&out.stderr))
+}
+
 /// Penalties change a greedy text (as in `transformers`, they act on the logits); filters
 /// (top-k, min-p) cannot, since the most probable token always stays.
 #[test]
 fn generate_penalties_change_greedy_text_and_filters_do_not() {
-    let greedy = |extra: &[&str]| {
-        let checkpoint = stories260k();
-        let mut args = vec![
-            "generate",
-            "--checkpoint",
-            &checkpoint,
-            "--temperature",
-            "0",
-            "--max-new-tokens",
-            "40",
-        ];
-        args.extend(extra);
-        let out = cli(&args);
-        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    };
+    let greedy = |extra: &[&str]| greedy_generate(40, extra).0;
     let plain = greedy(&[]);
     assert_eq!(greedy(&["--top-k", "1", "--min-p", "0.9"]), plain);
     let penalized = greedy(&["--repetition-penalty", "1.5", "--frequency-penalty", "0.5"]);
     assert_ne!(penalized, plain);
+}
+
+/// `--stop` ends the text before the stop string (not printed, wherever the token
+/// boundaries fall); `--logprobs N` lists each token's log-probability and N alternatives.
+#[test]
+fn generate_stops_at_a_stop_string_and_lists_logprobs() {
+    let greedy = |extra: &[&str]| greedy_generate(60, extra);
+    let (full, _) = greedy(&[]);
+    // A stop string that begins mid-text: two words of the greedy continuation.
+    let prompt_end = full.find("John Wick, is").unwrap() + "John Wick, is".len();
+    let continuation = &full[prompt_end..];
+    let words: Vec<&str> = continuation.split_whitespace().collect();
+    let stop = format!("{} {}", words[3], words[4]);
+    let at = continuation.find(&stop).unwrap();
+    let (stopped, stderr) = greedy(&["--stop", &stop, "--logprobs", "2"]);
+    assert_eq!(
+        stopped.trim_end(),
+        full[..prompt_end + at].trim_end(),
+        "{stop:?}"
+    );
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("logprob "))
+        .collect();
+    assert!(!lines.is_empty(), "{stderr}");
+    for line in &lines {
+        assert_eq!(line.matches(" | top: ").count(), 1, "{line}");
+        assert_eq!(
+            line.split(" | top: ").nth(1).unwrap().split(", ").count(),
+            2,
+            "{line}"
+        );
+    }
+    // Greedy: each token is its step's most probable one.
+    let first = lines[0];
+    let chosen = first
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split(" | ")
+        .next()
+        .unwrap();
+    let best = first
+        .split(" | top: ")
+        .nth(1)
+        .unwrap()
+        .split(", ")
+        .next()
+        .unwrap();
+    assert_eq!(chosen, best, "{first}");
+    let out = cli(&[
+        "generate",
+        "--checkpoint",
+        &stories260k(),
+        "--logprobs",
+        "21",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// A prompt longer than the context is cropped to its last `max_seq_len` tokens at every step,

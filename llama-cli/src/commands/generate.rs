@@ -7,6 +7,8 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::generation::generate::{generate_text, GenerateConfig};
+use llama_model::generation::logprobs::TokenLogprob;
+use llama_model::Tokenizer;
 
 use crate::args::model::ModelArgs;
 use crate::args::values;
@@ -53,6 +55,14 @@ pub struct GenerateArgs {
     /// OpenAI's frequency penalty over the generated tokens, in [-2, 2].
     #[arg(long, default_value_t = 0.0, value_parser = values::frequency_penalty, allow_hyphen_values = true)]
     pub frequency_penalty: f64,
+    /// Stop when the text contains this string (repeatable); it is matched across token
+    /// boundaries and not printed.
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+    /// After the text, list on stderr each generated token's log-probability (the
+    /// log-softmax of the raw logits) and those of the N most probable tokens (0 to 20).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=20))]
+    pub logprobs: Option<u64>,
     /// Seed of the sampler.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
@@ -133,6 +143,8 @@ impl Job for GenerateArgs {
                 .with_repetition_penalty(self.repetition_penalty)
                 .with_presence_penalty(self.presence_penalty)
                 .with_frequency_penalty(self.frequency_penalty)
+                .with_stop_strings(self.stop.clone())
+                .with_logprobs(self.logprobs.map(|n| n as usize))
                 .with_seed(self.seed)
                 .with_stop_at_eos(self.stop_at_eos)
                 .with_stop_at_bos(self.stop_at_bos)
@@ -148,6 +160,9 @@ impl Job for GenerateArgs {
                 let _ = stdout.flush();
             })?;
             writeln!(stdout)?;
+            if self.logprobs.is_some() {
+                print_logprobs(&tokenizer, &result.logprobs);
+            }
             let stats = result.generation.stats;
             let speed = stats
                 .tokens_per_second()
@@ -164,5 +179,24 @@ impl Job for GenerateArgs {
             }
         }
         Ok(())
+    }
+}
+
+/// One line per generated token on stderr: its piece and log-probability, then the most
+/// probable pieces at its step.
+fn print_logprobs(tokenizer: &Tokenizer, logprobs: &[TokenLogprob]) {
+    let piece = |id: u32| format!("{:?}", tokenizer.id_to_piece(id).unwrap_or("?"));
+    for (i, lp) in logprobs.iter().enumerate() {
+        let top: Vec<String> = lp
+            .top
+            .iter()
+            .map(|&(id, logprob)| format!("{} {logprob:.4}", piece(id)))
+            .collect();
+        eprintln!(
+            "logprob {i}: {} {:.4} | top: {}",
+            piece(lp.token),
+            lp.logprob,
+            top.join(", ")
+        );
     }
 }

@@ -5,4 +5,6 @@ pub mod controls;
 mod decoder;
 mod engine;
 pub mod generate;
+pub mod logprobs;
 pub mod sampling;
+pub mod stop_strings;
