@@ -362,6 +362,35 @@ fn generate_stops_at_a_stop_string_and_lists_logprobs() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// An output path that is a device or a FIFO (`--out /dev/stdout`, a named pipe) is written
+/// in place: renaming a file over it would replace the device (for root, `/dev/null`).
+#[test]
+fn outputs_to_a_fifo_are_written_through_it() {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pipe");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            std::fs::File::open(fifo)
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            text
+        })
+    };
+    let (stdout, _) = greedy_generate(5, &["--out", &path(fifo.clone())]);
+    // Checked first: a FIFO renamed over would leave the reader waiting for ever.
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    let written = reader.join().unwrap();
+    assert_eq!(written.trim_end(), stdout.trim_end());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
 /// A prompt longer than the context is cropped to its last `max_seq_len` tokens at every step,
 /// as the exercise's `generate` does, with a notice; the output file holds the whole prompt
 /// and the continuation.

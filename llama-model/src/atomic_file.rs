@@ -52,18 +52,24 @@ pub fn temp_path_for(target: &Path) -> PathBuf {
 }
 
 /// Writes `bytes` to `path` atomically (see the [module docs](self)). The folder must
-/// exist; an existing file is replaced.
+/// exist; an existing file is replaced. A target that is not a file (see [`is_special`]) is
+/// written in place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic_with(path, |out| out.write_all(bytes))
 }
 
 /// Writes what `write` streams to `path` atomically (see the [module docs](self)), through
 /// a buffer: for content too large to hold twice in memory (a model's record). The folder
-/// must exist; an existing file is replaced.
+/// must exist; an existing file is replaced. A target that is not a file (see
+/// [`is_special`]) is written in place.
 pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    if is_special(path) {
+        let file = OpenOptions::new().write(true).open(path)?;
+        return fill(file, write).map(drop);
+    }
     let temp = temp_path_for(path);
     // `create_new` never clobbers a file someone else owns; a missing folder fails here,
     // before anything exists.
@@ -189,9 +195,49 @@ pub fn remove_orphaned_temps(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Whether `path` exists and is neither a regular file nor a folder: a device such as
+/// `/dev/null` or `/dev/stdout`, or a FIFO. Such a target is written in place, as a shell
+/// redirection would: renaming a file over it would replace the device itself (for root,
+/// `/dev/null` became a plain file).
+pub fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_or_device_target_is_written_in_place_not_replaced() {
+        use std::io::Read;
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                File::open(fifo).unwrap().read_to_string(&mut text).unwrap();
+                text
+            })
+        };
+        write_atomic(&fifo, b"through the pipe").unwrap();
+        assert_eq!(reader.join().unwrap(), "through the pipe");
+        let kind = std::fs::metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo(), "still a FIFO");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file"
+        );
+        assert!(!is_special(dir.path()) && !is_special(&dir.path().join("absent")));
+    }
 
     #[test]
     fn replaces_the_target_and_leaves_no_temporary_file() {

@@ -4,15 +4,23 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
+use llama_model::atomic_file;
 use llama_train::report::confusion::ConfusionReport;
 
 /// `confusion-<data stem>.png` in the folder of `predictions` (`prompt` and `eval`:
-/// `sst-dev-prompting-output.txt` from `data/sst-dev.txt` gives `confusion-sst-dev.png`).
+/// `sst-dev-prompting-output.txt` from `data/sst-dev.txt` gives `confusion-sst-dev.png`);
+/// in the current folder when the predictions go to a device (`--out /dev/null`), never
+/// into `/dev`.
 pub fn picture_beside(predictions: &Path, data: &Path) -> PathBuf {
     let stem = data
         .file_stem()
         .map_or_else(|| "data".into(), |s| s.to_string_lossy().into_owned());
-    llama_model::atomic_file::parent_dir(predictions).join(format!("confusion-{stem}.png"))
+    let dir = if atomic_file::is_special(predictions) {
+        Path::new(".")
+    } else {
+        atomic_file::parent_dir(predictions)
+    };
+    dir.join(format!("confusion-{stem}.png"))
 }
 
 /// Print the matrix of `predictions` against `labels` (class `c` named `names[c]`) under

@@ -14,6 +14,11 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
 
 /// Fail early, before any long computation, when `path` cannot be written.
 pub fn check_writable(path: &Path) -> Result<()> {
+    if atomic_file::is_special(path) {
+        // A device or FIFO is written in place (see `atomic_file::write_atomic`), and
+        // opening it now could block (a FIFO without a reader) or end a reader's input.
+        return Ok(());
+    }
     let dir = parent_dir(path);
     tempfile::NamedTempFile::new_in(dir)
         .map(drop)
