@@ -10,7 +10,8 @@ use crate::common;
 use common::*;
 use llama_model::exercise::compare::compare;
 use llama_model::generation::generate::{generate, GenerateConfig};
-use llama_model::{load_checkpoint, LoadOptions};
+use llama_model::tokenizer::TextStream;
+use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use serde_json::Value;
 
 /// The fixtures' tolerance for logits.
@@ -155,6 +156,93 @@ fn the_hf_stories260k_holds_the_bins_weights_and_tells_its_text() {
         assert_eq!(
             tok.decode(&hf.tokens).unwrap(),
             case["text"].as_str().unwrap()
+        );
+    }
+}
+
+/// The tokenizer of an HF folder: its own `tokenizer.json`.
+fn folder_tokenizer(folder: &Path) -> Tokenizer {
+    Tokenizer::from_file(folder.join("tokenizer.json")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn every_hf_tokenizer_json_gives_the_transformers_ids_and_text() {
+    for (key, folder, entry) in hf_models() {
+        assert_eq!(entry["tokenized_by"], "transformers", "{key}");
+        let tok = folder_tokenizer(&folder);
+        for case in entry["tokenizer"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let expected = ids(&case["ids"]);
+            assert_eq!(
+                tok.encode(text, true, false).unwrap(),
+                expected,
+                "{key}: {text:?}"
+            );
+            assert_eq!(
+                tok.decode(&expected).unwrap(),
+                case["decoded"].as_str().unwrap(),
+                "{key}: {text:?}"
+            );
+        }
+        // Random models print broken bytes: decoded lossily, as transformers does.
+        for case in entry["greedy"].as_array().unwrap() {
+            let new = ids(&case["new_ids"]);
+            assert_eq!(
+                tok.decode(&new).unwrap(),
+                case["text"].as_str().unwrap(),
+                "{key}"
+            );
+            // Streaming prints the same text in whole characters.
+            let mut stream = TextStream::after(&tok, *ids(&case["prompt_ids"]).last().unwrap());
+            let mut chunks: Vec<String> = new.iter().map(|&id| stream.push(id).unwrap()).collect();
+            chunks.push(stream.finish());
+            let joined = chunks.concat();
+            assert_eq!(
+                joined.trim_start(),
+                tok.decode(&new).unwrap().trim_start(),
+                "{key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_hf_folder_gives_the_transformers_perplexity() {
+    for (key, folder, entry) in hf_models() {
+        let model = load(&folder);
+        let tok = folder_tokenizer(&folder);
+        let reference = &entry["perplexity"];
+        let context = model.max_seq_len();
+        let (mut nll, mut count) = (0.0f64, 0usize);
+        for doc in reference["documents"].as_array().unwrap() {
+            let mut doc_ids = tok.encode(doc.as_str().unwrap(), true, false).unwrap();
+            doc_ids.truncate(context);
+            if doc_ids.len() < 2 {
+                continue;
+            }
+            let seq: Vec<i64> = doc_ids.iter().map(|&i| i64::from(i)).collect();
+            let logits = values(model.forward(tokens(&seq, [1, seq.len()])).logits);
+            let vocab = logits.len() / seq.len();
+            for (row, &next) in logits.chunks(vocab).zip(&doc_ids[1..]) {
+                // log-softmax in f64, as the reference takes the f32 logits to double.
+                let max = row
+                    .iter()
+                    .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+                let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
+                nll -= f64::from(row[next as usize]) - max - sum.ln();
+            }
+            count += doc_ids.len() - 1;
+        }
+        assert_eq!(
+            count as u64,
+            reference["predicted_tokens"].as_u64().unwrap(),
+            "{key}"
+        );
+        let ppl = (nll / count as f64).exp();
+        let expected = reference["perplexity"].as_f64().unwrap();
+        assert!(
+            ((ppl - expected) / expected).abs() <= 1e-5,
+            "{key}: perplexity {ppl}, transformers {expected}"
         );
     }
 }

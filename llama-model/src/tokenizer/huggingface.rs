@@ -28,8 +28,9 @@ pub fn parse(
         .with_truncation(None)
         .map_err(|e| invalid(e.to_string()))?;
     inner.with_padding(None);
-    // Text that spells "<s>" is text, as in sentencepiece; BOS is added by `encode(.., bos)`.
-    inner.set_encode_special_tokens(true);
+    // Special tokens written in the text are parsed (`"<s>"` is BOS), as `transformers` does
+    // with a model's own tokenizer.json; BOS is added by `encode(.., bos)`.
+    inner.set_encode_special_tokens(false);
 
     let by_id = inner.get_vocab(true);
     if by_id.is_empty() {
@@ -87,6 +88,43 @@ pub fn parse(
     let vocab = Vocabulary { pieces, options };
     vocab.validate(path)?;
     Ok((inner, vocab))
+}
+
+/// The special ids of a `tokenizer.json` at `path`, as `transformers` takes them: BOS is
+/// what the post-processor puts before a text (else `tokenizer_config.json`'s `bos_token`
+/// beside the file, else `<s>`), EOS is `tokenizer_config.json`'s `eos_token` (else `</s>`),
+/// padding is `<0x00>`, else `pad_token`, else EOS. `None` where no such piece exists.
+pub fn special_ids(
+    inner: &tokenizers::Tokenizer,
+    path: &Path,
+) -> (Option<u32>, Option<u32>, Option<u32>) {
+    let config = path
+        .parent()
+        .map(|dir| dir.join("tokenizer_config.json"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .unwrap_or(Value::Null);
+    // A token is written as its text or as `{"content": text, ...}`.
+    let named = |key: &str| {
+        let value = config.get(key)?;
+        let text = value
+            .as_str()
+            .or_else(|| value.get("content").and_then(Value::as_str))?;
+        inner.token_to_id(text)
+    };
+    let prefixed = inner
+        .get_post_processor()
+        .and_then(|_| inner.encode_fast("", true).ok())
+        .and_then(|e| e.get_ids().first().copied());
+    let bos = prefixed
+        .or_else(|| named("bos_token"))
+        .or_else(|| inner.token_to_id(super::BOS_PIECE));
+    let eos = named("eos_token").or_else(|| inner.token_to_id(super::EOS_PIECE));
+    let pad = inner
+        .token_to_id(super::PAD_PIECE)
+        .or_else(|| named("pad_token"))
+        .or(eos);
+    (bos, eos, pad)
 }
 
 /// Whether the serialized decoder removes the dummy-prefix space (`Strip` with `start >= 1`,

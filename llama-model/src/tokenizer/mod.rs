@@ -99,18 +99,24 @@ impl Tokenizer {
             TokenizerFormat::HuggingFaceJson => huggingface::parse(bytes, path)?,
         };
 
-        let required = |piece: &str, purpose: &'static str| {
-            vocab
-                .find(piece)
-                .ok_or_else(|| TokenizerError::MissingPiece {
-                    path: path.to_path_buf(),
-                    piece: piece.to_string(),
-                    purpose,
-                })
+        let required = |piece: &str, purpose: &'static str, found: Option<u32>| {
+            found.ok_or_else(|| TokenizerError::MissingPiece {
+                path: path.to_path_buf(),
+                piece: piece.to_string(),
+                purpose,
+            })
         };
-        let bos_id = required(BOS_PIECE, "beginning-of-sequence id")?;
-        let eos_id = required(EOS_PIECE, "end-of-sequence id")?;
-        let pad_id = required(PAD_PIECE, "padding id")?;
+        let (bos, eos, pad) = match format {
+            TokenizerFormat::HuggingFaceJson => huggingface::special_ids(&inner, path),
+            _ => (
+                vocab.find(BOS_PIECE),
+                vocab.find(EOS_PIECE),
+                vocab.find(PAD_PIECE),
+            ),
+        };
+        let bos_id = required(BOS_PIECE, "beginning-of-sequence id", bos)?;
+        let eos_id = required(EOS_PIECE, "end-of-sequence id", eos)?;
+        let pad_id = required(PAD_PIECE, "padding id", pad)?;
         let unk_id = vocab
             .pieces
             .iter()
@@ -197,6 +203,9 @@ impl Tokenizer {
     /// dropped, `<0xNN>` pieces become bytes (U+FFFD for each byte that is not part of a valid
     /// character), `<unk>` becomes `" ⁇ "`, and the first piece's leading space is removed.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        if self.format == TokenizerFormat::HuggingFaceJson {
+            return self.decode_json(ids);
+        }
         let mut state = DecodeState::default();
         let mut text = String::new();
         for &id in ids {
@@ -204,6 +213,17 @@ impl Tokenizer {
         }
         text.push_str(&state.finish());
         Ok(text)
+    }
+
+    /// A `tokenizer.json`'s own decoder, special tokens skipped, as `transformers` decodes
+    /// (byte-level pieces that do not form UTF-8 become U+FFFD).
+    fn decode_json(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        for &id in ids {
+            self.piece(id)?;
+        }
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     /// The bytes one token prints in llama2.c's streaming `decode(prev, id)`: the piece with
