@@ -9,6 +9,7 @@ mod cli;
 mod data_parallel;
 mod data_parallel_trust;
 mod exercise_folder;
+mod hf_folders;
 mod lora;
 mod perplexity;
 mod pretrain;
