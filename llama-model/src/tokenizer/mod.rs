@@ -4,7 +4,8 @@
 //! sentencepiece's `tokenizer.model`, llama2.c's `tokenizer.bin`, HuggingFace's
 //! `tokenizer.json` — recognising the format from the content, not the file name. The first two
 //! are converted to a `tokenizers` BPE model (see `builder.rs`) that produces the same ids as
-//! sentencepiece; the third is used as it is.
+//! sentencepiece; the third is used as `transformers` uses a model's own file (special tokens
+//! in the text parsed, BOS from its post-processor, its own decoder), byte-level BPE included.
 //!
 //! The API follows the minllama assignment's `tokenizer.py`: [`Tokenizer::encode`] takes `bos`
 //! / `eos` flags, `pad_id` is the id of the piece `<0x00>`, and [`Tokenizer::decode`] follows
@@ -199,9 +200,10 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    /// Decodes ids to text the way sentencepiece does: BOS/EOS and other control pieces are
-    /// dropped, `<0xNN>` pieces become bytes (U+FFFD for each byte that is not part of a valid
-    /// character), `<unk>` becomes `" ⁇ "`, and the first piece's leading space is removed.
+    /// Decodes ids to text the way sentencepiece does (a `tokenizer.json`: its own decoder,
+    /// special tokens skipped): BOS/EOS and other control pieces are dropped, `<0xNN>` pieces
+    /// become bytes (U+FFFD for each byte that is not part of a valid character), `<unk>`
+    /// becomes `" ⁇ "`, and the first piece's leading space is removed.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         if self.format == TokenizerFormat::HuggingFaceJson {
             return self.decode_json(ids);
@@ -272,12 +274,12 @@ impl Tokenizer {
         self.vocab.pieces.len()
     }
 
-    /// Id of `<s>` (1 for Llama 2).
+    /// Id of BOS: `<s>` (1 for Llama 2), or what a `tokenizer.json`'s post-processor adds.
     pub fn bos_id(&self) -> u32 {
         self.bos_id
     }
 
-    /// Id of `</s>` (2 for Llama 2).
+    /// Id of EOS: `</s>` (2 for Llama 2), or a `tokenizer.json`'s `eos_token`.
     pub fn eos_id(&self) -> u32 {
         self.eos_id
     }

@@ -5,8 +5,8 @@
 //! A checkpoint path is such a folder, or its `config.json` (a JSON file naming
 //! `architectures` or `model_type`; our own config beside a `.safetensors` has neither).
 //! The model is built parameter by parameter straight from the memory-mapped shards
-//! ([`source::HfSource`]), so no whole-model tensor map is made first; q/k rows are put back
-//! in interleaved-pair order ([`names`]).
+//! (`source::HfSource`), so no whole-model tensor map is made first; q/k rows are put back
+//! in interleaved-pair order (`names.rs`).
 
 mod config;
 mod names;
