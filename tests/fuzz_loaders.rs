@@ -5,6 +5,9 @@
 //! The `.pt` reader is fuzzed twice: whole-file mutants (mostly stopped by the zip layer) and
 //! mutants of the pickle alone, re-zipped intact, which reach the pickle interpreter.
 //!
+//! Header fields are also set to extreme sizes (`extreme_header`), and the crafted files of
+//! `llama_model::crafted` run as a fixed corpus.
+//!
 //! The test suite runs a short corpus (`LLAMA_FUZZ_ITERS`, default 60 mutants per file); run
 //! it longer by count or by time per file, with a new seed, e.g.
 //! `LLAMA_FUZZ_SECONDS=600 LLAMA_FUZZ_SEED=7 cargo test --test fuzz_loaders pickle -- --nocapture`.
@@ -226,6 +229,88 @@ fn safetensors_reader_never_panics() {
         4,
         checkpoint_loads,
     );
+}
+
+#[test]
+fn int8_reader_never_panics() {
+    let dir = checkpoint_dir();
+    fuzz(
+        dir.path(),
+        "models/stories260K/stories260K-q80.bin",
+        "m.bin",
+        9,
+        checkpoint_loads,
+    );
+}
+
+/// One header field of a llama2.c file (seven i32 from `at`) set to an extreme size: the
+/// values that once drove allocations (2^31-1 layers, a 2^31-1 context) or overflowed the
+/// size check, and the bounds' edges.
+fn extreme_header(at: usize) -> impl Fn(&mut StdRng, &[u8]) -> Vec<u8> {
+    move |rng, bytes| {
+        let mut out = bytes.to_vec();
+        let field = at + 4 * rng.random_range(0..7);
+        let values = [
+            i32::MAX,
+            1 << 30,
+            (1 << 28) - 86,
+            (1 << 21) + 1,
+            1 << 21,
+            (1 << 20) + 1,
+            1025,
+            0,
+            -1,
+            i32::MIN,
+        ];
+        let value = values[rng.random_range(0..values.len())];
+        out[field..field + 4].copy_from_slice(&value.to_le_bytes());
+        out
+    }
+}
+
+#[test]
+fn extreme_header_sizes_never_panic() {
+    let dir = checkpoint_dir();
+    for (file, at, seed) in [("stories260K.bin", 0, 10), ("stories260K-q80.bin", 8, 11)] {
+        fuzz_with(
+            dir.path(),
+            &format!("models/stories260K/{file}"),
+            "x.bin",
+            seed,
+            extreme_header(at),
+            checkpoint_loads,
+        );
+    }
+}
+
+/// The crafted files of `llama_model::crafted` (each once shown to abort, panic or load
+/// zeros), as a fixed corpus: every one is refused, without a panic.
+#[test]
+fn the_crafted_corpus_is_refused_without_a_panic() {
+    use llama_model::crafted;
+    let dir = checkpoint_dir();
+    let corpus: Vec<(&str, Vec<u8>)> = vec![
+        ("overflow.bin", crafted::overflowing_bin()),
+        ("layers-q80.bin", crafted::q80_header(i32::MAX)),
+        ("context.bin", crafted::v1_bin(i32::MAX)),
+        (
+            "shape.pt",
+            crafted::pt_with_embedding_shape(1 << 20, 1 << 16),
+        ),
+        (
+            "square.pt",
+            crafted::pt_with_embedding_shape(1 << 14, 1 << 14),
+        ),
+        ("no-storage.pt", crafted::pt_with_storage("0", None)),
+        ("short-storage.pt", crafted::pt_with_storage("3", Some(7))),
+        ("offset.pt", crafted::pt_with_embedding_offset(200)),
+    ];
+    for (name, bytes) in corpus {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let loaded = catch_unwind(AssertUnwindSafe(|| checkpoint_loads(&path)));
+        assert_eq!(loaded.ok(), Some(false), "{name}: loaded, or panicked");
+    }
 }
 
 #[test]

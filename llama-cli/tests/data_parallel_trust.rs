@@ -52,7 +52,7 @@ fn wait_gone(pids: &[u32], limit: Duration) {
     }
 }
 
-fn signal(pid: u32, name: &str) {
+pub(crate) fn signal(pid: u32, name: &str) {
     let sent = Command::new("kill")
         .args([&format!("-{name}"), &pid.to_string()])
         .status()

@@ -34,6 +34,8 @@
 
 pub mod atomic_file;
 pub mod checkpoint;
+#[cfg(any(test, feature = "test-support"))]
+pub mod crafted;
 pub mod exercise;
 pub mod fixtures;
 pub mod generation;

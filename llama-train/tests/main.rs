@@ -7,6 +7,7 @@
 mod common;
 
 mod checkpointing;
+mod classifier_record;
 mod data;
 mod finetune;
 mod lm_objective;

@@ -169,6 +169,11 @@ pub(super) fn layout(
     out
 }
 
+/// The number of elements of `shape`, `None` on overflow.
+pub(super) fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}
+
 /// Per-layer tensors are stored stacked; these names get a `layers.{i}.` prefix.
 pub(super) fn is_per_layer(name: &str) -> bool {
     !matches!(
@@ -195,12 +200,14 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointEr
         header.legacy_rope_tables,
         header.shared_classifier,
     );
-    let floats: usize = layout
+    // Checked: a header's sizes are a stranger's numbers, and a wrapped sum once let a
+    // 768-byte file through to a slice past its end.
+    let expected = layout
         .iter()
-        .map(|(_, shape)| shape.iter().product::<usize>())
-        .sum();
-    let expected = floats
-        .checked_mul(4)
+        .try_fold(0usize, |total, (_, shape)| {
+            total.checked_add(element_count(shape)?)
+        })
+        .and_then(|floats| floats.checked_mul(4))
         .and_then(|n| n.checked_add(header.data_offset))
         .ok_or_else(|| corrupt(path, "header sizes overflow"))?;
     if bytes.len() != expected {

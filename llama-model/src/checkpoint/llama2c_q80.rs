@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::llama2c_bin::{is_per_layer, layout, parse_header};
+use super::llama2c_bin::{element_count, is_per_layer, layout, parse_header};
 use super::tensors::{RawTensor, TensorMap};
 use super::CheckpointError;
 use crate::model::config::LlamaConfig;
@@ -49,60 +49,26 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap, Q8Store), Che
         .ok_or_else(|| corrupt(path, format!("group size {group} is not positive")))?;
     let config = header.config;
     let layout = layout(&config, false, header.shared_classifier);
+    check_size(path, &bytes, &config, &layout, group)?;
 
     // Every stored tensor, per layer where stacked: (name, rows, cols); norms have 1 row.
+    // Built only now that the file's length has confirmed the header's sizes.
     let mut entries = Vec::new();
     for (name, shape) in &layout {
         if is_per_layer(name) {
             for i in 0..shape[0] {
-                let rest = &shape[1..];
-                let cols = *rest.last().unwrap_or(&1);
-                let rows = rest.iter().product::<usize>() / cols.max(1);
-                entries.push((format!("layers.{i}.{name}"), rows, cols, rest.to_vec()));
+                let (rows, cols) = rows_cols(&shape[1..]);
+                entries.push((
+                    format!("layers.{i}.{name}"),
+                    rows,
+                    cols,
+                    shape[1..].to_vec(),
+                ));
             }
         } else {
-            let cols = *shape.last().unwrap_or(&1);
-            let rows = shape.iter().product::<usize>() / cols.max(1);
+            let (rows, cols) = rows_cols(shape);
             entries.push((name.to_string(), rows, cols, shape.clone()));
         }
-    }
-    let is_norm = |name: &str| name.ends_with("norm.weight");
-    for (name, _, cols, _) in &entries {
-        if !is_norm(name) && !cols.is_multiple_of(group) {
-            return Err(CheckpointError::Unsupported {
-                path: path.to_path_buf(),
-                detail: format!(
-                    "group size {group} does not divide the rows of `{name}` ({cols} values): \
-                     runq.c would mix rows in one group"
-                ),
-            });
-        }
-    }
-    let expected = entries
-        .iter()
-        .try_fold(256usize, |total, (name, rows, cols, _)| {
-            let n = rows.checked_mul(*cols)?;
-            let bytes = if is_norm(name) {
-                4 * n
-            } else {
-                n + 4 * (n / group)
-            };
-            total.checked_add(bytes)
-        });
-    let expected = expected.ok_or_else(|| corrupt(path, "header sizes overflow"))?;
-    if bytes.len() != expected {
-        return Err(corrupt(
-            path,
-            format!(
-                "an int8 export of dim {}, hidden {}, {} layers, vocab {} and group {group} \
-                 has {expected} bytes, the file has {}",
-                config.dim,
-                config.hidden_dim(),
-                config.n_layers,
-                config.vocab_size,
-                bytes.len()
-            ),
-        ));
     }
 
     let floats = |b: &[u8]| -> Vec<f32> {
@@ -132,6 +98,77 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap, Q8Store), Che
         store.insert(name, Arc::new(matrix));
     }
     Ok((config, tensors, store))
+}
+
+/// `shape` as a matrix: (product of all but the last dimension, last dimension).
+fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    let cols = *shape.last().unwrap_or(&1);
+    (shape.iter().product::<usize>() / cols.max(1), cols)
+}
+
+fn is_norm(name: &str) -> bool {
+    name.ends_with("norm.weight")
+}
+
+/// Checks the group size against every matrix and the file's length against the header's
+/// sizes (checked arithmetic, computed from the stacked layout: nothing is allocated per
+/// layer before the file has shown it holds them).
+fn check_size(
+    path: &Path,
+    bytes: &[u8],
+    config: &LlamaConfig,
+    layout: &[(&'static str, Vec<usize>)],
+    group: usize,
+) -> Result<(), CheckpointError> {
+    let mut expected = Some(256usize);
+    for (name, shape) in layout {
+        let (layers, matrix) = if is_per_layer(name) {
+            (shape[0], &shape[1..])
+        } else {
+            (1, &shape[..])
+        };
+        let cols = *matrix.last().unwrap_or(&1);
+        if !is_norm(name) && !cols.is_multiple_of(group) {
+            let name = if is_per_layer(name) {
+                format!("layers.0.{name}")
+            } else {
+                name.to_string()
+            };
+            return Err(CheckpointError::Unsupported {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "group size {group} does not divide the rows of `{name}` ({cols} values): \
+                     runq.c would mix rows in one group"
+                ),
+            });
+        }
+        let per_layer = element_count(matrix).and_then(|n| {
+            if is_norm(name) {
+                n.checked_mul(4)
+            } else {
+                n.checked_add((n / group).checked_mul(4)?)
+            }
+        });
+        expected = expected
+            .zip(per_layer.and_then(|b| b.checked_mul(layers)))
+            .and_then(|(total, b)| total.checked_add(b));
+    }
+    let expected = expected.ok_or_else(|| corrupt(path, "header sizes overflow"))?;
+    if bytes.len() != expected {
+        return Err(corrupt(
+            path,
+            format!(
+                "an int8 export of dim {}, hidden {}, {} layers, vocab {} and group {group} \
+                 has {expected} bytes, the file has {}",
+                config.dim,
+                config.hidden_dim(),
+                config.n_layers,
+                config.vocab_size,
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

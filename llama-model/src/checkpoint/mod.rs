@@ -16,9 +16,11 @@
 pub mod hf;
 mod llama2c_bin;
 mod llama2c_q80;
+mod pickle_scan;
 mod pytorch;
 mod safetensors_file;
 pub mod tensors;
+mod torch_archive;
 mod write;
 
 use std::io::Read;
@@ -49,12 +51,10 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, detail: String },
     #[error("{path}: unsupported checkpoint: {detail}")]
     Unsupported { path: PathBuf, detail: String },
-    #[error("{path}: bad model configuration: {source}")]
-    Config {
-        path: PathBuf,
-        #[source]
-        source: ConfigError,
-    },
+    /// The configuration's error is part of the message, not a source: the CLI prints an
+    /// error's chain, which would repeat it.
+    #[error("{path}: bad model configuration: {error}")]
+    Config { path: PathBuf, error: ConfigError },
     #[error(
         "{path}: no config found for this safetensors file (tried {tried}); pass one with --config"
     )]

@@ -9,8 +9,11 @@ use std::path::Path;
 
 use burn_store::pytorch::reader::PickleValue;
 use burn_store::pytorch::{PytorchError, PytorchReader};
+use burn_store::TensorSnapshot;
 
-use super::tensors::{canonical_name, RawTensor, TensorMap};
+use super::llama2c_bin::element_count;
+use super::tensors::{canonical_name, parameter_shapes, RawTensor, TensorMap};
+use super::torch_archive;
 use super::CheckpointError;
 use crate::model::config::{LlamaConfig, ModelArgs};
 
@@ -71,6 +74,9 @@ fn to_json(value: PickleValue) -> serde_json::Value {
 
 /// Read `model_args` and the `model` state dict.
 pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointError> {
+    // The archive's entries and storages first: burn-store sizes buffers by declared lengths
+    // and reads a missing or short storage as zeros.
+    let storages = torch_archive::check(path)?;
     let args = PytorchReader::read_pickle_data(path, Some("model_args"))
         .map_err(|e| pickle_error(path, e))?;
     let args = to_json(args);
@@ -82,21 +88,23 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointEr
     }
     let args: ModelArgs = serde_json::from_value(args).map_err(|e| CheckpointError::Config {
         path: path.to_path_buf(),
-        source: crate::model::config::ConfigError::Parse {
+        error: crate::model::config::ConfigError::Parse {
             path: path.to_path_buf(),
             detail: format!("model_args: {e}"),
         },
     })?;
     let config = args
         .into_config()
-        .map_err(|source| CheckpointError::Config {
+        .map_err(|error| CheckpointError::Config {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
 
     let reader =
         PytorchReader::with_top_level_key(path, "model").map_err(|e| pickle_error(path, e))?;
     let snapshots: HashMap<_, _> = reader.into_tensors();
+    check_shapes(path, &config, &snapshots)?;
+    torch_archive::check_tensor_extents(path, &storages)?;
     let mut tensors = TensorMap::new();
     for (name, snapshot) in snapshots {
         let shape = snapshot.shape.to_vec();
@@ -119,4 +127,45 @@ pub(super) fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointEr
         tensors.insert(canonical_name(&name), tensor);
     }
     Ok((config, tensors))
+}
+
+/// Every tensor's shape against the config's, and its bytes against the file's length, before
+/// any tensor is read: a pickle may name any shape, and reading one allocates it.
+fn check_shapes(
+    path: &Path,
+    config: &LlamaConfig,
+    snapshots: &HashMap<String, TensorSnapshot>,
+) -> Result<(), CheckpointError> {
+    let file_len = std::fs::metadata(path)
+        .map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let expected = parameter_shapes(config);
+    for (name, snapshot) in snapshots {
+        let shape = snapshot.shape.to_vec();
+        if let Some(expected) = expected.get(&canonical_name(name)) {
+            if shape != *expected {
+                return Err(CheckpointError::ShapeMismatch {
+                    path: path.to_path_buf(),
+                    name: canonical_name(name),
+                    expected: expected.clone(),
+                    found: shape,
+                });
+            }
+        }
+        let bytes = element_count(&shape).and_then(|n| n.checked_mul(snapshot.dtype.size()));
+        if bytes.is_none_or(|bytes| bytes as u64 > file_len) {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "tensor `{name}` of shape {shape:?} ({:?}) needs more bytes than the whole \
+                     file ({file_len})",
+                    snapshot.dtype
+                ),
+            });
+        }
+    }
+    Ok(())
 }

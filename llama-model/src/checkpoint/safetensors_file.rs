@@ -65,9 +65,9 @@ pub(super) fn read(
         }
     };
     let config =
-        LlamaConfig::from_json_file(&config_path).map_err(|source| CheckpointError::Config {
+        LlamaConfig::from_json_file(&config_path).map_err(|error| CheckpointError::Config {
             path: config_path.clone(),
-            source,
+            error,
         })?;
 
     let (_, tensors) = read_tensors(path)?;

@@ -49,6 +49,23 @@ pub fn canonical_name(name: &str) -> String {
     out
 }
 
+/// The shape of every parameter a model of `config` may have, by name, the classifier
+/// `output.weight` included (a tied checkpoint may carry a copy). Derived from the config
+/// alone, so a file's shapes can be checked before any of its tensors is read.
+pub fn parameter_shapes(config: &LlamaConfig) -> BTreeMap<String, Vec<usize>> {
+    let mut out = BTreeMap::new();
+    for (name, shape) in super::llama2c_bin::layout(config, false, false) {
+        if super::llama2c_bin::is_per_layer(name) {
+            for i in 0..shape[0] {
+                out.insert(format!("layers.{i}.{name}"), shape[1..].to_vec());
+            }
+        } else {
+            out.insert(name.to_string(), shape);
+        }
+    }
+    out
+}
+
 /// One line per tensor holding NaN or infinite values: such a model loads, but its outputs
 /// are garbage, so callers warn.
 pub fn non_finite_report(path: &Path, tensors: &TensorMap) -> Vec<String> {
@@ -155,12 +172,10 @@ impl<B: Backend, S: StoredTensors<B>> ParamSource<B> for Stored<S> {
 
 /// `config`, checked to be usable; an error names the checkpoint `path`.
 pub(super) fn validated(path: &Path, config: LlamaConfig) -> Result<LlamaConfig, CheckpointError> {
-    config
-        .validate()
-        .map_err(|source| CheckpointError::Config {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    config.validate().map_err(|error| CheckpointError::Config {
+        path: path.to_path_buf(),
+        error,
+    })?;
     Ok(config)
 }
 

@@ -6,7 +6,8 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::generation::generate::GenerateError;
 use crate::model::kv_cache::LlamaCache;
-use crate::model::llama::{Llama, MASKED};
+use crate::model::llama::{causal_mask, Llama, MASKED};
+use crate::model::rope::RotaryEmbedding;
 
 /// The cache and the token histories of a batch of rows, left-padded in the cache.
 ///
@@ -26,6 +27,9 @@ pub(super) struct Engine<'m, B: Backend> {
     pub(super) pads: Vec<usize>,
     pub(super) context_resets: usize,
     pub(super) device: B::Device,
+    /// The model's rotary tables, grown (doubling) to the positions this batch reaches, so
+    /// that no step computes angles ([`Self::angles_for`]).
+    rope: RotaryEmbedding<B>,
 }
 
 impl<'m, B: Backend> Engine<'m, B> {
@@ -61,6 +65,7 @@ impl<'m, B: Backend> Engine<'m, B> {
             histories: prompts,
             context_resets: 0,
             device: model.tok_embeddings.weight.device(),
+            rope: model.rope().clone(),
         })
     }
 
@@ -88,9 +93,9 @@ impl<'m, B: Backend> Engine<'m, B> {
             .collect();
         let tokens = int_tensor::<B>(&ids, [rows, width], &self.device);
         self.cache.clear();
+        self.grow_rope(width);
         let logits = if self.pads.iter().all(|&p| p == 0) {
-            self.model
-                .forward_cached(tokens, &mut self.cache, self.split)
+            self.forward_from_cache_end(tokens)
         } else {
             // Positions count from each row's first real token (padding gets 0).
             let positions: Vec<u32> = self
@@ -98,11 +103,9 @@ impl<'m, B: Backend> Engine<'m, B> {
                 .iter()
                 .flat_map(|&pad| (0..width).map(move |c| c.saturating_sub(pad) as u32))
                 .collect();
-            let angles = self.model.rope().angles_at(int_tensor::<B>(
-                &positions,
-                [rows, width],
-                &self.device,
-            ));
+            let angles =
+                self.rope
+                    .angles_at(int_tensor::<B>(&positions, [rows, width], &self.device));
             // Query c of row i sees keys pad_i..=c. A padding query sees no key at all and
             // gets uniform attention (MASKED is finite), harmless as nothing reads it.
             let mask: Vec<f32> = self
@@ -132,16 +135,15 @@ impl<'m, B: Backend> Engine<'m, B> {
         }
         let rows = next.len();
         let tokens = int_tensor::<B>(next, [rows, 1], &self.device);
+        self.grow_rope(self.cache.len() + 1);
         let logits = if self.pads.iter().all(|&p| p == 0) {
-            self.model
-                .forward_cached(tokens, &mut self.cache, self.split)
+            self.forward_from_cache_end(tokens)
         } else {
             let column = self.cache.len();
             let positions: Vec<u32> = self.pads.iter().map(|&pad| (column - pad) as u32).collect();
-            let angles =
-                self.model
-                    .rope()
-                    .angles_at(int_tensor::<B>(&positions, [rows, 1], &self.device));
+            let angles = self
+                .rope
+                .angles_at(int_tensor::<B>(&positions, [rows, 1], &self.device));
             // The new token of row i sees its real keys pad_i..=column.
             let keys = column + 1;
             let mask: Vec<f32> = self
@@ -154,6 +156,27 @@ impl<'m, B: Backend> Engine<'m, B> {
                 .forward_cached_with(tokens, &angles, Some(mask), &mut self.cache, self.split)
         };
         read_rows(logits)
+    }
+}
+
+impl<B: Backend> Engine<'_, B> {
+    /// Grows the rotary tables to cover `positions` positions (a comparison per step; the
+    /// tables double when outgrown, up to the context).
+    fn grow_rope(&mut self, positions: usize) {
+        if let Some(grown) = self.rope.grown_to(positions, self.cache.capacity()) {
+            self.rope = grown;
+        }
+    }
+
+    /// The model's cached pass for `tokens` `[rows, seq]` at positions `cache.len()..`, with
+    /// the engine's tables (what `Llama::forward_cached` does with the model's).
+    fn forward_from_cache_end(&mut self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let seq = tokens.dims()[1];
+        let start = self.cache.len();
+        let angles = self.rope.angles(start, seq);
+        let mask = causal_mask(seq, start, &self.device);
+        self.model
+            .forward_cached_with(tokens, &angles, mask, &mut self.cache, self.split)
     }
 }
 

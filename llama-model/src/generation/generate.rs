@@ -553,6 +553,29 @@ mod tests {
         }
     }
 
+    /// Decoding past the model's precomputed RoPE positions grows the engine's tables: the
+    /// tokens equal those of full passes, which compute the angles per call; a batch whose
+    /// rows start at different offsets (per-row positions) too.
+    #[test]
+    fn decoding_past_the_precomputed_tables_matches_the_uncached_reference() {
+        use crate::model::rope::TABLE_POSITIONS;
+        let model = tiny(TABLE_POSITIONS + 64);
+        assert_eq!(model.rope().max_seq_len(), TABLE_POSITIONS);
+        let prompt: Vec<u32> = (0..TABLE_POSITIONS - 2)
+            .map(|i| (i * 7 % 39) as u32 + 1)
+            .collect();
+        let config = GenerateConfig::greedy(5);
+        let cached = generate(&model, &prompt, &config, |_| {}).unwrap();
+        let reference = generate_uncached(&model, &prompt, &config).unwrap();
+        assert_eq!(cached.tokens, reference.tokens);
+
+        let prompts = vec![prompt.clone(), prompt[3..].to_vec()];
+        let batch = generate_batch(&model, &prompts, &config).unwrap();
+        assert_eq!(batch.tokens[0], reference.tokens);
+        let alone = generate_uncached(&model, &prompts[1], &config.clone().with_seed(1)).unwrap();
+        assert_eq!(batch.tokens[1], alone.tokens);
+    }
+
     #[test]
     fn stop_tokens_end_generation_and_are_not_returned() {
         let model = tiny(8);

@@ -27,6 +27,18 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Largest vocabulary a config may name (2^20; Llama 2 has 32000, Llama 3 128256).
+pub const MAX_VOCAB_SIZE: usize = 1 << 20;
+/// Largest model width (2^16; Llama 2 70B is 8192).
+pub const MAX_DIM: usize = 1 << 16;
+/// Largest feed-forward width (4 × [`MAX_DIM`]; Llama 2 70B is 28672).
+pub const MAX_HIDDEN_DIM: usize = 1 << 18;
+/// Most layers (1024; Llama 2 70B has 80).
+pub const MAX_LAYERS: usize = 1024;
+/// Longest context (2^21 positions). The bound can stay loose because nothing is sized by
+/// it up front: the RoPE tables and the KV cache grow with the positions in use.
+pub const MAX_SEQ_LEN: usize = 1 << 21;
+
 /// Hyper-parameters of a Llama 2 model, with the names of the exercise's `model_args`.
 #[derive(Config, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -175,6 +187,19 @@ impl LlamaConfig {
                 self.dim, self.n_layers, self.n_heads, self.vocab_size
             ));
         }
+        // Before any size is derived from them (hidden_dim() multiplies dim).
+        for (name, value, limit) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB_SIZE),
+            ("dim", self.dim, MAX_DIM),
+            ("n_layers", self.n_layers, MAX_LAYERS),
+            ("max_seq_len", self.max_seq_len, MAX_SEQ_LEN),
+        ] {
+            if value > limit {
+                return bad(format!(
+                    "{name} {value} is above the supported maximum of {limit}"
+                ));
+            }
+        }
         if !self.dim.is_multiple_of(self.n_heads) {
             return bad(format!(
                 "dim {} is not divisible by n_heads {}",
@@ -196,6 +221,12 @@ impl LlamaConfig {
         }
         if self.hidden_dim() == 0 || self.max_seq_len == 0 {
             return bad("hidden_dim and max_seq_len must be positive".into());
+        }
+        if self.hidden_dim() > MAX_HIDDEN_DIM {
+            return bad(format!(
+                "hidden_dim {} is above the supported maximum of {MAX_HIDDEN_DIM}",
+                self.hidden_dim()
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is not in [0, 1)", self.dropout));
@@ -342,5 +373,55 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("n_kv_heads"), "{err}");
+    }
+
+    /// Header sizes from a stranger's file are bounded before anything is sized by them,
+    /// while real models (Llama 2 70B, a 2^20 vocabulary, a 2^21 context) pass.
+    #[test]
+    fn sizes_beyond_real_models_are_rejected() {
+        let real = LlamaConfig::new(8192, 80, 64, 32000)
+            .with_n_kv_heads(Some(8))
+            .with_hidden_dim(Some(28672))
+            .with_max_seq_len(4096);
+        real.validate().unwrap();
+        let limits = LlamaConfig::new(MAX_DIM, MAX_LAYERS, 512, MAX_VOCAB_SIZE)
+            .with_hidden_dim(Some(MAX_HIDDEN_DIM))
+            .with_max_seq_len(MAX_SEQ_LEN);
+        limits.validate().unwrap();
+        let huge = (1usize << 31) - 1;
+        for (name, config) in [
+            (
+                "vocab_size",
+                LlamaConfig {
+                    vocab_size: MAX_VOCAB_SIZE + 1,
+                    ..limits.clone()
+                },
+            ),
+            (
+                "dim",
+                LlamaConfig {
+                    dim: 2 * MAX_DIM,
+                    ..limits.clone()
+                },
+            ),
+            ("hidden_dim", limits.clone().with_hidden_dim(Some(huge))),
+            (
+                "n_layers",
+                LlamaConfig {
+                    n_layers: huge,
+                    ..limits.clone()
+                },
+            ),
+            ("max_seq_len", limits.clone().with_max_seq_len(huge)),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("maximum"), "{err}");
+        }
+        let err = LlamaConfig::from_json_str(
+            r#"{"dim": 64, "n_layers": 1, "n_heads": 8, "vocab_size": 10, "max_seq_len": 2147483647}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_seq_len 2147483647"), "{err}");
     }
 }

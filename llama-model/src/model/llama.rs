@@ -16,7 +16,7 @@ use crate::model::layer::{gather_positions, LlamaLayer, LlamaLayerConfig};
 use crate::model::param_source::{ParamSource, RandomInit};
 use crate::model::projection::Projection;
 use crate::model::rms_norm::{RmsNorm, RmsNormConfig};
-use crate::model::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
+use crate::model::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig, TABLE_POSITIONS};
 use crate::weights::q8_matrix::Q8Matrix;
 use crate::weights::q8_product::q8_product;
 use crate::weights::split_matmul::{linear_split, matmul_split};
@@ -64,7 +64,7 @@ pub struct Llama<B: Backend> {
     rope: RotaryEmbedding<B>,
     n_kv_heads: usize,
     head_dim: usize,
-    /// Context length; the rotary tables always cover it ([`Self::with_max_seq_len`]).
+    /// Context length; the rotary tables cover it up to 4096 positions (`model::rope`).
     max_seq_len: usize,
 }
 
@@ -121,7 +121,7 @@ impl LlamaConfig {
             output,
             head_quantized: None,
             dropout: DropoutConfig::new(self.dropout).init(),
-            rope: RotaryEmbeddingConfig::new(self.head_dim(), self.max_seq_len)
+            rope: RotaryEmbeddingConfig::new(self.head_dim(), table_positions(self.max_seq_len))
                 .with_theta(self.rope_theta)
                 .with_scaling(self.rope_scaling)
                 .with_precision(self.rope_frequency_precision)
@@ -131,6 +131,12 @@ impl LlamaConfig {
             max_seq_len: self.max_seq_len,
         })
     }
+}
+
+/// Positions whose RoPE angles a model of context `max_seq_len` precomputes: its context, up
+/// to 4096 (see `model::rope`).
+fn table_positions(max_seq_len: usize) -> usize {
+    max_seq_len.min(TABLE_POSITIONS)
 }
 
 /// Additive causal mask `[1, seq, start + seq]`: query `t` (absolute position `start + t`)
@@ -159,7 +165,8 @@ impl<B: Backend> Llama<B> {
         self.max_seq_len
     }
 
-    /// The rotary embedding (tables for [`Self::max_seq_len`] positions).
+    /// The rotary embedding (tables for the context's first positions, up to 4096; later
+    /// positions are computed per call, or by a grown copy: see `model::rope`).
     pub fn rope(&self) -> &RotaryEmbedding<B> {
         &self.rope
     }
@@ -168,7 +175,7 @@ impl<B: Backend> Llama<B> {
     /// rebuilt to match (e.g. a short context, to run past it quickly).
     pub fn with_max_seq_len(mut self, max_seq_len: usize) -> Self {
         let device = self.tok_embeddings.weight.device();
-        self.rope = self.rope.resized(max_seq_len, &device);
+        self.rope = self.rope.resized(table_positions(max_seq_len), &device);
         self.max_seq_len = max_seq_len;
         self
     }

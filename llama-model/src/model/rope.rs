@@ -8,8 +8,13 @@
 //! out[2j+1] = x[2j] sin + x[2j+1] cos
 //! ```
 //!
-//! The cosine and sine tables are computed once for `max_seq_len` positions. Longer inputs
-//! (the exercise does not truncate long sentences) get their angles computed for the call.
+//! The cosine and sine tables are computed once for the first positions (a model's context,
+//! up to [`TABLE_POSITIONS`]), not for a context length a file's header names: a header may
+//! say 2^21 positions for a model that is never run past a few hundred. Positions past the
+//! tables get their angles computed for the call (a full pass, e.g. a long sentence the
+//! exercise does not truncate), and decoding grows its own copy of the tables in doubling
+//! steps as positions come into use ([`RotaryEmbedding::grown_to`]), so a decoded token never
+//! computes angles.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -17,6 +22,15 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
 use super::rope_scaling::{FrequencyPrecision, RopeScaling};
+
+/// Most positions a model precomputes when it is built (Llama 2's context); see the module
+/// documentation.
+#[cfg(not(test))]
+pub const TABLE_POSITIONS: usize = 4096;
+/// This crate's unit tests precompute few positions, so that the paths past the tables run
+/// on short sequences.
+#[cfg(test)]
+pub const TABLE_POSITIONS: usize = 64;
 
 /// Configuration of a [`RotaryEmbedding`].
 #[derive(Config, Debug)]
@@ -161,6 +175,20 @@ impl<B: Backend> RotaryEmbedding<B> {
             .init(device)
     }
 
+    /// These tables if they cover `positions` positions, else tables for at least
+    /// `positions` and at least twice the current ones, capped at `limit` (the context): a
+    /// decoder that grows them as it goes computes each position's angles about twice in
+    /// all, never per token. `None` when no growth is needed.
+    pub fn grown_to(&self, positions: usize, limit: usize) -> Option<Self> {
+        let current = self.max_seq_len();
+        (positions > current).then(|| {
+            let target = positions
+                .max(current.saturating_mul(2))
+                .min(limit.max(positions));
+            self.resized(target, &self.cos.device())
+        })
+    }
+
     /// Tables for positions `start..start+len`, from the cache when they fit.
     fn tables(&self, start: usize, len: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
         if start + len <= self.max_seq_len() {
@@ -279,5 +307,29 @@ mod tests {
             1e-6,
         );
         assert!(c.passed(), "{c:?}");
+    }
+
+    #[test]
+    fn tables_grow_by_doubling_up_to_the_context_and_keep_their_values() {
+        let device = Default::default();
+        let rope = RotaryEmbeddingConfig::new(8, 4).init::<B>(&device);
+        assert!(rope.grown_to(4, 100).is_none());
+        let grown = rope.grown_to(5, 100).expect("grows");
+        assert_eq!(grown.max_seq_len(), 8, "at least double");
+        assert_eq!(grown.grown_to(9, 12).unwrap().max_seq_len(), 12, "capped");
+        assert_eq!(grown.grown_to(40, 100).unwrap().max_seq_len(), 40);
+        let x = Tensor::<B, 4>::random(
+            [1, 3, 2, 8],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        // Positions 5..8: computed on the fly by the small tables, cached by the grown ones.
+        let a = rope
+            .apply(x.clone(), 5)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = grown.apply(x, 5).into_data().to_vec::<f32>().unwrap();
+        assert_eq!(a, b);
     }
 }

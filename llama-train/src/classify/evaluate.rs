@@ -15,6 +15,7 @@ use crate::classify::finetune::artifacts::{
 };
 use crate::classify::finetune::config::FinetuneConfig;
 use crate::classify::finetune::error::FinetuneError;
+use crate::classify::record_check::check_record;
 use crate::data::sentences::{make_batch, SentenceDataset};
 use crate::metrics::{class_ids, ConfusionMatrix};
 
@@ -59,13 +60,18 @@ pub fn load_classifier<B: Backend>(
     let record_path =
         record_stem.with_extension(<ClassifierRecorder as FileRecorder<B>>::file_extension());
     // Placeholders that the record replaces: nothing is drawn or allocated for them.
-    let model = config
-        .init_for_record::<B>(device)?
+    let model = config.init_for_record::<B>(device)?;
+    // Burn's loader checks no shape: the record is checked against the placeholders first.
+    let record_error = |detail: String| FinetuneError::Record {
+        path: record_path.clone(),
+        detail,
+    };
+    let bytes = std::fs::read(&record_path).map_err(|e| record_error(e.to_string()))?;
+    check_record(&bytes, &model, &config_path).map_err(record_error)?;
+    drop(bytes);
+    let model = model
         .load_file(record_stem, &ClassifierRecorder::new(), device)
-        .map_err(|e| FinetuneError::Record {
-            path: record_path,
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| record_error(e.to_string()))?;
     let finetune_path = artifact_dir.join(FINETUNE_CONFIG_FILE);
     let finetune = if finetune_path.exists() {
         Some(

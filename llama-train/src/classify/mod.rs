@@ -5,3 +5,4 @@ pub mod classifier;
 pub mod evaluate;
 pub mod finetune;
 pub mod prompting;
+mod record_check;

@@ -293,6 +293,11 @@ mod tests {
 
     /// A coordinator for `world` ranks on 127.0.0.2, serving on a thread; its address.
     fn start(world: usize) -> PeerAddress {
+        start_watched(world).0
+    }
+
+    /// The same, and its state, to watch.
+    fn start_watched(world: usize) -> (PeerAddress, Arc<Shared>) {
         let coordinator = Coordinator::bind(
             &PeerAddress {
                 host: "127.0.0.2".into(),
@@ -303,11 +308,13 @@ mod tests {
         )
         .unwrap();
         let port = coordinator.local_addr().unwrap().port();
+        let shared = coordinator.shared.clone();
         std::thread::spawn(move || coordinator.serve());
-        PeerAddress {
+        let address = PeerAddress {
             host: "127.0.0.2".into(),
             port,
-        }
+        };
+        (address, shared)
     }
 
     fn settings(world: usize, rank: usize, coordinator: &PeerAddress) -> CollectiveSettings {
@@ -394,12 +401,12 @@ mod tests {
             assert!(err.contains("rank(s) 2 differ from rank 0's"), "{err}");
         }
         // Rank 0 waits in a run of 2; a second rank 0 is refused while the first is there.
-        let coordinator = start(2);
+        let (coordinator, shared) = start_watched(2);
         let waiting = {
             let coordinator = coordinator.clone();
             std::thread::spawn(move || {
                 let mut s = settings(2, 0, &coordinator);
-                s.timeout = Duration::from_secs(2);
+                s.timeout = Duration::from_secs(5);
                 join(
                     &s,
                     &RunKey::new(Some(&token())),
@@ -408,32 +415,37 @@ mod tests {
                 )
             })
         };
-        let again = {
-            let s = settings(2, 0, &coordinator);
-            let started = Instant::now();
-            loop {
-                let result = join(
-                    &s,
-                    &RunKey::new(Some(&token())),
-                    1,
-                    &"127.0.0.1:6000".parse().unwrap(),
-                );
-                match result {
-                    Err(e) if e.to_string().contains("already joined") => break e,
-                    // The first rank 0 may not have joined yet: bounded retry.
-                    _ => assert!(started.elapsed() < Duration::from_secs(20)),
-                }
-            }
-        };
+        let started = Instant::now();
+        while shared.joined.load(Ordering::SeqCst) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "rank 0 never joined"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let s = settings(2, 0, &coordinator);
+        let again = join(
+            &s,
+            &RunKey::new(Some(&token())),
+            1,
+            &"127.0.0.1:6000".parse().unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            again
-                .to_string()
-                .contains("rank 0 has already joined from 127.0.0.1:5000"),
+            again.contains("rank 0 has already joined from 127.0.0.1:5000"),
             "{again}"
         );
-        // The first gives up after its timeout, naming rank 1.
+        // The first gives up after its timeout, naming rank 1, and its slot is free again.
         let err = waiting.join().unwrap().unwrap_err().to_string();
-        assert!(err.contains("no answer from rank 1 within 2 s"), "{err}");
+        assert!(err.contains("no answer from rank 1 within 5 s"), "{err}");
+        while shared.joined.load(Ordering::SeqCst) > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the slot stays taken"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

@@ -426,7 +426,15 @@ fn check_request(
     shared: &Shared,
     peer: Option<usize>,
 ) -> Option<usize> {
-    let run_id = shared.run_id.get()?;
+    // A rank that learned the roster first may ask before this one has: wait for it.
+    let started = Instant::now();
+    let run_id = loop {
+        match shared.run_id.get() {
+            Some(run_id) => break run_id,
+            None if started.elapsed() < HANDSHAKE_TIMEOUT => std::thread::sleep(POLL / 10),
+            None => return None,
+        }
+    };
     let mut mac = [0u8; MAC_BYTES];
     mac.copy_from_slice(&request[REQUEST_BYTES..]);
     if !shared
@@ -637,6 +645,23 @@ mod tests {
             TcpStream::connect(target).unwrap(),
             &request(&key(), b"run-1", 0, 1)
         ));
+    }
+
+    #[test]
+    fn a_request_that_comes_before_the_roster_is_answered() {
+        let addresses = [address("127.0.0.1"), address("127.0.0.1")];
+        let mut rank0 = RankExchange::serve(0, 2, &addresses[0], key(), TIMEOUT).unwrap();
+        let _rank1 = RankExchange::serve(1, 2, &addresses[1], key(), TIMEOUT).unwrap();
+        // Rank 1 learned the roster first and asks at once.
+        let mut early =
+            TcpStream::connect((addresses[0].host.as_str(), addresses[0].port)).unwrap();
+        early.write_all(&request(&key(), b"run-1", 0, 1)).unwrap();
+        rank0.connect(b"run-1", &addresses, TIMEOUT).unwrap();
+        rank0.publish(0, Arc::new(vec![3.0]));
+        early.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut answer = vec![0u8; HEADER_BYTES + 4 + MAC_BYTES];
+        early.read_exact(&mut answer).unwrap();
+        assert_eq!(answer[HEADER_BYTES..HEADER_BYTES + 4], 3.0f32.to_le_bytes());
     }
 
     /// A fake rank 1 that answers rank 0's first request with `answer(request)`.

@@ -5,6 +5,7 @@
 pub mod control;
 pub mod order;
 pub mod resume_file;
+pub mod saving;
 pub mod train_backend;
 
 /// File name of a LoRA run's adapter in its folder (with the classifier head, for

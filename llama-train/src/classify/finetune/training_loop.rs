@@ -80,6 +80,7 @@ use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
 use crate::run::control::INTERRUPTED;
 use crate::run::order::{epoch_order, step_seed};
+use crate::run::saving::SaveGuard;
 
 /// Burn's learning components of fine-tuning: constant learning rate, our classifier and
 /// AdamW.
@@ -325,6 +326,7 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
         if !self.is_main() {
             return Ok(());
         }
+        let _saving = SaveGuard::begin();
         let components = &mut run.components;
         if let Some(checkpointer) = components.checkpointer.as_mut() {
             checkpointer.checkpoint(learner, run.state.steps, &components.event_store);
@@ -509,6 +511,8 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
             train_seconds: state.partial_seconds,
         };
         let accuracy = summary.dev_accuracy().unwrap_or(f64::NAN) / 100.0;
+        // The best model and the save after it are one save (a second Ctrl-C waits for both).
+        let _saving = SaveGuard::begin();
         if state.best.is_none_or(|best| accuracy > best.dev_accuracy) {
             save_best(&model, &self.dir)?;
             state.best = Some(BestEpoch {

@@ -23,6 +23,7 @@ use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
 use crate::run::control::RunControl;
 use crate::run::resume_file::RESUME_FILE;
+use crate::run::saving::SaveGuard;
 
 /// File name of the best model in a run folder (its config is `model.config.json`).
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -149,6 +150,7 @@ impl<'a, D: Clone> Run<'a, D> {
     /// Writes the best model: merged safetensors + config, the adapters alone with LoRA,
     /// and the llama2.c export with `export_bin`.
     fn save_best<B: Backend>(&self, model: &Llama<B>) -> Result<(), PretrainError> {
+        let _saving = SaveGuard::begin();
         if let Some(lora) = &self.config.lora {
             save_adapter(&self.dir.join(ADAPTER_FILE), model, lora, TensorMap::new())?;
         }
@@ -170,6 +172,7 @@ impl<'a, D: Clone> Run<'a, D> {
         if !self.is_main {
             return Ok(());
         }
+        let _saving = SaveGuard::begin();
         let recorder = DefaultRecorder::new();
         let checkpoints = self.dir.join("checkpoint");
         let partial = checkpoints.join("model-partial");
