@@ -147,7 +147,7 @@ fn llama_config(raw: &RawConfig) -> Result<LlamaConfig, String> {
         return Err("projection biases (`attention_bias`/`mlp_bias`) are not supported".into());
     }
     if let Some(head_dim) = raw.head_dim {
-        if n_heads == 0 || head_dim * n_heads != dim {
+        if head_dim.checked_mul(n_heads) != Some(dim) {
             return Err(format!(
                 "`head_dim` {head_dim} differs from hidden_size / num_attention_heads \
                  ({dim} / {n_heads}): not supported"
@@ -279,6 +279,13 @@ mod tests {
         assert!(err.contains("`yarn`"), "{err}");
         let err = parse(&format!(
             r#"{{"model_type": "llama", {BASE}, "head_dim": 16}}"#
+        ))
+        .unwrap_err();
+        assert!(err.contains("head_dim"), "{err}");
+        // Sizes whose product overflows are refused, not a panic.
+        let err = parse(&format!(
+            r#"{{"model_type": "llama", {BASE}, "head_dim": {}}}"#,
+            usize::MAX
         ))
         .unwrap_err();
         assert!(err.contains("head_dim"), "{err}");
