@@ -90,14 +90,23 @@ pub fn parse(
     Ok((inner, vocab))
 }
 
-/// The special ids of a `tokenizer.json` at `path`, as `transformers` takes them: BOS is
-/// what the post-processor puts before a text (else `tokenizer_config.json`'s `bos_token`
-/// beside the file, else `<s>`), EOS is `tokenizer_config.json`'s `eos_token` (else `</s>`),
-/// padding is `<0x00>`, else `pad_token`, else EOS. `None` where no such piece exists.
-pub fn special_ids(
-    inner: &tokenizers::Tokenizer,
-    path: &Path,
-) -> (Option<u32>, Option<u32>, Option<u32>) {
+/// The special tokens of a `tokenizer.json` at `path`, as `transformers` takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// What the post-processor puts before a text, else `tokenizer_config.json`'s `bos_token`
+    /// beside the file, else `<s>`.
+    pub bos: Option<u32>,
+    /// `tokenizer_config.json`'s `eos_token`, else `</s>`.
+    pub eos: Option<u32>,
+    /// `<0x00>`, else `pad_token`, else EOS.
+    pub pad: Option<u32>,
+    /// Whether a text gets BOS: `tokenizer_config.json`'s `add_bos_token` where given, else
+    /// whether the post-processor puts one (a file without a post-processor: yes).
+    pub adds_bos: bool,
+}
+
+/// The [`SpecialTokens`] of the `tokenizer.json` at `path`, parsed as `inner`.
+pub fn special_tokens(inner: &tokenizers::Tokenizer, path: &Path) -> SpecialTokens {
     let config = path
         .parent()
         .map(|dir| dir.join("tokenizer_config.json"))
@@ -112,9 +121,10 @@ pub fn special_ids(
             .or_else(|| value.get("content").and_then(Value::as_str))?;
         inner.token_to_id(text)
     };
-    let prefixed = inner
-        .get_post_processor()
-        .and_then(|_| inner.encode_fast("", true).ok())
+    let has_post_processor = inner.get_post_processor().is_some();
+    let prefixed = has_post_processor
+        .then(|| inner.encode_fast("", true).ok())
+        .flatten()
         .and_then(|e| e.get_ids().first().copied());
     let bos = prefixed
         .or_else(|| named("bos_token"))
@@ -124,7 +134,16 @@ pub fn special_ids(
         .token_to_id(super::PAD_PIECE)
         .or_else(|| named("pad_token"))
         .or(eos);
-    (bos, eos, pad)
+    let adds_bos = config
+        .get("add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(prefixed.is_some() || !has_post_processor);
+    SpecialTokens {
+        bos,
+        eos,
+        pad,
+        adds_bos,
+    }
 }
 
 /// Whether the serialized decoder removes the dummy-prefix space (`Strip` with `start >= 1`,
@@ -153,6 +172,39 @@ fn strips_first_space(decoder: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::fixture;
+    use crate::Tokenizer;
+
+    #[test]
+    fn tokenizer_config_add_bos_token_decides_bos() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("tokenizer.json");
+        std::fs::copy(fixture("real-models/hf/stories260K/tokenizer.json"), &json).unwrap();
+        // Nothing said: the post-processor's `<s>`.
+        let ids = Tokenizer::from_file(&json)
+            .unwrap()
+            .encode("Once", true, false)
+            .unwrap();
+        assert_eq!(ids[0], 1);
+        let config = dir.path().join("tokenizer_config.json");
+        std::fs::write(&config, r#"{"add_bos_token": false}"#).unwrap();
+        let tok = Tokenizer::from_file(&json).unwrap();
+        assert!(!tok.adds_bos());
+        let without = tok.encode("Once", true, false).unwrap();
+        assert_eq!(without, ids[1..]);
+        // A named BOS token, given as text or as an added-token object.
+        std::fs::write(
+            &config,
+            r#"{"bos_token": {"content": "</s>"}, "eos_token": "<s>"}"#,
+        )
+        .unwrap();
+        let tok = Tokenizer::from_file(&json).unwrap();
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id()),
+            (1, 1),
+            "post-processor's BOS wins"
+        );
+    }
 
     #[test]
     fn garbage_json_is_an_error() {

@@ -53,6 +53,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     vocab: Vocabulary,
     bos_id: u32,
+    /// Whether `encode(.., bos = true, ..)` puts BOS first (a `tokenizer.json` may say no).
+    adds_bos: bool,
     eos_id: u32,
     pad_id: u32,
     unk_id: Option<u32>,
@@ -107,14 +109,16 @@ impl Tokenizer {
                 purpose,
             })
         };
-        let (bos, eos, pad) = match format {
-            TokenizerFormat::HuggingFaceJson => huggingface::special_ids(&inner, path),
-            _ => (
-                vocab.find(BOS_PIECE),
-                vocab.find(EOS_PIECE),
-                vocab.find(PAD_PIECE),
-            ),
+        let special = match format {
+            TokenizerFormat::HuggingFaceJson => huggingface::special_tokens(&inner, path),
+            _ => huggingface::SpecialTokens {
+                bos: vocab.find(BOS_PIECE),
+                eos: vocab.find(EOS_PIECE),
+                pad: vocab.find(PAD_PIECE),
+                adds_bos: true,
+            },
         };
+        let (bos, eos, pad) = (special.bos, special.eos, special.pad);
         let bos_id = required(BOS_PIECE, "beginning-of-sequence id", bos)?;
         let eos_id = required(EOS_PIECE, "end-of-sequence id", eos)?;
         let pad_id = required(PAD_PIECE, "padding id", pad)?;
@@ -128,6 +132,7 @@ impl Tokenizer {
             inner,
             vocab,
             bos_id,
+            adds_bos: special.adds_bos,
             eos_id,
             pad_id,
             unk_id,
@@ -150,7 +155,9 @@ impl Tokenizer {
         self.max_len
     }
 
-    /// Encodes `text` like sentencepiece, optionally with BOS in front and EOS at the end.
+    /// Encodes `text` like sentencepiece, optionally with BOS in front and EOS at the end. A
+    /// `tokenizer.json` whose `tokenizer_config.json` says `add_bos_token: false` (or whose
+    /// post-processor puts no BOS, where it says nothing) gets no BOS.
     ///
     /// If a maximum length is set ([`with_max_len`](Self::with_max_len)) the text's ids are cut
     /// to it first, as in [`encode_truncated`](Self::encode_truncated).
@@ -190,7 +197,7 @@ impl Tokenizer {
         let body = encoding.get_ids();
         let body = &body[..body.len().min(max_len)];
         let mut ids = Vec::with_capacity(body.len() + 2);
-        if bos {
+        if bos && self.adds_bos {
             ids.push(self.bos_id);
         }
         ids.extend_from_slice(body);
@@ -277,6 +284,11 @@ impl Tokenizer {
     /// Id of BOS: `<s>` (1 for Llama 2), or what a `tokenizer.json`'s post-processor adds.
     pub fn bos_id(&self) -> u32 {
         self.bos_id
+    }
+
+    /// Whether [`encode`](Self::encode) puts BOS first when asked to.
+    pub fn adds_bos(&self) -> bool {
+        self.adds_bos
     }
 
     /// Id of EOS: `</s>` (2 for Llama 2), or a `tokenizer.json`'s `eos_token`.
