@@ -246,3 +246,17 @@ fn every_hf_folder_gives_the_transformers_perplexity() {
         );
     }
 }
+
+#[test]
+fn a_weight_file_of_a_folder_loads_the_folder() {
+    use llama_model::checkpoint::{detect_format, CheckpointFormat};
+    let file = fixture("real-models/hf/tiny-llama3/model.safetensors");
+    assert_eq!(detect_format(&file).unwrap(), CheckpointFormat::HuggingFace);
+    let seq = [595i64, 46, 77, 327];
+    let from_file = values(load(&file).forward_last(tokens(&seq, [1, 4])).logits);
+    let folder = load(&fixture("real-models/hf/tiny-llama3"));
+    assert_eq!(
+        from_file,
+        values(folder.forward_last(tokens(&seq, [1, 4])).logits)
+    );
+}

@@ -29,9 +29,9 @@ use source::{HfReader, HfSource};
 /// The HF head, absent from tied folders.
 const HEAD: &str = "lm_head.weight";
 
-/// The `config.json` of the Hugging Face folder `path` names (the folder or the file),
-/// `None` if `path` is not one. A folder without `config.json` is an error: no other
-/// checkpoint is a folder.
+/// The `config.json` of the Hugging Face folder `path` names (the folder, its config, or a
+/// `.safetensors` file in it), `None` if `path` is not one. A folder without `config.json`
+/// is an error: no other checkpoint is a folder.
 pub fn locate(path: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     if path.is_dir() {
         let config = path.join("config.json");
@@ -43,6 +43,15 @@ pub fn locate(path: &Path) -> Result<Option<PathBuf>, CheckpointError> {
                 detail: "a folder without config.json (a Hugging Face model folder has one)".into(),
             })
         };
+    }
+    // A weight file of such a folder (with no `<name>.config.json` of its own) is the folder.
+    if path.extension().is_some_and(|e| e == "safetensors")
+        && !path.with_extension("config.json").is_file()
+    {
+        let config = path.with_file_name("config.json");
+        if looks_like_hf_config(&config) {
+            return Ok(Some(config));
+        }
     }
     Ok(looks_like_hf_config(path).then(|| path.to_path_buf()))
 }
