@@ -260,3 +260,30 @@ fn a_weight_file_of_a_folder_loads_the_folder() {
         values(folder.forward_last(tokens(&seq, [1, 4])).logits)
     );
 }
+
+#[test]
+fn bos_and_eos_come_from_config_and_generation_config() {
+    use llama_model::checkpoint::hf::special_ids;
+    // generation_config.json's list of two EOS ids wins over config.json's one.
+    let eot = special_ids(&fixture("real-models/hf/tiny-llama3-eot"))
+        .unwrap()
+        .unwrap();
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture(
+            "real-models/hf/tiny-llama3-eot/generation_config.json",
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(eot.eos, ids(&config["eos_token_id"]));
+    assert_eq!(eot.eos.len(), 2);
+    assert_eq!(eot.bos, config["bos_token_id"].as_u64().map(|b| b as u32));
+    let stories = special_ids(&fixture("real-models/hf/stories260K/config.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((stories.bos, stories.eos), (Some(1), vec![2]));
+    // Not a Hugging Face model: none.
+    assert!(special_ids(&fixture("models/stories260K/stories260K.bin"))
+        .unwrap()
+        .is_none());
+}
