@@ -242,6 +242,11 @@ fn generate_rejects_bad_flags_and_leaves_no_file() {
         vec!["--temperature", "NaN"],
         vec!["--max-new-tokens", "0"],
         vec!["--top-p", "1.5"],
+        vec!["--top-k", "0"],
+        vec!["--min-p", "1.5"],
+        vec!["--repetition-penalty", "0"],
+        vec!["--presence-penalty", "3"],
+        vec!["--frequency-penalty", "-2.5"],
     ] {
         let mut args = vec!["generate", "--checkpoint"];
         let checkpoint = stories260k();
@@ -267,6 +272,32 @@ fn generate_rejects_bad_flags_and_leaves_no_file() {
         text(&out.stderr)
     );
     assert!(!target.exists());
+}
+
+/// Penalties change a greedy text (as in `transformers`, they act on the logits); filters
+/// (top-k, min-p) cannot, since the most probable token always stays.
+#[test]
+fn generate_penalties_change_greedy_text_and_filters_do_not() {
+    let greedy = |extra: &[&str]| {
+        let checkpoint = stories260k();
+        let mut args = vec![
+            "generate",
+            "--checkpoint",
+            &checkpoint,
+            "--temperature",
+            "0",
+            "--max-new-tokens",
+            "40",
+        ];
+        args.extend(extra);
+        let out = cli(&args);
+        assert!(out.status.success(), "{extra:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let plain = greedy(&[]);
+    assert_eq!(greedy(&["--top-k", "1", "--min-p", "0.9"]), plain);
+    let penalized = greedy(&["--repetition-penalty", "1.5", "--frequency-penalty", "0.5"]);
+    assert_ne!(penalized, plain);
 }
 
 /// A prompt longer than the context is cropped to its last `max_seq_len` tokens at every step,

@@ -3,6 +3,7 @@
 //! the same words. Integer ranges use clap's own `RangedU64ValueParser`.
 
 use clap::builder::{RangedU64ValueParser, TypedValueParser};
+use llama_model::generation::controls::Controls;
 use llama_model::generation::sampling::validate as validate_sampling;
 use llama_model::train::adamw::validate_lr;
 use llama_model::AdamWConfig;
@@ -80,6 +81,38 @@ pub fn top_p(s: &str) -> Result<f64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A sampling control's value, checked by the library ([`Controls::validate`]) with
+/// `set` putting it into otherwise default controls.
+fn control(s: &str, set: impl FnOnce(&mut Controls, f64)) -> Result<f64, String> {
+    let value = number(s)?;
+    let mut controls = Controls::default();
+    set(&mut controls, value);
+    controls
+        .validate()
+        .map(|()| value)
+        .map_err(|e| e.to_string())
+}
+
+/// `--min-p`: in `[0, 1]`.
+pub fn min_p(s: &str) -> Result<f64, String> {
+    control(s, |c, v| c.min_p = Some(v))
+}
+
+/// `--repetition-penalty`: finite, `> 0`.
+pub fn repetition_penalty(s: &str) -> Result<f64, String> {
+    control(s, |c, v| c.repetition_penalty = v)
+}
+
+/// `--presence-penalty`: in `[-2, 2]`.
+pub fn presence_penalty(s: &str) -> Result<f64, String> {
+    control(s, |c, v| c.presence_penalty = v)
+}
+
+/// `--frequency-penalty`: in `[-2, 2]`.
+pub fn frequency_penalty(s: &str) -> Result<f64, String> {
+    control(s, |c, v| c.frequency_penalty = v)
+}
+
 /// `--option`: `pretrain` or `finetune`, listed in `--help` and parsed by the library.
 pub fn finetune_option() -> impl TypedValueParser<Value = FinetuneOption> {
     clap::builder::PossibleValuesParser::new(["finetune", "pretrain"])
@@ -104,5 +137,12 @@ mod tests {
             .unwrap_err()
             .contains("temperature must be"));
         assert!(top_p("1.5").is_err() && top_p("0.9").is_ok());
+        assert!(min_p("1.5")
+            .unwrap_err()
+            .contains("min_p must be in [0, 1]"));
+        assert_eq!(min_p("0.05"), Ok(0.05));
+        assert!(repetition_penalty("0").is_err() && repetition_penalty("1.1").is_ok());
+        assert!(presence_penalty("-2.5").is_err() && presence_penalty("-2").is_ok());
+        assert!(frequency_penalty("NaN").is_err() && frequency_penalty("0.5").is_ok());
     }
 }

@@ -34,8 +34,10 @@ impl<'m, B: Backend> Decoder<'m, B> {
         config: &GenerateConfig,
     ) -> Result<Self, GenerateError> {
         let rows = prompts.len();
-        let samplers = (0..rows)
-            .map(|row| config.sampler(row))
+        let samplers = prompts
+            .iter()
+            .enumerate()
+            .map(|(row, prompt)| config.sampler(row, prompt))
             .collect::<Result<Vec<_>, _>>()?;
         let clock = Clock::new(prompts.iter().map(Vec::len).sum());
         Ok(Self {

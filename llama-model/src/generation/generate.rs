@@ -30,6 +30,7 @@ use std::time::Duration;
 use burn::config::Config;
 use burn::tensor::backend::Backend;
 
+use crate::generation::controls::Controls;
 use crate::generation::decoder::Decoder;
 use crate::generation::sampling::{self, Sampler, SamplingError};
 use crate::model::llama::Llama;
@@ -49,6 +50,21 @@ pub struct GenerateConfig {
     /// Nucleus sampling threshold in `(0, 1]`; `None` (default) samples from every token.
     #[config(default = "None")]
     pub top_p: Option<f64>,
+    /// Keep only the `k` most probable tokens (see [`crate::generation::controls`]).
+    #[config(default = "None")]
+    pub top_k: Option<usize>,
+    /// Drop tokens below `min_p` times the most probable one's probability, in `[0, 1]`.
+    #[config(default = "None")]
+    pub min_p: Option<f64>,
+    /// `transformers`' repetition penalty over prompt and generated tokens (1 = off).
+    #[config(default = 1.0)]
+    pub repetition_penalty: f64,
+    /// OpenAI's presence penalty over generated tokens, in `[-2, 2]`.
+    #[config(default = 0.0)]
+    pub presence_penalty: f64,
+    /// OpenAI's frequency penalty over generated tokens, in `[-2, 2]`.
+    #[config(default = 0.0)]
+    pub frequency_penalty: f64,
     /// Seed of the sampler's random generator (same seed, same text).
     #[config(default = 0)]
     pub seed: u64,
@@ -85,19 +101,33 @@ impl GenerateConfig {
             .with_temperature(0.0)
     }
 
-    /// Checks temperature and `top_p` (see [`sampling::validate`]).
+    /// Checks temperature, `top_p` (see [`sampling::validate`]) and the other controls
+    /// ([`Controls::validate`]).
     pub fn validate(&self) -> Result<(), GenerateError> {
         sampling::validate(self.temperature, self.top_p)?;
+        self.controls().validate()?;
         Ok(())
     }
 
-    /// The sampler for batch row `row` (seed `seed + row`).
-    pub(super) fn sampler(&self, row: usize) -> Result<Sampler, GenerateError> {
+    /// The penalties and filters besides temperature and `top_p`.
+    pub fn controls(&self) -> Controls {
+        Controls {
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+        }
+    }
+
+    /// The sampler for batch row `row` (seed `seed + row`), whose penalties count `prompt`.
+    pub(super) fn sampler(&self, row: usize, prompt: &[u32]) -> Result<Sampler, GenerateError> {
         Ok(Sampler::new(
             self.temperature,
             self.top_p,
             self.seed.wrapping_add(row as u64),
-        )?)
+        )?
+        .with_controls(self.controls(), prompt)?)
     }
 
     /// Why generation stops at `token`, if it does.
@@ -415,7 +445,7 @@ pub fn generate_uncached<B: Backend>(
     use crate::generation::decoder::Clock;
     use crate::generation::engine::{int_tensor, read_rows, Engine};
 
-    let mut sampler = config.sampler(0)?;
+    let mut sampler = config.sampler(0, prompt)?;
     // Validates the prompt; its cache is never used.
     let mut context = Engine::new(model, vec![prompt.to_vec()], 1)?
         .histories
@@ -551,6 +581,53 @@ mod tests {
             }
             assert!(batch.stats.context_resets > 0);
         }
+    }
+
+    /// The penalties and filters act in the cached loop as in the uncached reference (the
+    /// same sampler sees the same logits and history), greedy and sampled, and a strong
+    /// repetition penalty changes a greedy text that repeats.
+    #[test]
+    fn sampling_controls_act_alike_with_and_without_the_cache() {
+        let model = tiny(64);
+        let prompt = [1u32, 7, 7, 12];
+        let plain = GenerateConfig::greedy(24);
+        let controlled = plain
+            .clone()
+            .with_repetition_penalty(1.8)
+            .with_presence_penalty(0.5)
+            .with_frequency_penalty(0.3);
+        let sampled = controlled
+            .clone()
+            .with_temperature(0.9)
+            .with_top_k(Some(5))
+            .with_top_p(Some(0.95))
+            .with_min_p(Some(0.05))
+            .with_seed(3);
+        for config in [&controlled, &sampled] {
+            let cached = generate(&model, &prompt, config, |_| {}).unwrap();
+            let reference = generate_uncached(&model, &prompt, config).unwrap();
+            assert_eq!(cached.tokens, reference.tokens, "{config:?}");
+        }
+        let repeats = |tokens: &[u32]| {
+            let distinct: std::collections::HashSet<_> = tokens.iter().collect();
+            tokens.len() - distinct.len()
+        };
+        let before = generate(&model, &prompt, &plain, |_| {}).unwrap().tokens;
+        let after = generate(&model, &prompt, &controlled, |_| {})
+            .unwrap()
+            .tokens;
+        assert!(
+            repeats(&after) < repeats(&before),
+            "{before:?} -> {after:?}"
+        );
+        let bad = plain.clone().with_top_k(Some(0));
+        assert!(matches!(
+            generate(&model, &prompt, &bad, |_| {}),
+            Err(GenerateError::Sampling(SamplingError::InvalidControl {
+                name: "top_k",
+                ..
+            }))
+        ));
     }
 
     /// Decoding past the model's precomputed RoPE positions grows the engine's tables: the

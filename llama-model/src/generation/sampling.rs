@@ -13,6 +13,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::generation::controls::{self, Controls, TokenCounts};
+
 /// Why a sampler cannot be built or cannot sample.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum SamplingError {
@@ -22,6 +24,16 @@ pub enum SamplingError {
     /// `top_p` is outside `(0, 1]`.
     #[error("top_p must be in (0, 1], got {0}")]
     InvalidTopP(f64),
+    /// A sampling control is out of its range.
+    #[error("{name} must be {range}, got {value}")]
+    InvalidControl {
+        /// The control (`top_k`, `min_p`, ...).
+        name: &'static str,
+        /// The value given.
+        value: f64,
+        /// What it must be.
+        range: &'static str,
+    },
     /// The logits row is empty.
     #[error("cannot sample from an empty row of logits")]
     EmptyLogits,
@@ -117,6 +129,9 @@ pub struct Sampler {
     temperature: f64,
     top_p: Option<f64>,
     rng: StdRng,
+    controls: Controls,
+    /// The tokens the penalties count (the prompt's, then each sampled one).
+    counts: TokenCounts,
 }
 
 impl Sampler {
@@ -129,7 +144,23 @@ impl Sampler {
             temperature,
             top_p,
             rng: StdRng::seed_from_u64(seed),
+            controls: Controls::default(),
+            counts: TokenCounts::default(),
         })
+    }
+
+    /// This sampler with the penalties and filters of `controls` (see
+    /// [`crate::generation::controls`]), the penalties counting `prompt`'s tokens and every
+    /// token sampled from now on. Errors on a control out of its range.
+    pub fn with_controls(
+        mut self,
+        controls: Controls,
+        prompt: &[u32],
+    ) -> Result<Self, SamplingError> {
+        controls.validate()?;
+        self.controls = controls;
+        self.counts = TokenCounts::with_prompt(prompt);
+        Ok(self)
     }
 
     /// The argmax sampler (temperature 0).
@@ -138,6 +169,8 @@ impl Sampler {
             temperature: 0.0,
             top_p: None,
             rng: StdRng::seed_from_u64(0),
+            controls: Controls::default(),
+            counts: TokenCounts::default(),
         }
     }
 
@@ -158,19 +191,66 @@ impl Sampler {
     /// picks the same token from the same logits.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, SamplingError> {
         check_logits(logits)?;
-        if self.temperature == 0.0 {
+        let penalized = self.penalized(logits);
+        let logits = penalized.as_deref().unwrap_or(logits);
+        let token = if self.temperature == 0.0 {
             // check_logits guarantees a non-NaN entry exists.
-            return argmax(logits)
-                .map(|i| i as u32)
-                .ok_or(SamplingError::NoCandidate);
-        }
-        let weights = weights(logits, self.temperature);
-        let u: f64 = self.rng.random();
-        let index = match self.top_p {
-            Some(p) if p < 1.0 => sample_nucleus(&weights, p, u),
-            _ => sample_weights(weights.iter().copied().enumerate(), u),
+            argmax(logits).ok_or(SamplingError::NoCandidate)?
+        } else {
+            let u: f64 = self.rng.random();
+            sample_weights(self.candidates(logits).into_iter(), u)
         };
-        Ok(index as u32)
+        self.counts.push(token as u32);
+        Ok(token as u32)
+    }
+
+    /// Counts `token` as generated without sampling it (a token the caller chose), for the
+    /// penalties.
+    pub fn record_generated(&mut self, token: u32) {
+        self.counts.push(token);
+    }
+
+    /// The distribution the next [`Self::sample`] draws from (at a temperature above 0):
+    /// one probability per logit after the penalties and filters, 0 for a removed token.
+    pub fn distribution(&self, logits: &[f32]) -> Result<Vec<f64>, SamplingError> {
+        check_logits(logits)?;
+        let penalized = self.penalized(logits);
+        let logits = penalized.as_deref().unwrap_or(logits);
+        let mut probabilities = vec![0.0; logits.len()];
+        let candidates = self.candidates(logits);
+        let total: f64 = candidates.iter().map(|(_, w)| w).sum();
+        for (i, w) in candidates {
+            probabilities[i] = w / total;
+        }
+        Ok(probabilities)
+    }
+
+    /// The logits after the penalties; `None` when no penalty is set.
+    fn penalized(&self, logits: &[f32]) -> Option<Vec<f32>> {
+        self.controls.penalizes().then(|| {
+            let mut row = logits.to_vec();
+            self.counts.penalize(&mut row, &self.controls);
+            row
+        })
+    }
+
+    /// The candidates and their unnormalised weights, in the order the inverse CDF walks
+    /// them: every token in id order, or the nucleus by decreasing weight with `top_p`
+    /// (top-k before it, min-p after it, as `transformers` orders them).
+    fn candidates(&self, logits: &[f32]) -> Vec<(usize, f64)> {
+        let mut weights = weights(logits, self.temperature);
+        if let Some(k) = self.controls.top_k {
+            controls::top_k(&mut weights, k);
+        }
+        let mut candidates = match self.top_p {
+            Some(p) if p < 1.0 => nucleus(&weights, p),
+            _ => weights.into_iter().enumerate().collect(),
+        };
+        if let Some(p) = self.controls.min_p.filter(|&p| p > 0.0) {
+            // The largest weight is 1 (and always a candidate): min-p is a weight threshold.
+            controls::min_p(&mut candidates, p);
+        }
+        candidates
     }
 }
 
@@ -195,10 +275,10 @@ fn sample_weights(weights: impl Iterator<Item = (usize, f64)> + Clone, u: f64) -
     last_positive
 }
 
-/// Nucleus sampling: keep the most probable tokens (ties in id order) until their mass
-/// reaches `p * total`, then draw among them with the same inverse CDF, in that order
-/// (as llama2.c's `sample_topp`).
-fn sample_nucleus(weights: &[f64], p: f64, u: f64) -> usize {
+/// The nucleus: the most probable tokens (ties in id order) until their mass reaches
+/// `p * total`, by decreasing weight (as llama2.c's `sample_topp`, which then draws among
+/// them in that order).
+fn nucleus(weights: &[f64], p: f64) -> Vec<(usize, f64)> {
     let total: f64 = weights.iter().sum();
     // A token lighter than (1 - p) / (n - 1) of the mass cannot be in the nucleus: even if
     // all n - 1 others were heavier, the nucleus would be complete before it (llama2.c's
@@ -229,7 +309,13 @@ fn sample_nucleus(weights: &[f64], p: f64, u: f64) -> usize {
         }
     }
     candidates.truncate(keep.max(1));
-    sample_weights(candidates.into_iter(), u)
+    candidates
+}
+
+/// Nucleus sampling: one draw among [`nucleus`]'s tokens, in its order.
+#[cfg(test)]
+fn sample_nucleus(weights: &[f64], p: f64, u: f64) -> usize {
+    sample_weights(nucleus(weights, p).into_iter(), u)
 }
 
 #[cfg(test)]
