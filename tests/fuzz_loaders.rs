@@ -1,4 +1,5 @@
-//! A mutation fuzzer for the file readers: checkpoints (.bin, .pt, .safetensors) and
+//! A mutation fuzzer for the file readers: checkpoints (.bin, .pt, .safetensors), Hugging
+//! Face folders (their configs, index and shards; JSON values also set to extremes) and
 //! tokenizer files (.bin, .model) are truncated, bit-flipped and patched with random header
 //! values; every reader must return an error or a value, never panic.
 //!
@@ -336,5 +337,123 @@ fn tokenizer_model_reader_never_panics() {
         "t.model",
         6,
         loads,
+    );
+}
+
+/// A writable copy of the Hugging Face fixture folder `key` (`hf/…`).
+fn hf_folder_copy(key: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("model");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(fixture(&format!("real-models/{key}"))).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, folder.join(path.file_name().unwrap())).unwrap();
+    }
+    (dir, folder)
+}
+
+/// One random edit of a JSON document's values: a number set to an extreme, a key removed, a
+/// value replaced by one of another type, or (one time in four) the bytes mutated.
+fn mutate_json(rng: &mut StdRng, bytes: &[u8]) -> Vec<u8> {
+    use serde_json::Value;
+    let Ok(mut value) = serde_json::from_slice::<Value>(bytes) else {
+        return mutate(rng, bytes);
+    };
+    if rng.random_range(0..4) == 0 {
+        return mutate(rng, bytes);
+    }
+    // Walk down to a random object and edit one of its keys.
+    let mut node = &mut value;
+    loop {
+        let keys: Vec<String> = match node.as_object() {
+            Some(map) if !map.is_empty() => map.keys().cloned().collect(),
+            _ => break,
+        };
+        let key = keys[rng.random_range(0..keys.len())].clone();
+        let map = node.as_object_mut().unwrap();
+        let descend = map[&key].is_object() && rng.random();
+        if descend {
+            node = map.get_mut(&key).unwrap();
+            continue;
+        }
+        let extremes = [
+            Value::from(0),
+            Value::from(-1),
+            Value::from(1u64 << 31),
+            Value::from(u64::MAX),
+            Value::from(1e300),
+            Value::from(0.5),
+            Value::from("x"),
+            Value::Null,
+            Value::from(vec![1, 2]),
+        ];
+        match rng.random_range(0..3) {
+            0 => {
+                map.remove(&key);
+            }
+            _ => {
+                map.insert(key, extremes[rng.random_range(0..extremes.len())].clone());
+            }
+        }
+        break;
+    }
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// Load the folder holding `path` (a mutated file of it).
+fn folder_loads(path: &Path) -> bool {
+    checkpoint_loads(path.parent().unwrap())
+}
+
+#[test]
+fn hugging_face_folders_never_panic() {
+    // Sharded f32 with the index, transformers 5's config convention.
+    let (_dir, folder) = hf_folder_copy("hf/stories260K");
+    let shard = "model-00002-of-00004.safetensors";
+    for (i, name) in [
+        "config.json",
+        "model.safetensors.index.json",
+        "generation_config.json",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let original = std::fs::read(folder.join(name)).unwrap();
+        let target = format!("real-models/hf/stories260K/{name}");
+        fuzz_with(
+            &folder,
+            &target,
+            name,
+            20 + i as u64,
+            mutate_json,
+            folder_loads,
+        );
+        std::fs::write(folder.join(name), original).unwrap();
+    }
+    fuzz(
+        &folder,
+        &format!("real-models/hf/stories260K/{shard}"),
+        shard,
+        23,
+        folder_loads,
+    );
+    // One bf16 file, the older config convention with llama3 scaling.
+    let (_dir, folder) = hf_folder_copy("hf/tiny-llama3");
+    let original = std::fs::read(folder.join("config.json")).unwrap();
+    fuzz_with(
+        &folder,
+        "real-models/hf/tiny-llama3/config.json",
+        "config.json",
+        24,
+        mutate_json,
+        folder_loads,
+    );
+    std::fs::write(folder.join("config.json"), original).unwrap();
+    fuzz(
+        &folder,
+        "real-models/hf/tiny-llama3/model.safetensors",
+        "model.safetensors",
+        25,
+        folder_loads,
     );
 }

@@ -13,6 +13,8 @@ mod forward;
 mod fuzz_loaders;
 mod generate;
 mod half_weights;
+mod hf_folder_errors;
+mod hf_folders;
 mod kv_cache;
 mod layout;
 mod loader_errors;

@@ -10,6 +10,7 @@ mod crafted_files;
 mod data_parallel;
 mod data_parallel_trust;
 mod exercise_folder;
+mod hf_folders;
 mod interrupt;
 mod lora;
 mod perplexity;

@@ -6,12 +6,14 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use burn::module::Module;
 use clap::Args;
+use llama_model::checkpoint::{hf, CheckpointFormat};
 use llama_model::{load_checkpoint, LlamaConfig, LoadOptions, Tokenizer};
 
 /// The model and tokenizer flags shared by the commands that load a Llama.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Pre-trained checkpoint (.pt, .bin or .safetensors).
+    /// Pre-trained checkpoint (.pt, .bin, .safetensors, or a Hugging Face Llama folder or its
+    /// config.json).
     #[arg(
         long,
         alias = "pretrained-model-path",
@@ -58,7 +60,10 @@ impl ModelArgs {
             .clone()
             .unwrap_or_else(|| find_tokenizer(&self.checkpoint));
         let tokenizer = Tokenizer::from_file(&tokenizer_path)?;
-        if tokenizer.vocab_size() != loaded.config.vocab_size {
+        // A Hugging Face model may pad its embeddings past the tokenizer's vocabulary.
+        let padded = loaded.format == CheckpointFormat::HuggingFace
+            && tokenizer.vocab_size() < loaded.config.vocab_size;
+        if tokenizer.vocab_size() != loaded.config.vocab_size && !padded {
             bail!(
                 "tokenizer {} has {} tokens but the model {} expects {}: pass the model's tokenizer with --tokenizer",
                 tokenizer_path.display(),
@@ -82,10 +87,25 @@ impl ModelArgs {
     }
 }
 
-/// The tokenizer to use for `checkpoint`: the one beside it (tokenizer.model/.bin/.json, or
-/// a single tok*.model / tok*.bin such as stories260K's tok512), else ./tokenizer.model.
+/// The tokenizer to use for `checkpoint`: a Hugging Face folder's own tokenizer.json (what
+/// `transformers` uses with it); else the one beside it (tokenizer.model/.bin/.json, or a
+/// single tok*.model / tok*.bin such as stories260K's tok512), else ./tokenizer.model.
 pub fn find_tokenizer(checkpoint: &Path) -> PathBuf {
-    let dir = checkpoint.parent().unwrap_or(Path::new("."));
+    let hf_config = hf::locate(checkpoint).ok().flatten();
+    if let Some(json) = hf_config
+        .as_ref()
+        .map(|c| c.with_file_name("tokenizer.json"))
+    {
+        if json.is_file() {
+            return json;
+        }
+    }
+    // A folder's files are inside it.
+    let dir = match &hf_config {
+        Some(config) => config.parent(),
+        None => checkpoint.parent(),
+    };
+    let dir = dir.unwrap_or(Path::new("."));
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -119,7 +139,7 @@ pub fn find_tokenizer(checkpoint: &Path) -> PathBuf {
 pub fn missing_checkpoint_help(path: &Path) -> String {
     format!(
         "checkpoint {} not found (--checkpoint, default stories42M.pt): pass --checkpoint PATH \
-         (any llama2.c .bin/.pt or safetensors Llama, e.g. \
+         (any llama2.c .bin/.pt, safetensors or Hugging Face Llama folder, e.g. \
          ../shared/fixtures/models/stories260K/stories260K.bin), or download the exercise's \
          model with `wget https://www.cs.cmu.edu/~vijayv/stories42M.pt`",
         path.display()

@@ -111,10 +111,7 @@ pub(super) fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header, Checkpoi
     .with_n_kv_heads(Some(positive(n_kv_heads, "n_kv_heads")?))
     .with_max_seq_len(positive(seq_len, "seq_len")?)
     .with_tie_embeddings(shared_classifier);
-    config.validate().map_err(|error| CheckpointError::Config {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let config = super::tensors::validated(path, config)?;
     Ok(Header {
         config,
         shared_classifier,

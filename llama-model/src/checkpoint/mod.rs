@@ -4,7 +4,8 @@
 //! 2. llama2.c training checkpoints (`attention.wq…` names, `_orig_mod.` prefixes);
 //! 3. llama2.c `.bin` exports (legacy v0 header, the v1 `ak42` header, and the v2 int8
 //!    export `runq.c` reads);
-//! 4. safetensors, with the config beside it.
+//! 4. safetensors, with the config beside it;
+//! 5. Hugging Face Llama folders (`config.json` and safetensors shards; [`hf`]).
 //!
 //! The format is found from the file's first bytes, not its extension. Every reader produces
 //! a [`TensorMap`] under the exercise's parameter names, and one function
@@ -12,6 +13,7 @@
 //! unexpected or wrong-shaped tensor is an error naming it (the exercise loads with
 //! `strict=False`; we do not).
 
+pub mod hf;
 mod llama2c_bin;
 mod llama2c_q80;
 mod pickle_scan;
@@ -71,6 +73,12 @@ pub enum CheckpointError {
         name: String,
         shape: Vec<usize>,
     },
+    #[error("{path}: missing shard (the index {index} puts tensor `{tensor}` in it)")]
+    MissingShard {
+        path: PathBuf,
+        index: PathBuf,
+        tensor: String,
+    },
     #[error("{path}: tensor `{name}` has shape {found:?}, the config expects {expected:?}")]
     ShapeMismatch {
         path: PathBuf,
@@ -92,6 +100,7 @@ impl CheckpointError {
             | Self::MissingConfig { path, .. }
             | Self::MissingTensor { path, .. }
             | Self::UnexpectedTensor { path, .. }
+            | Self::MissingShard { path, .. }
             | Self::ShapeMismatch { path, .. } => path,
         }
     }
@@ -110,6 +119,8 @@ pub enum CheckpointFormat {
     Llama2cQ80,
     /// A safetensors file.
     Safetensors,
+    /// A Hugging Face model folder (`config.json` and safetensors weights).
+    HuggingFace,
 }
 
 impl std::fmt::Display for CheckpointFormat {
@@ -120,6 +131,7 @@ impl std::fmt::Display for CheckpointFormat {
             Self::Llama2cV1 => "llama2.c .bin (v1)",
             Self::Llama2cQ80 => "llama2.c .bin (v2, int8 Q8_0)",
             Self::Safetensors => "safetensors",
+            Self::HuggingFace => "Hugging Face folder",
         })
     }
 }
@@ -141,8 +153,12 @@ pub struct LoadedCheckpoint<B: Backend> {
     pub warnings: Vec<String>,
 }
 
-/// Detect the container format from the first bytes of `path`.
+/// Detect the container format from the first bytes of `path` (a folder, or a JSON file,
+/// is a Hugging Face model).
 pub fn detect_format(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
+    if hf::locate(path)?.is_some() {
+        return Ok(CheckpointFormat::HuggingFace);
+    }
     let io = |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
@@ -191,6 +207,14 @@ pub fn detect_format(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
     })
 }
 
+/// The `config.json` of the Hugging Face model at `path` (the folder or the file).
+fn hf_config(path: &Path) -> Result<PathBuf, CheckpointError> {
+    hf::locate(path)?.ok_or_else(|| CheckpointError::UnknownFormat {
+        path: path.to_path_buf(),
+        detail: "not a Hugging Face model folder".into(),
+    })
+}
+
 /// Read as many bytes as fit in `buf` (fewer at end of file).
 fn read_up_to(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
@@ -228,6 +252,7 @@ fn read_with_int8(
         CheckpointFormat::Safetensors => {
             safetensors_file::read(path, options.config.as_deref()).map(|(c, t)| (c, t, None))?
         }
+        CheckpointFormat::HuggingFace => hf::read(&hf_config(path)?).map(|(c, t)| (c, t, None))?,
     };
     Ok((config, tensors, format, int8))
 }
@@ -240,6 +265,10 @@ pub fn load_checkpoint<B: Backend>(
     options: &LoadOptions,
     device: &B::Device,
 ) -> Result<LoadedCheckpoint<B>, CheckpointError> {
+    // A Hugging Face folder is built tensor by tensor from its memory-mapped shards.
+    if detect_format(path)? == CheckpointFormat::HuggingFace {
+        return hf::load(&hf_config(path)?, device);
+    }
     let (config, tensors, format, int8) = read_with_int8(path, options)?;
     let warnings = tensors::non_finite_report(path, &tensors);
     // `build_model` has checked every name and shape, so the matrices fit.

@@ -23,7 +23,7 @@ pub fn config_candidates(path: &Path) -> Vec<PathBuf> {
 }
 
 /// Decode little-endian floats of a supported dtype to f32.
-fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+pub(super) fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     let halves = |f: fn(u16) -> f32| {
         bytes
             .chunks_exact(2)

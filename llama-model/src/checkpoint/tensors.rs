@@ -71,17 +71,20 @@ pub fn parameter_shapes(config: &LlamaConfig) -> BTreeMap<String, Vec<usize>> {
 pub fn non_finite_report(path: &Path, tensors: &TensorMap) -> Vec<String> {
     tensors
         .iter()
-        .filter_map(|(name, t)| {
-            let bad = t.data.iter().filter(|v| !v.is_finite()).count();
-            (bad > 0).then(|| {
-                format!(
-                    "{}: tensor `{name}` holds {bad} NaN or infinite values of {}",
-                    path.display(),
-                    t.data.len()
-                )
-            })
-        })
+        .filter_map(|(name, t)| non_finite_line(path, name, &t.data))
         .collect()
+}
+
+/// The line of [`non_finite_report`] for one tensor, if it holds NaN or infinite values.
+pub fn non_finite_line(path: &Path, name: &str, data: &[f32]) -> Option<String> {
+    let bad = data.iter().filter(|v| !v.is_finite()).count();
+    (bad > 0).then(|| {
+        format!(
+            "{}: tensor `{name}` holds {bad} NaN or infinite values of {}",
+            path.display(),
+            data.len()
+        )
+    })
 }
 
 /// Takes tensors out of a map, checking each name and shape against the config: the
@@ -92,7 +95,18 @@ struct Taker<'a, B: Backend> {
     device: &'a B::Device,
 }
 
-impl<B: Backend> Taker<'_, B> {
+/// Stored tensors handed out by our parameter name, each checked against its expected
+/// shape; wrapped in [`Stored`], such a store is a [`ParamSource`].
+pub(super) trait StoredTensors<B: Backend> {
+    /// Parameter `name` with PyTorch shape `expected`, on the store's device.
+    fn take<const D: usize>(
+        &mut self,
+        name: &str,
+        expected: [usize; D],
+    ) -> Result<Tensor<B, D>, CheckpointError>;
+}
+
+impl<B: Backend> StoredTensors<B> for Taker<'_, B> {
     fn take<const D: usize>(
         &mut self,
         name: &str,
@@ -121,7 +135,10 @@ impl<B: Backend> Taker<'_, B> {
     }
 }
 
-impl<B: Backend> ParamSource<B> for Taker<'_, B> {
+/// A [`StoredTensors`] as the [`ParamSource`] a model is built from.
+pub(super) struct Stored<S>(pub S);
+
+impl<B: Backend, S: StoredTensors<B>> ParamSource<B> for Stored<S> {
     type Error = CheckpointError;
 
     /// A PyTorch `[out, in]` weight. Burn's `Linear` computes `x · W` with `W` `[in, out]`,
@@ -134,7 +151,7 @@ impl<B: Backend> ParamSource<B> for Taker<'_, B> {
         _init_std: f64,
     ) -> Result<Linear<B>, CheckpointError> {
         Ok(Linear {
-            weight: Param::from_tensor(self.take(name, [d_out, d_in])?.transpose()),
+            weight: Param::from_tensor(self.0.take(name, [d_out, d_in])?.transpose()),
             bias: None,
         })
     }
@@ -145,12 +162,21 @@ impl<B: Backend> ParamSource<B> for Taker<'_, B> {
         shape: [usize; 2],
         _init_std: f64,
     ) -> Result<Param<Tensor<B, 2>>, CheckpointError> {
-        Ok(Param::from_tensor(self.take(name, shape)?))
+        Ok(Param::from_tensor(self.0.take(name, shape)?))
     }
 
     fn gain(&mut self, name: &str, dim: usize) -> Result<Param<Tensor<B, 1>>, CheckpointError> {
-        Ok(Param::from_tensor(self.take(name, [dim])?))
+        Ok(Param::from_tensor(self.0.take(name, [dim])?))
     }
+}
+
+/// `config`, checked to be usable; an error names the checkpoint `path`.
+pub(super) fn validated(path: &Path, config: LlamaConfig) -> Result<LlamaConfig, CheckpointError> {
+    config.validate().map_err(|error| CheckpointError::Config {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    Ok(config)
 }
 
 /// Assemble a [`Llama`] from `tensors`, which must hold exactly the model's parameters with
@@ -159,14 +185,11 @@ impl<B: Backend> ParamSource<B> for Taker<'_, B> {
 /// becomes a separate head).
 pub fn build_model<B: Backend>(
     path: &Path,
-    mut config: LlamaConfig,
+    config: LlamaConfig,
     mut tensors: TensorMap,
     device: &B::Device,
 ) -> Result<(Llama<B>, LlamaConfig), CheckpointError> {
-    config.validate().map_err(|error| CheckpointError::Config {
-        path: path.to_path_buf(),
-        error,
-    })?;
+    let mut config = validated(path, config)?;
     let is_llama_name =
         |name: &str| name.starts_with("layers.") || name.starts_with("tok_embeddings.");
     if !tensors.keys().any(|name| is_llama_name(name)) {
@@ -197,13 +220,13 @@ pub fn build_model<B: Backend>(
         }
     }
 
-    let mut t = Taker {
+    let mut t = Stored(Taker {
         path,
         tensors,
         device,
-    };
+    });
     let model = config.build(&mut t, device)?;
-    if let Some((name, tensor)) = t.tensors.into_iter().next() {
+    if let Some((name, tensor)) = t.0.tensors.into_iter().next() {
         return Err(CheckpointError::UnexpectedTensor {
             path: path.to_path_buf(),
             name,

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::config::Config;
 use serde::Deserialize;
 
+use super::rope_scaling::{FrequencyPrecision, RopeScaling};
+
 /// Why a configuration could not be read or is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -69,6 +71,13 @@ pub struct LlamaConfig {
     /// RoPE base frequency.
     #[config(default = 10000.0)]
     pub rope_theta: f64,
+    /// RoPE frequency scaling (Llama 3.x's `llama3`, or `linear`); `None` for none.
+    #[config(default = "None")]
+    pub rope_scaling: Option<RopeScaling>,
+    /// Precision the RoPE inverse frequencies are rounded to (a Hugging Face model stored in
+    /// bf16/f16, as `transformers` runs it cast to that dtype); `None` keeps f32.
+    #[config(default = "None")]
+    pub rope_frequency_precision: Option<FrequencyPrecision>,
     /// Whether the output projection shares the token-embedding matrix.
     #[config(default = true)]
     pub tie_embeddings: bool,
@@ -89,6 +98,8 @@ pub struct ModelArgs {
     pub norm_eps: Option<f64>,
     pub dropout: Option<f64>,
     pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<RopeScaling>,
+    pub rope_frequency_precision: Option<FrequencyPrecision>,
 }
 
 impl ModelArgs {
@@ -122,6 +133,8 @@ impl ModelArgs {
         if let Some(v) = self.rope_theta {
             config.rope_theta = v;
         }
+        config.rope_scaling = self.rope_scaling;
+        config.rope_frequency_precision = self.rope_frequency_precision;
         config.validate()?;
         Ok(config)
     }
@@ -223,6 +236,9 @@ impl LlamaConfig {
         }
         if !(self.rope_theta > 0.0 && self.rope_theta.is_finite()) {
             return bad(format!("rope_theta {} must be positive", self.rope_theta));
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            scaling.check().map_err(ConfigError::Invalid)?;
         }
         Ok(())
     }

@@ -12,4 +12,5 @@ pub mod param_source;
 pub(crate) mod projection;
 pub(crate) mod rms_norm;
 pub(crate) mod rope;
+pub mod rope_scaling;
 pub(crate) mod weight_layout;

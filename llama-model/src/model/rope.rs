@@ -21,6 +21,8 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 
+use super::rope_scaling::{FrequencyPrecision, RopeScaling};
+
 /// Most positions a model precomputes when it is built (Llama 2's context); see the module
 /// documentation.
 #[cfg(not(test))]
@@ -40,6 +42,12 @@ pub struct RotaryEmbeddingConfig {
     /// Base of the geometric frequency progression.
     #[config(default = 10000.0)]
     pub theta: f64,
+    /// Frequency scaling (`rope_scaling` of a Hugging Face config); `None` for none.
+    #[config(default = "None")]
+    pub scaling: Option<RopeScaling>,
+    /// Precision the inverse frequencies are rounded to; `None` keeps f32.
+    #[config(default = "None")]
+    pub precision: Option<FrequencyPrecision>,
 }
 
 /// Precomputed cosine/sine tables; constants of the model, not parameters.
@@ -58,12 +66,22 @@ pub struct RotaryEmbedding<B: Backend> {
     swap: Tensor<B, 2>,
     head_dim: usize,
     theta: f64,
+    #[module(skip)]
+    scaling: Option<RopeScaling>,
+    #[module(skip)]
+    precision: Option<FrequencyPrecision>,
 }
 
 impl RotaryEmbeddingConfig {
     /// Build the tables on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> RotaryEmbedding<B> {
-        let (cos, sin) = angle_tables::<B>(self.head_dim, self.theta, 0, self.max_seq_len, device);
+        let freqs = frequencies(
+            self.head_dim,
+            self.theta,
+            self.scaling.as_ref(),
+            self.precision,
+        );
+        let (cos, sin) = angle_tables::<B>(self.head_dim, &freqs, 0, self.max_seq_len, device);
         let d = self.head_dim;
         let mut swap = vec![0.0f32; d * d];
         for j in 0..d / 2 {
@@ -76,11 +94,33 @@ impl RotaryEmbeddingConfig {
             swap: Tensor::from_data(TensorData::new(swap, [d, d]), device),
             head_dim: self.head_dim,
             theta: self.theta,
+            scaling: self.scaling,
+            precision: self.precision,
         }
     }
 }
 
-/// Cosine and signed sine of `pos * theta^(-2j/head_dim)` for `pos` in `start..start+len`,
+/// The inverse frequency of each rotated pair, `theta^(-2j/head_dim)` for `j` in
+/// `0..head_dim/2`, then scaled by `scaling` and rounded to `precision` if given.
+fn frequencies(
+    head_dim: usize,
+    theta: f64,
+    scaling: Option<&RopeScaling>,
+    precision: Option<FrequencyPrecision>,
+) -> Vec<f32> {
+    let mut freqs: Vec<f32> = (0..head_dim / 2)
+        .map(|j| (theta as f32).powf(-((2 * j) as f32) / head_dim as f32))
+        .collect();
+    if let Some(scaling) = scaling {
+        scaling.apply(&mut freqs);
+    }
+    if let Some(precision) = precision {
+        precision.round(&mut freqs);
+    }
+    freqs
+}
+
+/// Cosine and signed sine of `pos * freqs[j]` for `pos` in `start..start+len`,
 /// each `[len, head_dim]` in the interleaved layout of [`RotaryEmbedding`].
 ///
 /// The angles are formed in f32 exactly as the PyTorch reference does (f32 frequencies,
@@ -88,18 +128,15 @@ impl RotaryEmbeddingConfig {
 /// with the reference bit for bit or within one ulp.
 fn angle_tables<B: Backend>(
     head_dim: usize,
-    theta: f64,
+    freqs: &[f32],
     start: usize,
     len: usize,
     device: &B::Device,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let freqs: Vec<f32> = (0..head_dim / 2)
-        .map(|j| (theta as f32).powf(-((2 * j) as f32) / head_dim as f32))
-        .collect();
     let mut cos = Vec::with_capacity(len * head_dim);
     let mut sin = Vec::with_capacity(len * head_dim);
     for pos in start..start + len {
-        for &f in &freqs {
+        for &f in freqs {
             let angle = (pos as f32 * f) as f64;
             let (c, s) = (angle.cos() as f32, angle.sin() as f32);
             cos.extend([c, c]);
@@ -133,6 +170,8 @@ impl<B: Backend> RotaryEmbedding<B> {
     pub fn resized(&self, max_seq_len: usize, device: &B::Device) -> Self {
         RotaryEmbeddingConfig::new(self.head_dim, max_seq_len)
             .with_theta(self.theta)
+            .with_scaling(self.scaling)
+            .with_precision(self.precision)
             .init(device)
     }
 
@@ -159,7 +198,13 @@ impl<B: Backend> RotaryEmbedding<B> {
                 self.sin.clone().slice([range]),
             )
         } else {
-            angle_tables(self.head_dim, self.theta, start, len, &self.cos.device())
+            let freqs = frequencies(
+                self.head_dim,
+                self.theta,
+                self.scaling.as_ref(),
+                self.precision,
+            );
+            angle_tables(self.head_dim, &freqs, start, len, &self.cos.device())
         }
     }
 

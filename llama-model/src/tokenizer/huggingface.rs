@@ -28,8 +28,9 @@ pub fn parse(
         .with_truncation(None)
         .map_err(|e| invalid(e.to_string()))?;
     inner.with_padding(None);
-    // Text that spells "<s>" is text, as in sentencepiece; BOS is added by `encode(.., bos)`.
-    inner.set_encode_special_tokens(true);
+    // Special tokens written in the text are parsed (`"<s>"` is BOS), as `transformers` does
+    // with a model's own tokenizer.json; BOS is added by `encode(.., bos)`.
+    inner.set_encode_special_tokens(false);
 
     let by_id = inner.get_vocab(true);
     if by_id.is_empty() {
@@ -89,6 +90,62 @@ pub fn parse(
     Ok((inner, vocab))
 }
 
+/// The special tokens of a `tokenizer.json` at `path`, as `transformers` takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// What the post-processor puts before a text, else `tokenizer_config.json`'s `bos_token`
+    /// beside the file, else `<s>`.
+    pub bos: Option<u32>,
+    /// `tokenizer_config.json`'s `eos_token`, else `</s>`.
+    pub eos: Option<u32>,
+    /// `<0x00>`, else `pad_token`, else EOS.
+    pub pad: Option<u32>,
+    /// Whether a text gets BOS: `tokenizer_config.json`'s `add_bos_token` where given, else
+    /// whether the post-processor puts one (a file without a post-processor: yes).
+    pub adds_bos: bool,
+}
+
+/// The [`SpecialTokens`] of the `tokenizer.json` at `path`, parsed as `inner`.
+pub fn special_tokens(inner: &tokenizers::Tokenizer, path: &Path) -> SpecialTokens {
+    let config = path
+        .parent()
+        .map(|dir| dir.join("tokenizer_config.json"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .unwrap_or(Value::Null);
+    // A token is written as its text or as `{"content": text, ...}`.
+    let named = |key: &str| {
+        let value = config.get(key)?;
+        let text = value
+            .as_str()
+            .or_else(|| value.get("content").and_then(Value::as_str))?;
+        inner.token_to_id(text)
+    };
+    let has_post_processor = inner.get_post_processor().is_some();
+    let prefixed = has_post_processor
+        .then(|| inner.encode_fast("", true).ok())
+        .flatten()
+        .and_then(|e| e.get_ids().first().copied());
+    let bos = prefixed
+        .or_else(|| named("bos_token"))
+        .or_else(|| inner.token_to_id(super::BOS_PIECE));
+    let eos = named("eos_token").or_else(|| inner.token_to_id(super::EOS_PIECE));
+    let pad = inner
+        .token_to_id(super::PAD_PIECE)
+        .or_else(|| named("pad_token"))
+        .or(eos);
+    let adds_bos = config
+        .get("add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(prefixed.is_some() || !has_post_processor);
+    SpecialTokens {
+        bos,
+        eos,
+        pad,
+        adds_bos,
+    }
+}
+
 /// Whether the serialized decoder removes the dummy-prefix space (`Strip` with `start >= 1`,
 /// or a `Metaspace` that prepends), i.e. whether the file follows sentencepiece's convention.
 fn strips_first_space(decoder: &Value) -> bool {
@@ -115,6 +172,39 @@ fn strips_first_space(decoder: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::fixture;
+    use crate::Tokenizer;
+
+    #[test]
+    fn tokenizer_config_add_bos_token_decides_bos() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("tokenizer.json");
+        std::fs::copy(fixture("real-models/hf/stories260K/tokenizer.json"), &json).unwrap();
+        // Nothing said: the post-processor's `<s>`.
+        let ids = Tokenizer::from_file(&json)
+            .unwrap()
+            .encode("Once", true, false)
+            .unwrap();
+        assert_eq!(ids[0], 1);
+        let config = dir.path().join("tokenizer_config.json");
+        std::fs::write(&config, r#"{"add_bos_token": false}"#).unwrap();
+        let tok = Tokenizer::from_file(&json).unwrap();
+        assert!(!tok.adds_bos());
+        let without = tok.encode("Once", true, false).unwrap();
+        assert_eq!(without, ids[1..]);
+        // A named BOS token, given as text or as an added-token object.
+        std::fs::write(
+            &config,
+            r#"{"bos_token": {"content": "</s>"}, "eos_token": "<s>"}"#,
+        )
+        .unwrap();
+        let tok = Tokenizer::from_file(&json).unwrap();
+        assert_eq!(
+            (tok.bos_id(), tok.eos_id()),
+            (1, 1),
+            "post-processor's BOS wins"
+        );
+    }
 
     #[test]
     fn garbage_json_is_an_error() {

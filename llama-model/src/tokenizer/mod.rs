@@ -4,7 +4,8 @@
 //! sentencepiece's `tokenizer.model`, llama2.c's `tokenizer.bin`, HuggingFace's
 //! `tokenizer.json` — recognising the format from the content, not the file name. The first two
 //! are converted to a `tokenizers` BPE model (see `builder.rs`) that produces the same ids as
-//! sentencepiece; the third is used as it is.
+//! sentencepiece; the third is used as `transformers` uses a model's own file (special tokens
+//! in the text parsed, BOS from its post-processor, its own decoder), byte-level BPE included.
 //!
 //! The API follows the minllama assignment's `tokenizer.py`: [`Tokenizer::encode`] takes `bos`
 //! / `eos` flags, `pad_id` is the id of the piece `<0x00>`, and [`Tokenizer::decode`] follows
@@ -52,6 +53,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     vocab: Vocabulary,
     bos_id: u32,
+    /// Whether `encode(.., bos = true, ..)` puts BOS first (a `tokenizer.json` may say no).
+    adds_bos: bool,
     eos_id: u32,
     pad_id: u32,
     unk_id: Option<u32>,
@@ -99,18 +102,26 @@ impl Tokenizer {
             TokenizerFormat::HuggingFaceJson => huggingface::parse(bytes, path)?,
         };
 
-        let required = |piece: &str, purpose: &'static str| {
-            vocab
-                .find(piece)
-                .ok_or_else(|| TokenizerError::MissingPiece {
-                    path: path.to_path_buf(),
-                    piece: piece.to_string(),
-                    purpose,
-                })
+        let required = |piece: &str, purpose: &'static str, found: Option<u32>| {
+            found.ok_or_else(|| TokenizerError::MissingPiece {
+                path: path.to_path_buf(),
+                piece: piece.to_string(),
+                purpose,
+            })
         };
-        let bos_id = required(BOS_PIECE, "beginning-of-sequence id")?;
-        let eos_id = required(EOS_PIECE, "end-of-sequence id")?;
-        let pad_id = required(PAD_PIECE, "padding id")?;
+        let special = match format {
+            TokenizerFormat::HuggingFaceJson => huggingface::special_tokens(&inner, path),
+            _ => huggingface::SpecialTokens {
+                bos: vocab.find(BOS_PIECE),
+                eos: vocab.find(EOS_PIECE),
+                pad: vocab.find(PAD_PIECE),
+                adds_bos: true,
+            },
+        };
+        let (bos, eos, pad) = (special.bos, special.eos, special.pad);
+        let bos_id = required(BOS_PIECE, "beginning-of-sequence id", bos)?;
+        let eos_id = required(EOS_PIECE, "end-of-sequence id", eos)?;
+        let pad_id = required(PAD_PIECE, "padding id", pad)?;
         let unk_id = vocab
             .pieces
             .iter()
@@ -121,6 +132,7 @@ impl Tokenizer {
             inner,
             vocab,
             bos_id,
+            adds_bos: special.adds_bos,
             eos_id,
             pad_id,
             unk_id,
@@ -143,7 +155,9 @@ impl Tokenizer {
         self.max_len
     }
 
-    /// Encodes `text` like sentencepiece, optionally with BOS in front and EOS at the end.
+    /// Encodes `text` like sentencepiece, optionally with BOS in front and EOS at the end. A
+    /// `tokenizer.json` whose `tokenizer_config.json` says `add_bos_token: false` (or whose
+    /// post-processor puts no BOS, where it says nothing) gets no BOS.
     ///
     /// If a maximum length is set ([`with_max_len`](Self::with_max_len)) the text's ids are cut
     /// to it first, as in [`encode_truncated`](Self::encode_truncated).
@@ -183,7 +197,7 @@ impl Tokenizer {
         let body = encoding.get_ids();
         let body = &body[..body.len().min(max_len)];
         let mut ids = Vec::with_capacity(body.len() + 2);
-        if bos {
+        if bos && self.adds_bos {
             ids.push(self.bos_id);
         }
         ids.extend_from_slice(body);
@@ -193,10 +207,14 @@ impl Tokenizer {
         Ok(ids)
     }
 
-    /// Decodes ids to text the way sentencepiece does: BOS/EOS and other control pieces are
-    /// dropped, `<0xNN>` pieces become bytes (U+FFFD for each byte that is not part of a valid
-    /// character), `<unk>` becomes `" ⁇ "`, and the first piece's leading space is removed.
+    /// Decodes ids to text the way sentencepiece does (a `tokenizer.json`: its own decoder,
+    /// special tokens skipped): BOS/EOS and other control pieces are dropped, `<0xNN>` pieces
+    /// become bytes (U+FFFD for each byte that is not part of a valid character), `<unk>`
+    /// becomes `" ⁇ "`, and the first piece's leading space is removed.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        if self.format == TokenizerFormat::HuggingFaceJson {
+            return self.decode_json(ids);
+        }
         let mut state = DecodeState::default();
         let mut text = String::new();
         for &id in ids {
@@ -204,6 +222,17 @@ impl Tokenizer {
         }
         text.push_str(&state.finish());
         Ok(text)
+    }
+
+    /// A `tokenizer.json`'s own decoder, special tokens skipped, as `transformers` decodes
+    /// (byte-level pieces that do not form UTF-8 become U+FFFD).
+    fn decode_json(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        for &id in ids {
+            self.piece(id)?;
+        }
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
     /// The bytes one token prints in llama2.c's streaming `decode(prev, id)`: the piece with
@@ -252,12 +281,17 @@ impl Tokenizer {
         self.vocab.pieces.len()
     }
 
-    /// Id of `<s>` (1 for Llama 2).
+    /// Id of BOS: `<s>` (1 for Llama 2), or what a `tokenizer.json`'s post-processor adds.
     pub fn bos_id(&self) -> u32 {
         self.bos_id
     }
 
-    /// Id of `</s>` (2 for Llama 2).
+    /// Whether [`encode`](Self::encode) puts BOS first when asked to.
+    pub fn adds_bos(&self) -> bool {
+        self.adds_bos
+    }
+
+    /// Id of EOS: `</s>` (2 for Llama 2), or a `tokenizer.json`'s `eos_token`.
     pub fn eos_id(&self) -> u32 {
         self.eos_id
     }

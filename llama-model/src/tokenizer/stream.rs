@@ -8,12 +8,16 @@
 //! llama2.c's streaming `decode(prev, token)`: a BOS in the middle of a stream starts a new
 //! text, so the piece after it loses its leading space too (`Tokenizer::decode` keeps it).
 //!
+//! A `tokenizer.json` (byte-level BPE included) is decoded by its own decoder instead, through
+//! `tokenizers`' stream step: a chunk is printed once the text of the ids so far extends the
+//! text already printed and does not end in U+FFFD (an unfinished character).
+//!
 //! Leading space: the first piece of a text loses its leading space (`▁Once` prints `Once`).
 //! A stream that continues a text already shown ([`TextStream::after`], e.g. new tokens
 //! after an echoed prompt) keeps it (`▁were` prints ` were`).
 
 use super::decode::DecodeState;
-use super::{Tokenizer, TokenizerError};
+use super::{Tokenizer, TokenizerError, TokenizerFormat};
 
 /// Decodes a stream of token ids into text chunks, each valid UTF-8 (see the
 /// module docs).
@@ -37,32 +41,76 @@ use super::{Tokenizer, TokenizerError};
 pub struct TextStream<'t> {
     tokenizer: &'t Tokenizer,
     state: DecodeState,
+    /// The `tokenizer.json` stream's state, for that format.
+    json: Option<JsonStream>,
+}
+
+/// The state `tokenizers::tokenizer::step_decode_stream` keeps between ids.
+#[derive(Debug, Clone, Default)]
+struct JsonStream {
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+}
+
+impl JsonStream {
+    fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
+        tokenizers::tokenizer::step_decode_stream(
+            tokenizer.inner(),
+            vec![id],
+            true,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        )
+        .map(Option::unwrap_or_default)
+        .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// What the held-back ids decode to past the printed prefix (lossy).
+    fn rest(&self, tokenizer: &Tokenizer) -> String {
+        let text = tokenizer
+            .inner()
+            .decode(&self.ids, true)
+            .unwrap_or_default();
+        text.get(self.prefix.len()..)
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 impl<'t> TextStream<'t> {
     /// A stream at the start of a text: the first piece's leading space is dropped.
     pub fn new(tokenizer: &'t Tokenizer) -> Self {
+        let json =
+            (tokenizer.format() == TokenizerFormat::HuggingFaceJson).then(JsonStream::default);
         Self {
             tokenizer,
             state: DecodeState::default(),
+            json,
         }
     }
 
     /// A stream continuing after `prev_id`, a token whose text was already shown (after a
     /// BOS, that is the start of a text).
     pub fn after(tokenizer: &'t Tokenizer, prev_id: u32) -> Self {
-        let state = if prev_id == tokenizer.bos_id() {
-            DecodeState::default()
-        } else {
-            DecodeState::continuing()
-        };
-        Self { tokenizer, state }
+        let mut stream = Self::new(tokenizer);
+        if let Some(json) = &mut stream.json {
+            // The text of `prev_id` was shown: decode after it, print only what follows.
+            let _ = json.step(tokenizer, prev_id);
+        } else if prev_id != tokenizer.bos_id() {
+            stream.state = DecodeState::continuing();
+        }
+        stream
     }
 
     /// Feeds one id; returns the text that is now complete (often one word, possibly empty
     /// while a multi-byte character is unfinished). Errors on an id outside the vocabulary.
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
         let piece = self.tokenizer.piece(id)?;
+        if let Some(json) = &mut self.json {
+            return json.step(self.tokenizer, id);
+        }
         let out = self.state.push(piece, self.tokenizer.text_options());
         if id == self.tokenizer.bos_id() {
             // llama2.c: a BOS starts a new text.
@@ -78,7 +126,10 @@ impl<'t> TextStream<'t> {
 
     /// Ends the stream, returning an unfinished trailing character as U+FFFD per byte.
     pub fn finish(mut self) -> String {
-        self.state.finish()
+        match &self.json {
+            Some(json) => json.rest(self.tokenizer),
+            None => self.state.finish(),
+        }
     }
 }
 

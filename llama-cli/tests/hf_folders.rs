@@ -1,0 +1,63 @@
+//! Hugging Face Llama folders on the command line: `--checkpoint` takes the folder or its
+//! `config.json`, and the folder's own `tokenizer.json` is used.
+
+use llama_model::fixtures::fixture;
+use llama_model::Tokenizer;
+
+use crate::common::{cli, path, text};
+
+/// `generate --checkpoint CHECKPOINT --prompt PROMPT` for `n` tokens; the greedy file's text.
+fn greedy_text(checkpoint: &str, prompt: &str, n: usize) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = cli(&[
+        "generate",
+        "--checkpoint",
+        checkpoint,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        &n.to_string(),
+        "--out-dir",
+        &path(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("Hugging Face folder"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::read_to_string(dir.path().join("generated-sentence-temp-0.txt")).unwrap()
+}
+
+#[test]
+fn generate_runs_on_a_hugging_face_folder_and_on_its_config() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("real-models/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect()
+    };
+    let n = 12;
+    for (key, checkpoint) in [
+        ("hf/stories260K", fixture("real-models/hf/stories260K")),
+        (
+            "hf/tiny-llama3",
+            fixture("real-models/hf/tiny-llama3/config.json"),
+        ),
+    ] {
+        let case = &reference["models"][key]["greedy"][0];
+        let prompt = case["prompt"].as_str().unwrap();
+        let greedy = greedy_text(&path(&checkpoint), prompt, n);
+        // transformers' greedy ids, decoded by the folder's tokenizer.json.
+        let tok =
+            Tokenizer::from_file(fixture(&format!("real-models/{key}/tokenizer.json"))).unwrap();
+        let mut all = ids(&case["prompt_ids"]);
+        all.extend(&ids(&case["new_ids"])[..n]);
+        assert_eq!(greedy, format!("{}\n", tok.decode(&all).unwrap()), "{key}");
+    }
+}
