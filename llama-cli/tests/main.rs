@@ -15,4 +15,6 @@ mod interrupt;
 mod lora;
 mod perplexity;
 mod pretrain;
+mod run_folder;
+mod saves;
 mod watching;
