@@ -210,9 +210,10 @@ struct Folders {
 /// temporary file left behind). A crash after any other operation leaves one of these
 /// states (for a killed process; a power loss is the `fsync`s' concern): after a
 /// temporary's create, write or `fsync`, the state after the rename or remove before it,
-/// plus a temporary file; after a folder's `fsync`, the state after its rename. With
-/// `LLAMA_TEST_EVERY_FAULT=1` every operation is a crash point (slower: about four times as
-/// many runs).
+/// plus a temporary file; after a folder's `fsync`, the state after its rename. The first
+/// [`EVERY_FAULT_UP_TO`] operations are all crash points anyway, and with
+/// `LLAMA_TEST_EVERY_FAULT=1` every operation is one (slower: about four times as many
+/// runs).
 fn crash_points(stderr: &str) -> Vec<usize> {
     let operations: Vec<(usize, &str)> = stderr
         .lines()
@@ -229,13 +230,21 @@ fn crash_points(stderr: &str) -> Vec<usize> {
         .iter()
         .find(|(_, what)| what.starts_with("write "))
         .map(|&(n, _)| n);
-    operations
+    let mut points: Vec<usize> = operations
         .iter()
-        .filter(|(_, what)| what.starts_with("rename ") || what.starts_with("remove "))
+        .filter(|&&(n, what)| {
+            n <= EVERY_FAULT_UP_TO || what.starts_with("rename ") || what.starts_with("remove ")
+        })
         .map(|&(n, _)| n)
         .chain(first_write)
-        .collect()
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    points
 }
+
+/// Every operation up to this one is a crash point (k = 1..20).
+const EVERY_FAULT_UP_TO: usize = 20;
 
 impl Folders {
     /// Runs `call(folder, flags)` for step 1 into `d/good`, then one more step from a copy
