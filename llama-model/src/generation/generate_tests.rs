@@ -200,6 +200,27 @@ fn stop_tokens_end_generation_and_are_not_returned() {
 }
 
 #[test]
+fn any_of_the_further_eos_ids_ends_generation() {
+    let model = tiny(8);
+    let greedy = generate(&model, &[1], &GenerateConfig::greedy(6), |_| {}).unwrap();
+    // The third greedy token is one of two further EOS ids; EOS itself never comes.
+    let stop = greedy.tokens[2];
+    let unused = (0..40).find(|t| !greedy.tokens.contains(t)).unwrap();
+    let config = GenerateConfig::greedy(6)
+        .with_stop_at_eos(true)
+        .with_eos_id(unused)
+        .with_eos_ids(vec![unused, stop]);
+    let first = greedy.tokens.iter().position(|&t| t == stop).unwrap();
+    for g in [
+        generate(&model, &[1], &config, |_| {}).unwrap(),
+        generate_uncached(&model, &[1], &config).unwrap(),
+    ] {
+        assert_eq!(g.tokens, greedy.tokens[..first]);
+        assert_eq!(g.stop_reason, StopReason::Eos);
+    }
+}
+
+#[test]
 fn batch_rows_that_stop_early_do_not_disturb_the_others() {
     let model = tiny(8);
     let prompts = vec![vec![1, 4], vec![1, 9, 9, 3, 2], vec![1]];

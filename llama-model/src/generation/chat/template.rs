@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{context, Environment, ErrorKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The file a template may have to itself.
 const TEMPLATE_FILE: &str = "chat_template.jinja";
@@ -23,7 +25,7 @@ const TEMPLATE_FILE: &str = "chat_template.jinja";
 const TOKENIZER_CONFIG: &str = "tokenizer_config.json";
 
 /// One message of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
@@ -41,7 +43,7 @@ impl Message {
     }
 }
 
-/// Why a chat template cannot be read or rendered.
+/// Why a chat template cannot be read, rendered or tokenized.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
     /// The model folder has neither file with a template.
@@ -75,6 +77,9 @@ pub enum ChatError {
         /// The engine's message.
         reason: String,
     },
+    /// The rendered text cannot be tokenized.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
 }
 
 /// A model's chat template with the BOS and EOS texts it is rendered with.
@@ -123,6 +128,20 @@ impl ChatTemplate {
         ))
     }
 
+    /// The template of the model `checkpoint` names: its Hugging Face folder's, else that of
+    /// the folder the checkpoint file is in.
+    pub fn for_checkpoint(checkpoint: &Path) -> Result<Self, ChatError> {
+        let folder = match crate::checkpoint::hf::locate(checkpoint) {
+            Ok(Some(config)) => config.parent().map(Path::to_path_buf),
+            _ if checkpoint.is_dir() => Some(checkpoint.to_path_buf()),
+            _ => checkpoint.parent().map(Path::to_path_buf),
+        };
+        let folder = folder
+            .filter(|f| !f.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::from_folder(&folder)
+    }
+
     /// A template from its Jinja `source`, rendered with these BOS and EOS texts; `origin`
     /// names it in errors.
     pub fn new(source: String, bos_token: String, eos_token: String, origin: PathBuf) -> Self {
@@ -159,6 +178,19 @@ impl ChatTemplate {
                 eos_token => &self.eos_token,
             })
             .map_err(error)
+    }
+}
+
+impl ChatTemplate {
+    /// The ids a model replies after: `messages` rendered with the generation prompt,
+    /// tokenized with special tokens parsed and no BOS added (the template writes it).
+    pub fn prompt_ids(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[Message],
+    ) -> Result<Vec<u32>, ChatError> {
+        let text = self.render(messages, true)?;
+        Ok(tokenizer.encode(&text, false, false)?)
     }
 }
 

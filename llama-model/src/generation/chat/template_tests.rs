@@ -17,13 +17,9 @@ fn hf_entries() -> Vec<(String, Value)> {
     entries
 }
 
+/// A case's `messages` (OpenAI's shape, which [`Message`] reads).
 fn messages(case: &Value) -> Vec<Message> {
-    case["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-        .collect()
+    serde_json::from_value(case["messages"].clone()).unwrap()
 }
 
 #[test]
