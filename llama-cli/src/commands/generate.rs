@@ -7,7 +7,7 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::generation::chat::{ChatTemplate, Message};
-use llama_model::generation::generate::{generate_text, GenerateConfig};
+use llama_model::generation::generate::{generate_text, GenerateConfig, GenerationStats};
 use llama_model::generation::logprobs::TokenLogprob;
 use llama_model::Tokenizer;
 
@@ -158,15 +158,7 @@ impl Job for GenerateArgs {
             if self.logprobs.is_some() {
                 print_logprobs(&tokenizer, &result.logprobs);
             }
-            let stats = result.generation.stats;
-            let speed = stats
-                .tokens_per_second()
-                .map_or_else(|| "n/a".to_string(), |s| format!("{s:.1}"));
-            eprintln!(
-                "{} tokens; {speed} tokens/s (after the first); first token after {:.3} s",
-                stats.generated_tokens,
-                stats.time_to_first_token.map_or(0.0, |d| d.as_secs_f64())
-            );
+            eprintln!("{}", stats_line(&result.generation.stats));
             if let Some(path) = out {
                 let full = format!("{prompt_text}{}\n", result.text);
                 write_atomic(&path, full.as_bytes())?;
@@ -175,6 +167,18 @@ impl Job for GenerateArgs {
         }
         Ok(())
     }
+}
+
+/// The stats line of a generation: tokens, speed, time to the first token.
+pub fn stats_line(stats: &GenerationStats) -> String {
+    let speed = stats
+        .tokens_per_second()
+        .map_or_else(|| "n/a".to_string(), |s| format!("{s:.1}"));
+    format!(
+        "{} tokens; {speed} tokens/s (after the first); first token after {:.3} s",
+        stats.generated_tokens,
+        stats.time_to_first_token.map_or(0.0, |d| d.as_secs_f64())
+    )
 }
 
 /// The messages of one chat turn: the system message, if any, then the user's.

@@ -192,6 +192,14 @@ pub enum GenerateError {
         /// The model's vocabulary size.
         vocab_size: usize,
     },
+    /// A chat prompt leaves no room for a reply in the model's context.
+    #[error("the conversation has {tokens} tokens, the model's context is {context}: there is no room for a reply")]
+    ContextFull {
+        /// Tokens of the prompt.
+        tokens: usize,
+        /// The model's context length.
+        context: usize,
+    },
     /// The logits could not be read back from the device.
     #[error("cannot read logits from the device: {0}")]
     Data(String),
@@ -532,4 +540,4 @@ pub fn generate_uncached<B: Backend>(
 
 #[cfg(test)]
 #[path = "generate_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -5,10 +5,10 @@ use super::*;
 use crate::model::config::LlamaConfig;
 use burn::backend::NdArray;
 
-type B = NdArray;
+pub(crate) type B = NdArray;
 
 /// A random model with a short context, to exercise cropping.
-fn tiny(max_seq_len: usize) -> Llama<B> {
+pub(crate) fn tiny(max_seq_len: usize) -> Llama<B> {
     LlamaConfig::new(16, 2, 4, 40)
         .with_n_kv_heads(Some(2))
         .with_max_seq_len(max_seq_len)

@@ -77,6 +77,16 @@ pub enum ChatError {
         /// The engine's message.
         reason: String,
     },
+    /// The last message alone leaves no room for a reply in the model's context.
+    #[error("the message makes the conversation {tokens} tokens long, which leaves no room for a reply of {reserve} in the model's context of {context}")]
+    TooLong {
+        /// Tokens of the prompt with only the system and the last message.
+        tokens: usize,
+        /// The model's context.
+        context: usize,
+        /// Tokens kept for the reply.
+        reserve: usize,
+    },
     /// The rendered text cannot be tokenized.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
