@@ -212,7 +212,18 @@ fn chat_refuses_a_model_without_a_template_and_reset_starts_over() {
         text(&run.stderr)
     );
 
+    // The Llama 2 template refuses two user messages in a row: the first typed message is
+    // left out, the chat goes on.
     let folder = fixture("real-models/hf/stories260K");
+    let pending = json!([{"role": "user", "content": "Hi"}]);
+    let out = chat(&folder, &pending, "Hello\n/reset\nHello\n");
+    assert!(
+        text(&out.stderr).contains("roles must alternate"),
+        "{}",
+        text(&out.stderr)
+    );
+    let turns = stats(&out);
+    assert_eq!(turns.len(), 1);
     let out = chat(&folder, &json!([]), "Hello\n/reset\nHello\n");
     let turns = stats(&out);
     assert_eq!(turns.len(), 2);

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
-use llama_model::generation::chat::{
-    ChatError, ChatSession, ChatTemplate, Conversation, Message, Reply,
-};
+use llama_model::generation::chat::{ChatSession, ChatTemplate, Conversation, Message, Reply};
 use llama_model::generation::generate::GenerateConfig;
 use llama_model::tokenizer::TextStream;
 use llama_model::Tokenizer;
@@ -120,12 +118,13 @@ impl Job for ChatArgs {
                     );
                     ids
                 }
-                Err(e @ ChatError::TooLong { .. }) => {
+                // Too long, or refused by the template (its raise_exception): the message is
+                // dropped and the conversation goes on.
+                Err(e) => {
                     conversation.pop();
                     eprintln!("error: {e}");
                     continue;
                 }
-                Err(e) => return Err(e.into()),
             };
             let config = generate
                 .clone()
