@@ -688,7 +688,13 @@ fn prompt_finetune_and_eval_write_prediction_files() {
 
 /// `finetune` of stories260K on `train`/`dev` at batch 8 and 16 tokens a sentence, the run
 /// kept in `out_dir`, dev predictions written to `dev_out`.
-fn finetune_args(train: &str, dev: &str, out_dir: &str, dev_out: &str, epochs: u32) -> Vec<String> {
+pub(crate) fn finetune_args(
+    train: &str,
+    dev: &str,
+    out_dir: &str,
+    dev_out: &str,
+    epochs: u32,
+) -> Vec<String> {
     let epochs = epochs.to_string();
     let checkpoint = stories260k();
     [

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::process::Output;
 
+use burn::backend::NdArray;
+use llama_train::classify::finetune::load_classifier;
+
 use crate::common;
 use common::{cli, head, path, text};
 
@@ -62,10 +65,38 @@ fn resumed_runs_save_the_same_adapter(d: &Path, adapter: &Path) {
     let split = d.join("split");
     let lora = ["--lora-rank", "4", "--lora-targets", "q,v,w2"];
     let out = finetune(d, &split, &[&lora[..], &["--max-steps", "1"]].concat());
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // No epoch finished: no best model, but the last weights as a usable classifier and
+    // adapter, and the run says which step they hold.
     assert!(!split.join("adapter.safetensors").exists());
+    assert!(!split.join("classifier.mpk").exists());
+    assert!(
+        stderr.contains("the weights of step 1 are classifier-last.mpk"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("no best model yet"), "{stderr}");
+    let (_, last_adapter) = read_tensors(&split.join("adapter-last.safetensors")).unwrap();
+    assert!(last_adapter.contains_key("classifier_head.weight"));
+    let last = split.join("last");
+    std::fs::create_dir(&last).unwrap();
+    std::fs::copy(
+        split.join("classifier-last.mpk"),
+        last.join("classifier.mpk"),
+    )
+    .unwrap();
+    std::fs::copy(split.join("classifier.json"), last.join("classifier.json")).unwrap();
+    load_classifier::<NdArray<f32>>(&last, &Default::default()).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(split.join("finetune.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["outputs"]["last"]["step"], 1, "{record}");
+    assert_eq!(record["outputs"]["best"]["step"], serde_json::Value::Null);
     let out = finetune(d, &split, &[&lora[..], &["--resume"]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Trained on: the last weights of the stop are gone with it.
+    assert!(!split.join("classifier-last.mpk").exists());
+    assert!(!split.join("adapter-last.safetensors").exists());
     let (resumed, whole) = (
         read_tensors(&split.join("adapter.safetensors")).unwrap(),
         read_tensors(adapter).unwrap(),
@@ -153,7 +184,7 @@ fn a_lora_finetune_saves_a_small_adapter_that_merges_into_a_loadable_model() {
         .with_n_kv_heads(Some(2))
         .with_max_seq_len(64);
     save_model(
-        &config.init::<burn::backend::NdArray>(&Default::default()),
+        &config.init::<NdArray>(&Default::default()),
         &config,
         &other,
     )

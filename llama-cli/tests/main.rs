@@ -16,4 +16,6 @@ mod interrupt;
 mod lora;
 mod perplexity;
 mod pretrain;
+mod run_folder;
+mod saves;
 mod watching;

@@ -10,7 +10,7 @@ use common::{cli, path, text};
 use llama_model::fixtures::fixture;
 
 /// The sentences of the first `n` lines of a fixture data file, one per line, in `dir`.
-fn sentences(dir: &Path, name: &str, n: usize) -> String {
+pub(crate) fn sentences(dir: &Path, name: &str, n: usize) -> String {
     let all = std::fs::read_to_string(fixture(&format!("data/{name}"))).unwrap();
     let lines: Vec<&str> = all
         .lines()
@@ -22,11 +22,11 @@ fn sentences(dir: &Path, name: &str, n: usize) -> String {
     path(&p)
 }
 
-fn tok512() -> String {
+pub(crate) fn tok512() -> String {
     path(&fixture("models/stories260K/tok512.bin"))
 }
 
-fn preset() -> String {
+pub(crate) fn preset() -> String {
     path(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/stories260K.json"))
 }
 

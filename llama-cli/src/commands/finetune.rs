@@ -9,12 +9,13 @@ use clap::Args;
 use llama_train::classify::classifier::{FinetuneOption, SentencePosition};
 use llama_train::classify::finetune::training_loop::training_order;
 use llama_train::classify::finetune::{
-    finetune_rank, FinetuneConfig, FinetuneData, FinetuneOutcome,
+    finetune_rank, run_files, FinetuneConfig, FinetuneData, FinetuneOutcome,
 };
 use llama_train::data::length_grouping::padding_share;
 use llama_train::data::predictions::write_predictions;
 use llama_train::data::sentences::{load_label_names, SentenceDataset};
 use llama_train::run::control::RunControl;
+use llama_train::run::inputs::check_inputs_outside_run;
 
 use crate::args::classify::{describe_files, DataArgs};
 use crate::args::collective::{describe_rank, main_outcome, progress_of, CollectiveArgs};
@@ -104,6 +105,18 @@ impl Job for FinetuneArgs {
             PathBuf::from("runs").join(stem)
         });
         let config = self.finetune_config(out_dir.clone());
+        // A run rewrites or clears its folder: none of its inputs may be in it.
+        let inputs: Vec<&Path> = [Some(&self.model.checkpoint), self.model.config.as_ref()]
+            .into_iter()
+            .flatten()
+            .chain(&self.model.tokenizer)
+            .chain(&files.train)
+            .chain([&files.dev])
+            .chain(&files.test)
+            .chain(&files.label_names)
+            .map(PathBuf::as_path)
+            .collect();
+        check_inputs_outside_run(&out_dir, &run_files(&out_dir), &inputs)?;
         let (llama, llama_config, tokenizer) = self.model.load::<B>(&device)?;
         eprintln!("{}", describe_files(&files));
         let options = config.data_options();

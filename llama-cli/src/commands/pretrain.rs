@@ -12,8 +12,9 @@ use llama_model::{Llama, LlamaConfig, Tokenizer};
 use llama_train::data::documents::{encode_documents, read_text, Document, TextFormat};
 use llama_train::lm::corpus::{LmCorpus, Validation};
 use llama_train::lm::pretrain::config::PretrainConfig;
-use llama_train::lm::pretrain::{pretrain_rank, window_len};
+use llama_train::lm::pretrain::{pretrain_rank, run_files, window_len};
 use llama_train::run::control::RunControl;
+use llama_train::run::inputs::check_inputs_outside_run;
 
 use crate::args::collective::{describe_rank, main_outcome, progress_of, CollectiveArgs};
 use crate::args::lora::{self, LoraArgs};
@@ -205,6 +206,15 @@ impl Job for PretrainArgs {
         let val_files = read_files(&self.val_text, format)?;
         let config = self.run_config();
         config.check()?;
+        // A run rewrites or clears its folder: none of its inputs may be in it.
+        let dir = &config.artifact_dir;
+        let inputs: Vec<&Path> = [&self.checkpoint, &self.config, &self.tokenizer]
+            .into_iter()
+            .flatten()
+            .chain(self.text.iter().chain(&self.val_text))
+            .map(PathBuf::as_path)
+            .collect();
+        check_inputs_outside_run(dir, &run_files(dir), &inputs)?;
         let (llama, llama_config, tokenizer) = self.model::<B>(&device)?;
         let seq_len = window_len(&config, &llama_config)?;
         let train = encode_files(&train_files, &tokenizer)?;

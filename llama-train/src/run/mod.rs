@@ -3,7 +3,9 @@
 //! the backend it trains on.
 
 pub mod control;
+pub mod inputs;
 pub mod order;
+pub mod record_file;
 pub mod resume_file;
 pub mod saving;
 pub mod train_backend;

@@ -38,6 +38,18 @@ pub enum ResumeError {
         /// This call's value.
         now: String,
     },
+    /// A record file `resume.json` names is missing, of another length, or of another step:
+    /// the save that wrote it was cut off, or the folder was changed since.
+    #[error(
+        "{}: {detail}; resume.json names it, so the run cannot resume from this folder (start again without --resume)",
+        path.display()
+    )]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// What does not match.
+        detail: String,
+    },
     /// The folder cannot be written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -93,5 +105,55 @@ pub fn check_settings(
             now,
         }),
         None => Ok(()),
+    }
+}
+
+/// A record file a run's `resume.json` names, with its length when saved: the file a
+/// resumed run loads must be that one, whole.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordFile {
+    /// File name, in the run's `checkpoint/` folder.
+    pub name: String,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+impl RecordFile {
+    /// The saved file `path` (in the checkpoint folder) as it is now.
+    pub fn of(path: &Path) -> Result<Self, ResumeError> {
+        let io = |source| ResumeError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes = std::fs::metadata(path).map_err(io)?.len();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io(std::io::Error::other("not a UTF-8 file name")))?;
+        Ok(Self {
+            name: name.to_string(),
+            bytes,
+        })
+    }
+
+    /// The file's path in `checkpoints`, checked to be there with its saved length.
+    pub fn check(&self, checkpoints: &Path) -> Result<PathBuf, ResumeError> {
+        let path = checkpoints.join(&self.name);
+        let found = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) => {
+                return Err(ResumeError::Record {
+                    path,
+                    detail: format!("cannot be read ({e})"),
+                })
+            }
+        };
+        if found != self.bytes {
+            return Err(ResumeError::Record {
+                path,
+                detail: format!("{found} bytes, but {} when it was saved", self.bytes),
+            });
+        }
+        Ok(path)
     }
 }

@@ -1,34 +1,47 @@
 //! The run folder of a fine-tuning run (`artifact_dir`): the file names, the saved best
-//! classifier and its configs, and clearing what a stale run left behind.
+//! and last classifiers and the run's record, and clearing what a stale run left behind.
 //!
 //! ```text
 //! artifact_dir/
 //!   classifier.mpk    best-dev model (Burn record, full precision)
 //!   classifier.json   its ClassifierConfig
-//!   finetune.json     the FinetuneConfig of the run
+//!   adapter.safetensors        with LoRA: the best model's adapters and head
+//!   classifier-last.mpk, adapter-last.safetensors   the last weights, while the run is stopped
+//!   finetune.json     the FinetuneConfig of the run, and which step each model file holds
 //!   resume.json       the resumable state (crate::classify::finetune::resume)
 //!   metrics.csv       a row per logged step and per dev evaluation (crate::report::metrics_log)
 //!   curves.png        the loss and dev curves (crate::report::curves)
 //!   checkpoint/       Burn's checkpoint of model and optimizer (model-<steps>.mpk, ...)
 //!   train/ valid/     Burn's per-epoch metric logs
 //! ```
+//!
+//! Every record is written whole or not at all ([`DurableRecorder`]). A save writes the
+//! step's checkpoint, then `resume.json` naming it with its lengths, and only then removes
+//! the checkpoints it no longer names.
 
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::record::{DefaultRecorder, FileRecorder};
 use burn::tensor::backend::Backend;
 use llama_model::atomic_file;
+use llama_model::checkpoint::{raw_tensor, TensorMap};
+use llama_model::lora::file::save_adapter;
+use llama_model::lora::LoraConfig;
 use serde::Serialize;
 
 use crate::classify::classifier::LlamaEmbeddingClassifier;
+use crate::classify::finetune::config::FinetuneConfig;
 use crate::classify::finetune::error::{io_err, FinetuneError};
+use crate::classify::finetune::resume::ResumeState;
+use crate::run::record_file::DurableRecorder;
+use crate::run::resume_file::RecordFile;
+use crate::run::ADAPTER_FILE;
 
-/// The recorder of classifier records and training checkpoints: named MessagePack, full
-/// precision (`.mpk`).
-pub type ClassifierRecorder = DefaultRecorder;
+/// The recorder of classifier records and training checkpoints: Burn's named MessagePack,
+/// full precision (`.mpk`), written whole or not at all.
+pub type ClassifierRecorder = DurableRecorder;
 
 /// File name of the saved [`ClassifierConfig`](crate::classify::classifier::ClassifierConfig) in an
 /// artifact folder.
@@ -36,6 +49,10 @@ pub const CLASSIFIER_CONFIG_FILE: &str = "classifier.json";
 /// File stem of the saved best classifier record in an artifact folder (the recorder adds
 /// `.mpk`).
 pub const CLASSIFIER_RECORD_STEM: &str = "classifier";
+/// File name of a stopped run's last classifier (a record like `classifier.mpk`).
+pub const LAST_CLASSIFIER_FILE: &str = "classifier-last.mpk";
+/// File name of a stopped LoRA run's last adapters and head.
+pub const LAST_ADAPTER_FILE: &str = "adapter-last.safetensors";
 /// File name of the saved [`FinetuneConfig`](crate::classify::finetune::config::FinetuneConfig) in an artifact
 /// folder.
 pub const FINETUNE_CONFIG_FILE: &str = "finetune.json";
@@ -47,22 +64,156 @@ pub(crate) fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), Fine
     atomic_file::write_atomic(path, text.as_bytes()).map_err(io_err(path))
 }
 
-/// Write the inference model as `dir/classifier.mpk`: Burn's recorder writes a partial file,
-/// which the workspace's atomic writer then flushes and renames into place.
+/// Write the inference model as `dir/classifier.mpk`.
 pub(crate) fn save_best<Bk: Backend>(
     model: &LlamaEmbeddingClassifier<Bk>,
     dir: &Path,
 ) -> Result<(), String> {
-    let recorder = ClassifierRecorder::new();
-    let extension = <ClassifierRecorder as FileRecorder<Bk>>::file_extension();
-    let partial = dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial"));
-    let target = dir.join(format!("{CLASSIFIER_RECORD_STEM}.{extension}"));
+    let target = dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk"));
     model
         .clone()
-        .save_file(&partial, &recorder)
-        .map_err(|e| format!("cannot save {}: {e}", target.display()))?;
-    atomic_file::commit(&partial.with_extension(extension), &target)
+        .save_file(&target, &ClassifierRecorder::new())
         .map_err(|e| format!("cannot save {}: {e}", target.display()))
+}
+
+/// Write a stopped run's last weights: `dir/classifier-last.mpk`, and with LoRA
+/// `dir/adapter-last.safetensors`.
+pub(crate) fn save_last<Bk: Backend>(
+    model: &LlamaEmbeddingClassifier<Bk>,
+    lora: Option<&LoraConfig>,
+    dir: &Path,
+) -> Result<(), String> {
+    let target = dir.join(LAST_CLASSIFIER_FILE);
+    model
+        .clone()
+        .save_file(&target, &ClassifierRecorder::new())
+        .map_err(|e| format!("cannot save {}: {e}", target.display()))?;
+    if let Some(lora) = lora {
+        save_classifier_adapter(model, lora, &dir.join(LAST_ADAPTER_FILE))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Write the adapters of a LoRA-trained `model` and its head (`classifier_head.weight`
+/// `[labels, dim]`, `classifier_head.bias`) to `path`.
+pub(crate) fn save_classifier_adapter<B: Backend>(
+    model: &LlamaEmbeddingClassifier<B>,
+    lora: &LoraConfig,
+    path: &Path,
+) -> Result<(), FinetuneError> {
+    let mut head = TensorMap::new();
+    head.insert(
+        "classifier_head.weight".into(),
+        raw_tensor(model.classifier_head.weight.val().transpose()),
+    );
+    if let Some(bias) = &model.classifier_head.bias {
+        head.insert("classifier_head.bias".into(), raw_tensor(bias.val()));
+    }
+    save_adapter(path, &model.llama, lora, head)?;
+    Ok(())
+}
+
+/// Writes `finetune.json`: the run's settings and which step each model file holds.
+pub(crate) fn save_run_record(
+    config: &FinetuneConfig,
+    state: &ResumeState,
+) -> Result<(), FinetuneError> {
+    let dir = &config.artifact_dir;
+    let path = dir.join(FINETUNE_CONFIG_FILE);
+    let mut value =
+        serde_json::to_value(config).map_err(|e| io_err(&path)(std::io::Error::other(e)))?;
+    let lora = config.lora.is_some();
+    let best = state.best.map_or_else(
+        || serde_json::json!({ "step": null, "files": [], "note": NO_BEST_YET }),
+        |best| {
+            let mut files = vec![format!("{CLASSIFIER_RECORD_STEM}.mpk")];
+            if lora {
+                files.push(ADAPTER_FILE.into());
+            }
+            serde_json::json!({ "epoch": best.epoch, "step": best.step, "files": files })
+        },
+    );
+    let last = state.last.map_or(serde_json::Value::Null, |step| {
+        let mut files = vec![LAST_CLASSIFIER_FILE];
+        if lora {
+            files.push(LAST_ADAPTER_FILE);
+        }
+        serde_json::json!({ "step": step, "files": files })
+    });
+    if let Some(object) = value.as_object_mut() {
+        object.insert(
+            "outputs".into(),
+            serde_json::json!({ "best": best, "last": last }),
+        );
+    }
+    save_json(&value, &path)
+}
+
+/// What a run without a best model says (in `finetune.json` and when it stops).
+pub const NO_BEST_YET: &str =
+    "no best model yet: no epoch has finished (the best model is chosen on dev after each epoch)";
+
+/// The checkpoint files of step `step` in `dir/checkpoint`, as `resume.json` names them.
+pub(crate) fn checkpoint_records(
+    dir: &Path,
+    step: usize,
+) -> Result<Vec<RecordFile>, FinetuneError> {
+    let suffix = format!("-{step}.mpk");
+    checkpoint_files(dir)
+        .into_iter()
+        .filter(|(_, name)| name.ends_with(&suffix))
+        .map(|(path, _)| RecordFile::of(&path).map_err(FinetuneError::from))
+        .collect()
+}
+
+/// After `resume.json` was written: removes the checkpoints it does not name, and the last
+/// weights when it records none (training went on after a stop).
+pub(crate) fn remove_superseded(dir: &Path, state: &ResumeState) -> Result<(), FinetuneError> {
+    let mut stale: Vec<PathBuf> = checkpoint_files(dir)
+        .into_iter()
+        .filter(|(_, name)| !state.checkpoint.iter().any(|r| &r.name == name))
+        .map(|(path, _)| path)
+        .collect();
+    if state.last.is_none() {
+        stale.push(dir.join(LAST_CLASSIFIER_FILE));
+        stale.push(dir.join(LAST_ADAPTER_FILE));
+    }
+    for path in stale {
+        atomic_file::remove(&path).map_err(io_err(&path))?;
+    }
+    Ok(())
+}
+
+/// Removes the temporary files of cut-off saves of processes now gone from the run folder
+/// ([`crate::run::record_file::remove_orphaned_temps`]).
+pub(crate) fn remove_orphaned_temps(dir: &Path) -> Result<(), FinetuneError> {
+    crate::run::record_file::remove_orphaned_temps(dir).map_err(|(path, e)| io_err(&path)(e))
+}
+
+/// Every file of `dir` a fresh run removes or a run replaces (those that exist): what a
+/// run's inputs must not be.
+pub fn run_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = checkpoint_files(dir)
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    for name in [
+        "classifier.mpk",
+        "classifier-partial.mpk",
+        LAST_CLASSIFIER_FILE,
+        LAST_ADAPTER_FILE,
+        CLASSIFIER_CONFIG_FILE,
+        FINETUNE_CONFIG_FILE,
+        crate::run::resume_file::RESUME_FILE,
+        crate::report::metrics_log::METRICS_FILE,
+        crate::report::curves::CURVES_FILE,
+        ADAPTER_FILE,
+    ] {
+        files.push(dir.join(name));
+    }
+    files.retain(|p| p.is_file());
+    files
 }
 
 /// Remove what an earlier run left in `dir` that this one would read back: Burn's metric logs
@@ -78,31 +229,14 @@ pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), FinetuneError> {
             }
         }
     }
-    let mut stale: Vec<PathBuf> = checkpoint_files(dir)
-        .into_iter()
-        .map(|(path, _)| path)
-        .collect();
-    stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}.mpk")));
-    stale.push(dir.join(format!("{CLASSIFIER_RECORD_STEM}-partial.mpk")));
-    stale.push(dir.join(crate::run::resume_file::RESUME_FILE));
-    stale.push(dir.join(crate::report::metrics_log::METRICS_FILE));
-    stale.push(dir.join(crate::report::curves::CURVES_FILE));
-    stale.push(dir.join(crate::run::ADAPTER_FILE));
+    // The configs are rewritten at the start; everything else goes.
+    let configs = [
+        dir.join(CLASSIFIER_CONFIG_FILE),
+        dir.join(FINETUNE_CONFIG_FILE),
+    ];
+    let mut stale = run_files(dir);
+    stale.retain(|p| !configs.contains(p));
     remove_files(stale)
-}
-
-/// Remove the checkpoints of `dir` but the one of step `keep` (what `resume.json` points
-/// to): the loop keeps the previous checkpoint until the next `resume.json` is written, so
-/// a resumed run finds one more than it needs.
-pub(crate) fn remove_stale_checkpoints(dir: &Path, keep: usize) -> Result<(), FinetuneError> {
-    let keep = format!("-{keep}.mpk");
-    remove_files(
-        checkpoint_files(dir)
-            .into_iter()
-            .filter(|(_, name)| !name.ends_with(&keep))
-            .map(|(path, _)| path)
-            .collect(),
-    )
 }
 
 /// Burn's checkpoint files in `dir/checkpoint`, with their names.
@@ -140,45 +274,30 @@ fn remove_files(paths: Vec<PathBuf>) -> Result<(), FinetuneError> {
 }
 
 /// Saves Burn's checkpoint every time it is asked to, under the key it is given (the step
-/// count), and deletes the one before the previous: the previous one is what `resume.json`
-/// points to until the loop writes the next `resume.json`, so a crash in between still
-/// resumes.
+/// count), and deletes nothing: the loop removes the checkpoints `resume.json` no longer
+/// names once the new one is written ([`remove_superseded`]).
 ///
-/// The delete also flushes: Burn's checkpointers write on their own threads behind
-/// rendezvous channels, so once a delete has been handed over, the save before it is on
-/// disk.
-pub(crate) struct SaveEveryCall {
-    previous: Option<usize>,
-    older: Option<usize>,
-}
+/// The delete of a key that never exists only flushes: Burn's checkpointers write on their
+/// own threads behind rendezvous channels, so once a delete has been handed over, the save
+/// before it is on disk.
+pub(crate) struct SaveEveryCall;
 
 impl SaveEveryCall {
-    pub(crate) fn new(previous: Option<usize>) -> Self {
-        Self {
-            previous,
-            older: None,
-        }
-    }
-}
-
-impl SaveEveryCall {
-    fn actions(&mut self, key: usize) -> Vec<CheckpointingAction> {
-        let stale = if self.previous == Some(key) {
-            None
-        } else {
-            std::mem::replace(&mut self.older, self.previous.replace(key))
-        };
+    fn actions() -> Vec<CheckpointingAction> {
         vec![
             CheckpointingAction::Save,
-            // Nothing to delete: a key that never exists, only to flush the saves.
-            CheckpointingAction::Delete(stale.unwrap_or(usize::MAX)),
+            CheckpointingAction::Delete(usize::MAX),
         ]
     }
 }
 
 impl CheckpointingStrategy for SaveEveryCall {
-    fn checkpointing(&mut self, key: usize, _store: &EventStoreClient) -> Vec<CheckpointingAction> {
-        self.actions(key)
+    fn checkpointing(
+        &mut self,
+        _key: usize,
+        _store: &EventStoreClient,
+    ) -> Vec<CheckpointingAction> {
+        Self::actions()
     }
 }
 
@@ -222,29 +341,5 @@ mod tests {
         ] {
             assert!(d.join(kept).exists(), "{kept}");
         }
-    }
-
-    #[test]
-    fn checkpoint_strategy_keeps_the_previous_key_until_the_next_save() {
-        let mut strategy = SaveEveryCall::new(None);
-        let flush = CheckpointingAction::Delete(usize::MAX);
-        assert_eq!(
-            strategy.actions(5),
-            [CheckpointingAction::Save, flush.clone()]
-        );
-        assert_eq!(
-            strategy.actions(9),
-            [CheckpointingAction::Save, flush.clone()]
-        );
-        assert_eq!(
-            strategy.actions(12),
-            [CheckpointingAction::Save, CheckpointingAction::Delete(5)]
-        );
-        // The same key again (a stop right after an epoch's save): nothing deleted.
-        assert_eq!(strategy.actions(12), [CheckpointingAction::Save, flush]);
-        assert_eq!(
-            strategy.actions(14),
-            [CheckpointingAction::Save, CheckpointingAction::Delete(9)]
-        );
     }
 }

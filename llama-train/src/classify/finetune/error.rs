@@ -7,6 +7,7 @@ use llama_model::lora::file::LoraFileError;
 use llama_model::train::adamw::AdamWError;
 
 use crate::classify::classifier::ClassifierError;
+use crate::classify::finetune::artifacts::{LAST_CLASSIFIER_FILE, NO_BEST_YET};
 use crate::classify::finetune::config::ConfigError;
 use crate::classify::finetune::resume::Position;
 use crate::data::sentences::DataError;
@@ -77,9 +78,10 @@ pub enum FinetuneError {
     Resume(#[from] ResumeError),
     /// The run stopped early (Ctrl-C or the step budget) and was saved.
     #[error(
-        "fine-tuning {} at {at}; saved in {}: run the same command with --resume to continue",
+        "fine-tuning {} at {at}; saved in {}: run the same command with --resume to continue; the weights of step {step} are {LAST_CLASSIFIER_FILE}; {}",
         if *.interrupted { "interrupted" } else { "stopped (step budget spent)" },
-        .dir.display()
+        .dir.display(),
+        .best_epoch.map_or(NO_BEST_YET.to_string(), |e| format!("the best model (epoch {e}) is classifier.mpk"))
     )]
     Stopped {
         /// The artifact folder holding the saved run.
@@ -88,6 +90,10 @@ pub enum FinetuneError {
         at: Position,
         /// `true` when the interrupter fired, `false` when the step budget was spent.
         interrupted: bool,
+        /// Training steps done (the step of the last weights).
+        step: usize,
+        /// The epoch of the best model, if any epoch has finished.
+        best_epoch: Option<usize>,
     },
     /// Joining a data-parallel run failed.
     #[error(transparent)]

@@ -68,7 +68,8 @@ pub use crate::classify::evaluate::{
     evaluate, evaluate_with_progress, load_classifier, Evaluation, SavedClassifier,
 };
 pub use crate::classify::finetune::artifacts::{
-    ClassifierRecorder, CLASSIFIER_CONFIG_FILE, CLASSIFIER_RECORD_STEM, FINETUNE_CONFIG_FILE,
+    run_files, ClassifierRecorder, CLASSIFIER_CONFIG_FILE, CLASSIFIER_RECORD_STEM,
+    FINETUNE_CONFIG_FILE, LAST_ADAPTER_FILE, LAST_CLASSIFIER_FILE,
 };
 pub use crate::classify::finetune::config::{ConfigError, FinetuneConfig};
 pub use crate::classify::finetune::error::FinetuneError;
@@ -238,7 +239,7 @@ pub fn finetune_rank<B: AutodiffBackend>(
     };
     let state = run.open_folder(settings)?;
     let classifier_config = run.classifier_config(llama_config);
-    let learner = run.restore_learner(&classifier_config, llama, state.steps)?;
+    let learner = run.restore_learner(&classifier_config, llama, &state)?;
     let trained = run.train(learner, state)?;
     match run.conclude(trained)? {
         Concluded::Other(summary) => Ok(RankOutcome::Other(summary)),

@@ -8,7 +8,7 @@
 //! far come along so that the epoch summaries and the best-model choice are the same too.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +19,14 @@ use crate::classify::finetune::config::FinetuneConfig;
 use crate::data::sentences::SentenceDataset;
 use crate::fnv::{json_digest, Fnv1a};
 use crate::metrics::{ACCURACY, LOSS};
-use crate::run::resume_file::{check_settings, read_resume_file, ResumeError, RESUME_FILE};
+use crate::run::resume_file::{
+    check_settings, read_resume_file, RecordFile, ResumeError, RESUME_FILE,
+};
 // The epoch tally lives with the metrics; `resume::Tally` stays a valid path.
 pub use crate::metrics::Tally;
 
 /// Version of the `resume.json` layout.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 /// Where a run stands: the epoch being trained (1-based) and how many of its batches are
 /// done.
@@ -59,6 +61,8 @@ impl std::fmt::Display for Position {
 pub struct BestEpoch {
     /// 1-based epoch.
     pub epoch: usize,
+    /// Optimizer steps done at its end.
+    pub step: usize,
     /// Dev accuracy in `[0, 1]`.
     pub dev_accuracy: f64,
 }
@@ -245,6 +249,11 @@ pub struct ResumeState {
     pub history: Vec<EpochSummary>,
     /// What must stay the same on resumption.
     pub settings: RunSettings,
+    /// Burn's checkpoint files of step `steps` (model, optimizer, schedule), with their
+    /// lengths when saved.
+    pub checkpoint: Vec<RecordFile>,
+    /// The step whose weights `classifier-last.mpk` holds, while the run is stopped.
+    pub last: Option<usize>,
 }
 
 impl ResumeState {
@@ -260,6 +269,21 @@ impl ResumeState {
             best: None,
             history: Vec::new(),
             settings,
+            checkpoint: Vec::new(),
+            last: None,
+        }
+    }
+
+    /// The path of Burn's checkpoint file `kind` (`model`, `optim`) of step `steps` in
+    /// `checkpoints`, checked to be named here, there, and of its saved length.
+    pub fn checked_record(&self, checkpoints: &Path, kind: &str) -> Result<PathBuf, ResumeError> {
+        let name = format!("{kind}-{}.mpk", self.steps);
+        match self.checkpoint.iter().find(|r| r.name == name) {
+            Some(record) => record.check(checkpoints),
+            None => Err(ResumeError::Record {
+                path: checkpoints.join(name),
+                detail: format!("not among the checkpoint files of step {}", self.steps),
+            }),
         }
     }
 

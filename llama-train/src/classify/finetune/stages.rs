@@ -14,16 +14,14 @@ use burn::train::metric::{AccuracyMetric, IterationSpeedMetric, LearningRateMetr
 use burn::train::{
     Learner, LearnerModelRecord, LearnerOptimizerRecord, SupervisedTraining, TrainingStrategy,
 };
-use llama_model::checkpoint::{raw_tensor, TensorMap};
-use llama_model::lora::file::save_adapter;
-use llama_model::lora::LoraConfig;
 use llama_model::{AdamWConfig, Llama, LlamaConfig};
 
 use crate::classify::classifier::{ClassifierConfig, ClassifierError, LlamaEmbeddingClassifier};
 use crate::classify::evaluate::{evaluate_with_progress, load_classifier};
 use crate::classify::finetune::artifacts::{
-    clear_previous_run, remove_stale_checkpoints, save_json, ClassifierRecorder, SaveEveryCall,
-    CLASSIFIER_CONFIG_FILE, CLASSIFIER_RECORD_STEM, FINETUNE_CONFIG_FILE,
+    clear_previous_run, remove_orphaned_temps, save_classifier_adapter, save_json,
+    ClassifierRecorder, SaveEveryCall, CLASSIFIER_CONFIG_FILE, CLASSIFIER_RECORD_STEM,
+    FINETUNE_CONFIG_FILE,
 };
 use crate::classify::finetune::config::FinetuneConfig;
 use crate::classify::finetune::error::{io_err, FinetuneError};
@@ -102,13 +100,12 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
         let dir = self.dir();
         if self.is_main {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+            remove_orphaned_temps(dir)?;
         }
         if self.control.resume {
-            let state = ResumeState::load(dir, &settings)?;
-            if self.is_main && state.steps > 0 {
-                remove_stale_checkpoints(dir, state.steps)?;
-            }
-            Ok(state)
+            // Checkpoints `resume.json` does not name go after the next save: until the
+            // named one has loaded, nothing is removed.
+            Ok(ResumeState::load(dir, &settings)?)
         } else {
             if self.is_main {
                 clear_previous_run(dir)?;
@@ -125,27 +122,27 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
             .with_lora(self.config.lora.clone())
     }
 
-    /// The classifier over `llama` and its AdamW, both restored from Burn's checkpoint of
-    /// step `steps` when resuming; rank 0 saves the two configs beside them.
+    /// The classifier over `llama` and its AdamW, both restored from Burn's checkpoint that
+    /// `state` names (checked to be whole) when resuming; rank 0 saves the two configs
+    /// beside them.
     pub(super) fn restore_learner(
         &self,
         classifier_config: &ClassifierConfig,
         llama: Llama<B>,
-        steps: usize,
+        state: &ResumeState,
     ) -> Result<Learner<Components<B>>, FinetuneError> {
-        let (config, dir) = (self.config, self.dir());
+        let (config, dir, steps) = (self.config, self.dir(), state.steps);
         let mut model = classifier_config.init_with_llama(llama, config.seed)?;
         let recorder = ClassifierRecorder::new();
-        let checkpoint = |kind: &str| dir.join("checkpoint").join(format!("{kind}-{steps}"));
+        let checkpoint = |kind: &str| state.checked_record(&dir.join("checkpoint"), kind);
         let record_error = |path: PathBuf| {
-            let extension = <ClassifierRecorder as FileRecorder<B>>::file_extension();
             move |e: burn::record::RecorderError| FinetuneError::Record {
-                path: path.with_extension(extension),
+                path,
                 detail: e.to_string(),
             }
         };
         if steps > 0 {
-            let path = checkpoint("model");
+            let path = checkpoint("model")?;
             let record: LearnerModelRecord<Components<B>> = recorder
                 .load(path.clone(), self.device)
                 .map_err(record_error(path))?;
@@ -155,14 +152,17 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
         let model = model.with_option(config.option);
         if self.is_main {
             save_json(classifier_config, &dir.join(CLASSIFIER_CONFIG_FILE))?;
-            save_json(config, &dir.join(FINETUNE_CONFIG_FILE))?;
+            if steps == 0 {
+                // A resumed run keeps the record of what its files hold until it saves.
+                save_json(config, &dir.join(FINETUNE_CONFIG_FILE))?;
+            }
         }
         let optim = AdamWConfig::new()
             .with_weight_decay(config.weight_decay)
             .init::<B, LlamaEmbeddingClassifier<B>>()?;
         let mut learner: Learner<Components<B>> = Learner::new(model, optim, config.lr);
         if steps > 0 {
-            let path = checkpoint("optim");
+            let path = checkpoint("optim")?;
             let record: LearnerOptimizerRecord<Components<B>> = recorder
                 .load(path.clone(), self.device)
                 .map_err(record_error(path))?;
@@ -203,11 +203,11 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
         } else {
             Vec::new()
         };
-        let previous_key = (state.steps > 0).then_some(state.steps);
         let state = Arc::new(Mutex::new(state));
         let end = Arc::new(Mutex::new(None));
         let strategy = ResumableLoop::<B> {
             dir: dir.to_path_buf(),
+            config: config.clone(),
             train,
             seed: config.seed,
             batch_size: config.batch_size,
@@ -237,7 +237,7 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
             .metric_train_numeric(LearningRateMetric::new())
             .metric_train_numeric(IterationSpeedMetric::new())
             .with_file_checkpointer(ClassifierRecorder::new())
-            .with_checkpointing_strategy(SaveEveryCall::new(previous_key))
+            .with_checkpointing_strategy(SaveEveryCall)
             .with_training_strategy(TrainingStrategy::Custom(Arc::new(strategy)))
             .with_interrupter(self.control.interrupter.clone().unwrap_or_default())
             .num_epochs(config.epochs)
@@ -283,6 +283,8 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
                     dir: self.dir().to_path_buf(),
                     at,
                     interrupted,
+                    step: state.steps,
+                    best_epoch: state.best.map(|b| b.epoch),
                 })
             }
             Some(LoopEnd::Failed(message)) => return Err(FinetuneError::Save(message)),
@@ -332,7 +334,11 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
             result
         };
         let adapter_path = match &saved.config.lora {
-            Some(lora) => Some(save_classifier_adapter(&saved.model, lora, dir)?),
+            Some(lora) => {
+                let path = dir.join(ADAPTER_FILE);
+                save_classifier_adapter(&saved.model, lora, &path)?;
+                Some(path)
+            }
             None => None,
         };
         let dev = predict(&self.data.dev, "dev")?;
@@ -355,24 +361,4 @@ impl<B: AutodiffBackend> RankRun<'_, B> {
             rank: summary,
         })
     }
-}
-
-/// Write the adapters of a LoRA-trained `model` and its head (`classifier_head.weight`
-/// `[labels, dim]`, `classifier_head.bias`) to `dir/adapter.safetensors`.
-fn save_classifier_adapter<B: Backend>(
-    model: &LlamaEmbeddingClassifier<B>,
-    lora: &LoraConfig,
-    dir: &Path,
-) -> Result<PathBuf, FinetuneError> {
-    let path = dir.join(ADAPTER_FILE);
-    let mut head = TensorMap::new();
-    head.insert(
-        "classifier_head.weight".into(),
-        raw_tensor(model.classifier_head.weight.val().transpose()),
-    );
-    if let Some(bias) = &model.classifier_head.bias {
-        head.insert("classifier_head.bias".into(), raw_tensor(bias.val()));
-    }
-    save_adapter(&path, &model.llama, lora, head)?;
-    Ok(path)
 }

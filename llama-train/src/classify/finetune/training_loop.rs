@@ -13,11 +13,15 @@
 //!
 //! After every epoch (training pass, then dev) the loop saves, in this order: the best model
 //! so far as `classifier.mpk` when the dev accuracy improved (strictly: a tie keeps the
-//! earlier epoch), Burn's checkpoint of the model and the optimizer, `metrics.csv` (a row
-//! every `log_every` steps and one per dev evaluation, see [`crate::report::metrics_log`]) and
-//! `curves.png`, then `resume.json`. When
-//! the [`Interrupter`](burn::train::Interrupter) fires (Ctrl-C) or the step budget is spent,
-//! the current step finishes and the same checkpoint is saved mid-epoch.
+//! earlier epoch), Burn's checkpoint of the model and the optimizer (under the step's key),
+//! `metrics.csv` (a row every `log_every` steps and one per dev evaluation, see
+//! [`crate::report::metrics_log`]), `curves.png` and `finetune.json`, then `resume.json`
+//! naming the checkpoint with its lengths, and last it removes the checkpoints no longer
+//! named. When the [`Interrupter`](burn::train::Interrupter) fires (Ctrl-C) or the step
+//! budget is spent, the current step finishes, the last weights are written as
+//! `classifier-last.mpk` (and `adapter-last.safetensors` with LoRA), and the same
+//! checkpoint is saved mid-epoch; a stop adds no dev evaluation, so the best-model choice
+//! of a stopped and resumed run is that of an uninterrupted one.
 //!
 //! # What is Burn's and what is ours
 //!
@@ -68,7 +72,10 @@ use burn::train::{
 use llama_model::train::adamw::AdamWOptimizer;
 
 use crate::classify::classifier::LlamaEmbeddingClassifier;
-use crate::classify::finetune::artifacts::save_best;
+use crate::classify::finetune::artifacts::{
+    checkpoint_records, remove_superseded, save_best, save_last, save_run_record,
+};
+use crate::classify::finetune::config::FinetuneConfig;
 use crate::classify::finetune::resume::EpochSummary;
 use crate::classify::finetune::resume::{BestEpoch, Position, ResumeState, Tally};
 use crate::data::length_grouping::length_grouped_order;
@@ -200,6 +207,8 @@ fn gather_outputs<B: AutodiffBackend>(
 /// The loop of [`crate::classify::finetune`]; see the [module docs](self).
 pub(crate) struct ResumableLoop<B: AutodiffBackend> {
     pub(crate) dir: PathBuf,
+    /// The run's settings (written to `finetune.json` at each save).
+    pub(crate) config: FinetuneConfig,
     pub(crate) train: EpochOrdered,
     pub(crate) seed: u64,
     /// The configured batch size: the divisor of every step's summed loss, as in the
@@ -322,8 +331,8 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
     /// from the previous state, and the metrics rows past it are dropped). Rank 0 saves the
     /// run; the other ranks only keep their state.
     fn save(&self, run: &mut LoopRun<B>, learner: &Learner<Components<B>>) -> Result<(), String> {
-        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = run.state.clone();
         if !self.is_main() {
+            *self.state.lock().unwrap_or_else(PoisonError::into_inner) = run.state.clone();
             return Ok(());
         }
         let _saving = SaveGuard::begin();
@@ -345,7 +354,30 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
         if run.rows.iter().any(|r| r.loss.is_some()) {
             save_curves(&run.rows, &self.dir.join(CURVES_FILE)).map_err(|e| e.to_string())?;
         }
-        run.state.save(&self.dir).map_err(|e| e.to_string())
+        run.state.checkpoint =
+            checkpoint_records(&self.dir, run.state.steps).map_err(|e| e.to_string())?;
+        save_run_record(&self.config, &run.state).map_err(|e| e.to_string())?;
+        run.state.save(&self.dir).map_err(|e| e.to_string())?;
+        *self.state.lock().unwrap_or_else(PoisonError::into_inner) = run.state.clone();
+        // Only now is nothing older named: the checkpoints before go.
+        remove_superseded(&self.dir, &run.state).map_err(|e| e.to_string())
+    }
+
+    /// A stop: the last weights as a usable classifier beside the best one (rank 0), then
+    /// the saved state that names them.
+    fn save_stopped(
+        &self,
+        run: &mut LoopRun<B>,
+        learner: &Learner<Components<B>>,
+    ) -> Result<(), String> {
+        // The last weights and the save after them are one save (a second Ctrl-C waits).
+        let _saving = self.is_main().then(SaveGuard::begin);
+        if self.is_main() {
+            let model = learner.model().valid();
+            save_last(&model, self.config.lora.as_ref(), &self.dir)?;
+        }
+        run.state.last = Some(run.state.steps);
+        self.save(run, learner)
     }
 
     /// The epochs from the saved position on, and how they ended.
@@ -368,7 +400,7 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
             match self.train_epoch(run, learner, train_loader, epoch) {
                 Ok(None) => {}
                 Ok(Some(interrupted)) => {
-                    return match self.save(run, learner) {
+                    return match self.save_stopped(run, learner) {
                         Ok(()) => LoopEnd::Stopped {
                             at: run.state.next,
                             interrupted,
@@ -398,11 +430,15 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
             };
             match self.agree_to_stop(stop, epoch) {
                 Ok(false) => {}
-                // Ctrl-C during the dev pass: the epoch is complete and saved.
+                // Ctrl-C during the dev pass: the epoch is complete and saved; the last
+                // weights join it.
                 Ok(true) => {
-                    return LoopEnd::Stopped {
-                        at: run.state.next,
-                        interrupted: true,
+                    return match self.save_stopped(run, learner) {
+                        Ok(()) => LoopEnd::Stopped {
+                            at: run.state.next,
+                            interrupted: true,
+                        },
+                        Err(e) => LoopEnd::Failed(e),
                     }
                 }
                 Err(e) => return LoopEnd::Failed(e),
@@ -517,6 +553,7 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
             save_best(&model, &self.dir)?;
             state.best = Some(BestEpoch {
                 epoch,
+                step: state.steps,
                 dev_accuracy: accuracy,
             });
         }
@@ -556,11 +593,13 @@ impl<B: AutodiffBackend> SupervisedLearningStrategy<Components<B>> for Resumable
         TrainingModel<Components<B>>,
         SupervisedTrainingEventProcessor<Components<B>>,
     ) {
-        let state = self
+        let mut state = self
             .state
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        // Training goes on: the last weights of a stop are removed at the next save.
+        state.last = None;
         let rows = self.metrics.clone();
         let mut run = LoopRun {
             components,

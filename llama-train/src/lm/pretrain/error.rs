@@ -9,6 +9,8 @@ use llama_model::train::adamw::AdamWError;
 use llama_model::CheckpointError;
 
 use crate::data::documents::TextError;
+use crate::lm::pretrain::files::{LAST_MODEL_FILE, MODEL_FILE};
+use crate::lm::pretrain::run::NO_BEST_YET;
 use crate::run::resume_file::ResumeError;
 
 /// Why [`crate::lm::pretrain::pretrain`] failed.
@@ -68,11 +70,13 @@ pub enum PretrainError {
     /// The run cannot be resumed.
     #[error(transparent)]
     Resume(#[from] ResumeError),
-    /// The run stopped early (Ctrl-C or the step budget) and was saved.
+    /// The run stopped early (Ctrl-C or the step budget) and was saved, with its last
+    /// weights as a model beside the best one.
     #[error(
-        "pretraining {} after step {step}; saved in {}: run the same command with --resume to continue",
+        "pretraining {} after step {step}; saved in {}: run the same command with --resume to continue; the weights of step {step} are {LAST_MODEL_FILE}; {}",
         if *.interrupted { "interrupted" } else { "stopped (step budget spent)" },
-        .dir.display()
+        .dir.display(),
+        .best.map_or(NO_BEST_YET.to_string(), |b| format!("the best model (step {b}) is {MODEL_FILE}"))
     )]
     Stopped {
         /// The artifact folder holding the saved run.
@@ -81,6 +85,8 @@ pub enum PretrainError {
         step: usize,
         /// `true` when the interrupter fired, `false` when the step budget was spent.
         interrupted: bool,
+        /// The step of the best model, if any evaluation came after training began.
+        best: Option<usize>,
     },
 }
 

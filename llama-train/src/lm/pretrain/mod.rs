@@ -15,13 +15,16 @@
 //!    ([`llama_model::train::grad_clip`]) and AdamW steps at the learning rate of
 //!    [`crate::lm::schedule`] (Burn's linear warm-up, then Burn's cosine decay).
 //! 4. Every `eval_every` steps and at each epoch's end the validation text is scored; the
-//!    best model so far (lowest validation loss) is `model.safetensors` with
+//!    best model so far (lowest validation loss among the evaluations after training began;
+//!    the starting model is scored for reference only) is `model.safetensors` with
 //!    `model.config.json` (LoRA merged in; the adapters alone in `adapter.safetensors`), and
 //!    `model.bin` (llama2.c v0) with `export_bin`.
 //! 5. At each evaluation, at each epoch's end and when stopped (Ctrl-C, the step budget) the
-//!    run saves Burn's records of the model and the optimizer (`checkpoint/model.mpk`,
-//!    `checkpoint/optim.mpk`), `metrics.csv` with `curves.png`, `pretrain.json` and, last,
-//!    `resume.json` ([`crate::lm::pretrain::state`]). `resume` continues bit for bit.
+//!    run saves Burn's records of the model and the optimizer
+//!    (`checkpoint/model-<step>.mpk`, `checkpoint/optim-<step>.mpk`), `metrics.csv` with
+//!    `curves.png`, `pretrain.json` and, last, `resume.json`, which names the records
+//!    ([`crate::lm::pretrain::state`], [`crate::lm::pretrain::files`]). A stop first writes
+//!    the last weights as `model-last.safetensors`. `resume` continues bit for bit.
 //!
 //! On a data-parallel run ([`RunControl::collective`], [`pretrain_rank`]) each rank trains
 //! its rows of every micro-batch and the gradients are summed across ranks once per
@@ -36,16 +39,16 @@
 
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod run;
 pub mod state;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer};
-use burn::record::{DefaultRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::ElementConversion;
 
@@ -60,7 +63,10 @@ use crate::lm::corpus::LmCorpus;
 use crate::lm::objective::{lm_loss, LmBatch};
 use crate::lm::pretrain::config::PretrainConfig;
 use crate::lm::pretrain::error::{io_err, PretrainError};
-use crate::lm::pretrain::run::{clear_previous_run, record_error, Run};
+use crate::lm::pretrain::files::{
+    clear_previous_run, remove_orphaned_temps, restore, CHECKPOINT_DIR,
+};
+use crate::lm::pretrain::run::Run;
 use crate::lm::pretrain::state::{Evaluation, PretrainSettings, PretrainState};
 use crate::report::metrics_log::{rows_to_resume, METRICS_FILE};
 use crate::run::control::RunControl;
@@ -68,7 +74,9 @@ use crate::run::order::{epoch_order, step_seed};
 
 pub use crate::lm::pretrain::state::PRETRAIN_RECORD_FILE;
 
-pub use crate::lm::pretrain::run::{ADAPTER_FILE, MODEL_BIN_FILE, MODEL_FILE};
+pub use crate::lm::pretrain::files::{
+    run_files, ADAPTER_FILE, LAST_ADAPTER_FILE, LAST_MODEL_FILE, MODEL_BIN_FILE, MODEL_FILE,
+};
 
 /// What [`pretrain_with`] produced.
 #[derive(Debug)]
@@ -162,7 +170,9 @@ pub fn pretrain_rank<B: AutodiffBackend>(
     let is_main = share.is_none_or(|(rank, _)| rank == 0);
     let mut state = open_run(dir, settings, control.resume, is_main)?;
     let optim = config.optimizer().init::<B, Llama<B>>()?;
-    let (model, optim) = restore(model, optim, &dir.join("checkpoint"), state.steps, device)?;
+    let (model, optim) = restore(model, optim, dir, &state, device)?;
+    // Training goes on: the last weights of a stop are removed at the next save.
+    state.last = None;
     let per_epoch = config.steps_per_epoch(corpus.windows.len());
     let scheduler = config
         .schedule(config.epochs * per_epoch)
@@ -234,6 +244,9 @@ fn open_run(
     resume: bool,
     is_main: bool,
 ) -> Result<PretrainState, PretrainError> {
+    if is_main {
+        remove_orphaned_temps(dir)?;
+    }
     let state = if resume {
         PretrainState::load(dir, &settings)?
     } else {
@@ -243,32 +256,10 @@ fn open_run(
         PretrainState::start(settings)
     };
     if is_main {
-        let checkpoints = dir.join("checkpoint");
+        let checkpoints = dir.join(CHECKPOINT_DIR);
         std::fs::create_dir_all(&checkpoints).map_err(io_err(&checkpoints))?;
     }
     Ok(state)
-}
-
-/// The model and the optimizer as saved at step `steps` (as given at step 0).
-fn restore<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
-    model: Llama<B>,
-    optim: O,
-    checkpoints: &Path,
-    steps: usize,
-    device: &B::Device,
-) -> Result<(Llama<B>, O), PretrainError> {
-    if steps == 0 {
-        return Ok((model, optim));
-    }
-    let recorder = DefaultRecorder::new();
-    let path = checkpoints.join("model");
-    let model = model
-        .load_file(&path, &recorder, device)
-        .map_err(record_error(&path))?;
-    let path = checkpoints.join("optim");
-    let record =
-        Recorder::<B>::load(&recorder, path.clone(), device).map_err(record_error(&path))?;
-    Ok((model, optim.load_record(record)))
 }
 
 /// The training loop's parts: the run's files and figures, the optimizer and its schedule,
@@ -327,7 +318,7 @@ impl<B: AutodiffBackend, O: Optimizer<Llama<B>, B>, S: LrScheduler> Epochs<'_, '
                 let spent = control.max_steps.is_some_and(|m| self.steps_here >= m);
                 if !last_of_epoch && (stop || spent) {
                     bar.finish_and_clear();
-                    self.run.save(&model, &self.optim, state)?;
+                    self.run.save_stopped(&model, &self.optim, state)?;
                     return self.stop(state, stop);
                 }
             }
@@ -340,16 +331,18 @@ impl<B: AutodiffBackend, O: Optimizer<Llama<B>, B>, S: LrScheduler> Epochs<'_, '
             self.run.evaluate(&model.valid(), state, self.lr)?;
             state.epoch += 1;
             state.epoch_steps = 0;
-            self.run.save(&model, &self.optim, state)?;
             let mut stop = control.interrupted();
             if let Some(c) = self.collective {
                 // Rank 0 alone evaluated: Ctrl-C may have come to it meanwhile.
                 stop = c.any(stop, &format!("the end of epoch {epoch}"))?;
             }
             let spent = control.max_steps.is_some_and(|m| self.steps_here >= m);
-            if (stop || spent) && state.epoch <= config.epochs {
+            let stopping = (stop || spent) && state.epoch <= config.epochs;
+            if stopping {
+                self.run.save_stopped(&model, &self.optim, state)?;
                 return self.stop(state, stop);
             }
+            self.run.save(&model, &self.optim, state)?;
         }
         Ok(model)
     }
@@ -416,6 +409,7 @@ impl<B: AutodiffBackend, O: Optimizer<Llama<B>, B>, S: LrScheduler> Epochs<'_, '
             dir: self.run.dir.to_path_buf(),
             step: state.steps,
             interrupted,
+            best: state.best().map(|best| best.step),
         })
     }
 }

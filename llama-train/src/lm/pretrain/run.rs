@@ -1,15 +1,14 @@
-//! The saving and evaluating side of a `pretrain` run ([`crate::lm::pretrain`]): the run
-//! folder's file names, the validation pass, the best model's files and the resumable
-//! checkpoint.
+//! The saving and evaluating side of a `pretrain` run ([`crate::lm::pretrain`]): the
+//! validation pass, the best and last models' files and the resumable checkpoint (the
+//! folder's layout is [`crate::lm::pretrain::files`]'s).
 
 use std::path::Path;
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
-use burn::record::{DefaultRecorder, Recorder};
+use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use llama_model::atomic_file;
 use llama_model::checkpoint::{save_llama2c_bin, save_model, TensorMap};
 use llama_model::lora::file::save_adapter;
 use llama_model::{Llama, LlamaConfig};
@@ -17,20 +16,20 @@ use llama_model::{Llama, LlamaConfig};
 use crate::lm::corpus::LmCorpus;
 use crate::lm::perplexity::perplexity;
 use crate::lm::pretrain::config::PretrainConfig;
-use crate::lm::pretrain::error::{io_err, PretrainError};
-use crate::lm::pretrain::state::{Evaluation, PretrainState, PRETRAIN_RECORD_FILE};
+use crate::lm::pretrain::error::PretrainError;
+use crate::lm::pretrain::files::{
+    record_error, record_paths, remove_superseded, CHECKPOINT_DIR, LAST_ADAPTER_FILE,
+    LAST_MODEL_FILE,
+};
+use crate::lm::pretrain::state::{Evaluation, PretrainState, SavedRecords};
 use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
 use crate::run::control::RunControl;
-use crate::run::resume_file::RESUME_FILE;
+use crate::run::record_file::DurableRecorder;
+use crate::run::resume_file::RecordFile;
 use crate::run::saving::SaveGuard;
 
-/// File name of the best model in a run folder (its config is `model.config.json`).
-pub const MODEL_FILE: &str = "model.safetensors";
-/// File name of the best model as a llama2.c v0 export (with `export_bin`).
-pub const MODEL_BIN_FILE: &str = "model.bin";
-/// File name of the best model's LoRA adapters (LoRA runs).
-pub use crate::run::ADAPTER_FILE;
+pub use crate::lm::pretrain::files::{ADAPTER_FILE, MODEL_BIN_FILE, MODEL_FILE};
 
 /// What the saving and evaluating steps of a run share.
 pub(crate) struct Run<'a, D> {
@@ -117,9 +116,12 @@ impl<'a, D: Clone> Run<'a, D> {
             lr,
             wall_seconds: self.wall(),
         };
-        let better = state
-            .best()
-            .is_none_or(|best| evaluation.val_loss < best.val_loss);
+        // The starting model is scored for reference, never kept as the best: a run that
+        // has not evaluated since training began has no best model.
+        let better = evaluation.step > 0
+            && state
+                .best()
+                .is_none_or(|best| evaluation.val_loss < best.val_loss);
         eprintln!(
             "step {}: validation loss {:.4}, perplexity {:.3} over {} tokens{}",
             evaluation.step,
@@ -162,7 +164,46 @@ impl<'a, D: Clone> Run<'a, D> {
         Ok(())
     }
 
-    /// Saves everything a resumed run needs; `resume.json` last.
+    /// A stop's save: the last weights ([`Self::save_last`]), then everything a resumed run
+    /// needs ([`Self::save`]), as one save (a second Ctrl-C waits for both).
+    pub(crate) fn save_stopped<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
+        &mut self,
+        model: &Llama<B>,
+        optim: &O,
+        state: &mut PretrainState,
+    ) -> Result<(), PretrainError> {
+        let _saving = self.is_main.then(SaveGuard::begin);
+        self.save_last(&model.valid(), state)?;
+        self.save(model, optim, state)
+    }
+
+    /// Writes the last weights of a stopped run beside the best model (merged safetensors
+    /// + config, and its adapters with LoRA), and records their step.
+    fn save_last<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        state: &mut PretrainState,
+    ) -> Result<(), PretrainError> {
+        if !self.is_main {
+            return Ok(());
+        }
+        if let Some(lora) = &self.config.lora {
+            save_adapter(
+                &self.dir.join(LAST_ADAPTER_FILE),
+                model,
+                lora,
+                TensorMap::new(),
+            )?;
+        }
+        let merged = model.clone().merge_lora();
+        save_model(&merged, self.llama_config, &self.dir.join(LAST_MODEL_FILE))?;
+        state.last = Some(state.steps);
+        Ok(())
+    }
+
+    /// Saves everything a resumed run needs: the step's records under new names,
+    /// the metrics, `pretrain.json`, then `resume.json` naming the records; the records it
+    /// no longer names go last (see [`crate::lm::pretrain::files`]).
     pub(crate) fn save<B: AutodiffBackend, O: Optimizer<Llama<B>, B>>(
         &mut self,
         model: &Llama<B>,
@@ -173,18 +214,18 @@ impl<'a, D: Clone> Run<'a, D> {
             return Ok(());
         }
         let _saving = SaveGuard::begin();
-        let recorder = DefaultRecorder::new();
-        let checkpoints = self.dir.join("checkpoint");
-        let partial = checkpoints.join("model-partial");
+        let (model_path, optim_path) = record_paths(&self.dir.join(CHECKPOINT_DIR), state.steps);
         model
             .clone()
-            .save_file(&partial, &recorder)
-            .map_err(record_error(&partial))?;
-        commit(&partial, &checkpoints.join("model.mpk"))?;
-        let partial = checkpoints.join("optim-partial");
-        Recorder::<B>::record(&recorder, optim.to_record(), partial.clone())
-            .map_err(record_error(&partial))?;
-        commit(&partial, &checkpoints.join("optim.mpk"))?;
+            .save_file(&model_path, &DurableRecorder)
+            .map_err(record_error(&model_path))?;
+        Recorder::<B>::record(&DurableRecorder, optim.to_record(), optim_path.clone())
+            .map_err(record_error(&optim_path))?;
+        state.records = Some(SavedRecords {
+            step: state.steps,
+            model: RecordFile::of(&model_path)?,
+            optim: RecordFile::of(&optim_path)?,
+        });
         let path = self.dir.join(METRICS_FILE);
         write_metrics(&path, &self.rows).map_err(|e| PretrainError::Record {
             path: path.clone(),
@@ -196,44 +237,33 @@ impl<'a, D: Clone> Run<'a, D> {
             detail: e.to_string(),
         })?;
         state.wall_seconds = self.wall();
-        state.save(self.dir, self.config)
+        state.save(self.dir, self.config, outputs(self.config, state))?;
+        remove_superseded(self.dir, state)
     }
 }
 
-/// Moves Burn's finished `<partial>.mpk` into place.
-fn commit(partial: &Path, target: &Path) -> Result<(), PretrainError> {
-    atomic_file::commit(&partial.with_extension("mpk"), target).map_err(io_err(target))
+/// Which model file holds which step, for `pretrain.json`.
+fn outputs(config: &PretrainConfig, state: &PretrainState) -> serde_json::Value {
+    let mut best_files = vec![MODEL_FILE.to_string(), "model.config.json".into()];
+    let mut last_files = vec![LAST_MODEL_FILE.to_string(), "model-last.config.json".into()];
+    if config.lora.is_some() {
+        best_files.push(ADAPTER_FILE.into());
+        last_files.push(LAST_ADAPTER_FILE.into());
+    }
+    if config.export_bin {
+        best_files.push(MODEL_BIN_FILE.into());
+    }
+    let best = state.best().map_or_else(
+        || serde_json::json!({ "step": null, "files": [], "note": NO_BEST_YET }),
+        |best| serde_json::json!({ "step": best.step, "epoch": best.epoch, "files": best_files }),
+    );
+    let last = state.last.map_or(
+        serde_json::Value::Null,
+        |step| serde_json::json!({ "step": step, "files": last_files }),
+    );
+    serde_json::json!({ "best": best, "last": last })
 }
 
-pub(crate) fn record_error(
-    path: &Path,
-) -> impl FnOnce(burn::record::RecorderError) -> PretrainError + '_ {
-    move |e| PretrainError::Record {
-        path: path.with_extension("mpk"),
-        detail: e.to_string(),
-    }
-}
-
-/// Removes what an earlier run left in `dir` that this one would read back or leave
-/// standing: Burn's records, the state, the tables and pictures, the best model files.
-pub(crate) fn clear_previous_run(dir: &Path) -> Result<(), PretrainError> {
-    let checkpoints = dir.join("checkpoint");
-    let stale = [
-        checkpoints.join("model.mpk"),
-        checkpoints.join("optim.mpk"),
-        dir.join(RESUME_FILE),
-        dir.join(PRETRAIN_RECORD_FILE),
-        dir.join(METRICS_FILE),
-        dir.join(CURVES_FILE),
-        dir.join(MODEL_FILE),
-        dir.join("model.config.json"),
-        dir.join(MODEL_BIN_FILE),
-        dir.join(ADAPTER_FILE),
-    ];
-    for path in stale {
-        if path.is_file() {
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
-        }
-    }
-    Ok(())
-}
+/// What a run without a best model says (in `pretrain.json` and when it stops).
+pub const NO_BEST_YET: &str =
+    "no best model yet: no evaluation since training began (the starting model is not a candidate)";

@@ -1,7 +1,8 @@
-//! The record of a language-model training run: `pretrain.json` (its settings and every
-//! evaluation, rewritten at each save) and `resume.json` (where to continue), written
-//! atomically beside Burn's records of the model and the optimizer
-//! (`checkpoint/model.mpk`, `checkpoint/optim.mpk`).
+//! The record of a language-model training run: `pretrain.json` (its settings, every
+//! evaluation and which step each model file holds, rewritten at each save) and
+//! `resume.json` (where to continue, and the records of the model and the optimizer that go
+//! with it: `checkpoint/model-<step>.mpk`, `checkpoint/optim-<step>.mpk`, named with their
+//! lengths), written atomically.
 //!
 //! The window order of an epoch is drawn from `(seed, epoch)` and the learning rate is a
 //! function of the step, so the step, the optimizer state and the model are all a resumed
@@ -16,13 +17,26 @@ use serde::{Deserialize, Serialize};
 use crate::fnv::{json_digest, Fnv1a};
 use crate::lm::pretrain::config::PretrainConfig;
 use crate::lm::pretrain::error::{io_err, PretrainError};
-use crate::run::resume_file::{check_settings, read_resume_file, ResumeError, RESUME_FILE};
+use crate::run::resume_file::{
+    check_settings, read_resume_file, RecordFile, ResumeError, RESUME_FILE,
+};
 
 /// File name of the run record in an artifact folder.
 pub const PRETRAIN_RECORD_FILE: &str = "pretrain.json";
 
 /// Version of the `resume.json` layout of a pretraining run.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
+
+/// The records of the model and the optimizer that a `resume.json` goes with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedRecords {
+    /// The step they were saved at (`resume.json`'s own).
+    pub step: usize,
+    /// Burn's record of the model.
+    pub model: RecordFile,
+    /// Burn's record of the optimizer.
+    pub optim: RecordFile,
+}
 
 /// One evaluation on the validation text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,6 +210,10 @@ pub struct PretrainState {
     pub best: Option<usize>,
     /// What must stay the same on resumption.
     pub settings: PretrainSettings,
+    /// The records this state goes with (`None` before the first save).
+    pub records: Option<SavedRecords>,
+    /// The step whose weights the `*-last` model files hold, while the run is stopped.
+    pub last: Option<usize>,
 }
 
 impl PretrainState {
@@ -212,6 +230,8 @@ impl PretrainState {
             evaluations: Vec::new(),
             best: None,
             settings,
+            records: None,
+            last: None,
         }
     }
 
@@ -227,8 +247,14 @@ impl PretrainState {
         Ok(state)
     }
 
-    /// Write `dir/resume.json` and `dir/pretrain.json` (the latter with `config`).
-    pub fn save(&self, dir: &Path, config: &PretrainConfig) -> Result<(), PretrainError> {
+    /// Write `dir/pretrain.json` (with `config` and `outputs`, which model file holds which
+    /// step) and then `dir/resume.json`.
+    pub fn save(
+        &self,
+        dir: &Path,
+        config: &PretrainConfig,
+        outputs: serde_json::Value,
+    ) -> Result<(), PretrainError> {
         let json = |value: serde_json::Value, name: &str| {
             let path = dir.join(name);
             let text = serde_json::to_string_pretty(&value)
@@ -241,6 +267,7 @@ impl PretrainState {
                 "settings": config,
                 "steps": self.steps,
                 "best": self.best(),
+                "outputs": outputs,
                 "evaluations": self.evaluations,
             }),
             PRETRAIN_RECORD_FILE,
