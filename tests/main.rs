@@ -8,6 +8,7 @@ mod common;
 
 mod backends;
 mod bin_formats;
+mod chat;
 mod crafted_files;
 mod forward;
 mod fuzz_loaders;

@@ -55,6 +55,8 @@ enum Command {
     Sanity(commands::sanity::SanityArgs),
     /// Continue a prompt with a KV cache, streaming the text (greedy or sampled).
     Generate(commands::generate::GenerateArgs),
+    /// Chat with a model over stdin, keeping its KV cache across turns.
+    Chat(commands::chat::ChatArgs),
     /// Measure generation, prompting and fine-tuning speed and memory.
     Bench(commands::bench::BenchArgs),
     /// Zero-shot classification by prompting (label-name log-probabilities).
@@ -132,6 +134,7 @@ fn main() -> ExitCode {
         on_pool(|| match cli.command {
             Command::Sanity(args) => run_on(cli.backend, cli.device, args),
             Command::Generate(args) => run_on(cli.backend, cli.device, args),
+            Command::Chat(args) => run_on(cli.backend, cli.device, args),
             Command::Bench(args) => run_on(cli.backend, cli.device, args),
             Command::Prompt(args) => run_on(cli.backend, cli.device, args),
             Command::Finetune(args) => run_on(cli.backend, cli.device, args),

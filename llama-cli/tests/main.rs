@@ -5,6 +5,7 @@
 
 mod common;
 
+mod chat;
 mod cli;
 mod crafted_files;
 mod data_parallel;

@@ -6,6 +6,7 @@ pub mod collective;
 pub mod data_files;
 pub mod lora;
 pub mod model;
+pub mod sampling;
 pub mod text_format;
 pub mod values;
 pub mod weight_dtype;

@@ -87,6 +87,22 @@ impl ModelArgs {
     }
 }
 
+impl ModelArgs {
+    /// The ids that end a reply: the tokenizer's EOS and those a Hugging Face folder's
+    /// `config.json` and `generation_config.json` list.
+    pub fn eos_ids(&self, tokenizer: &Tokenizer) -> Result<Vec<u32>> {
+        let mut ids = vec![tokenizer.eos_id()];
+        if let Some(special) = hf::special_ids(&self.checkpoint)? {
+            for id in special.eos {
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+}
+
 /// The tokenizer to use for `checkpoint`: a Hugging Face folder's own tokenizer.json (what
 /// `transformers` uses with it); else the one beside it (tokenizer.model/.bin/.json, or a
 /// single tok*.model / tok*.bin such as stories260K's tok512), else ./tokenizer.model.

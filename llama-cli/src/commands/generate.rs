@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use llama_model::generation::generate::{generate_text, GenerateConfig};
+use llama_model::generation::chat::{ChatTemplate, Message};
+use llama_model::generation::generate::{generate_text, GenerateConfig, GenerationStats};
 use llama_model::generation::logprobs::TokenLogprob;
 use llama_model::Tokenizer;
 
 use crate::args::model::ModelArgs;
+use crate::args::sampling::SamplingArgs;
 use crate::args::values;
 use crate::args::weight_dtype::WeightDtype;
 use crate::runtime::backend::{BackendKind, Job};
@@ -27,6 +29,14 @@ pub struct GenerateArgs {
     /// Text to continue; an empty prompt starts from BOS alone.
     #[arg(long, default_value = DEFAULT_PROMPT)]
     pub prompt: String,
+    /// One chat turn instead: the reply to this user message, the prompt being the model's
+    /// chat template over it (and --system). Stops at any of the model's EOS ids; only the
+    /// reply is printed.
+    #[arg(long, value_name = "MESSAGE", conflicts_with = "prompt")]
+    pub chat: Option<String>,
+    /// The system message of --chat.
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
     /// Number of tokens to generate.
     #[arg(long, default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_new_tokens: u64,
@@ -34,27 +44,8 @@ pub struct GenerateArgs {
     /// generated-sentence-temp-0.txt and generated-sentence-temp-1.txt as the exercise does.
     #[arg(long, value_parser = values::temperature, allow_hyphen_values = true)]
     pub temperature: Option<f64>,
-    /// Nucleus sampling: sample from the smallest set of tokens whose probability reaches
-    /// this (off by default).
-    #[arg(long, value_parser = values::top_p, allow_hyphen_values = true)]
-    pub top_p: Option<f64>,
-    /// Sample only from the K most probable tokens (off by default).
-    #[arg(long, value_parser = values::positive())]
-    pub top_k: Option<usize>,
-    /// Drop tokens less probable than this fraction of the most probable one, in [0, 1]
-    /// (off by default).
-    #[arg(long, value_parser = values::min_p, allow_hyphen_values = true)]
-    pub min_p: Option<f64>,
-    /// Repetition penalty over the prompt's and the generated tokens, as `transformers`'
-    /// (1 = off; above 1 discourages repeats). Applies to greedy decoding too.
-    #[arg(long, default_value_t = 1.0, value_parser = values::repetition_penalty, allow_hyphen_values = true)]
-    pub repetition_penalty: f64,
-    /// OpenAI's presence penalty over the generated tokens, in [-2, 2].
-    #[arg(long, default_value_t = 0.0, value_parser = values::presence_penalty, allow_hyphen_values = true)]
-    pub presence_penalty: f64,
-    /// OpenAI's frequency penalty over the generated tokens, in [-2, 2].
-    #[arg(long, default_value_t = 0.0, value_parser = values::frequency_penalty, allow_hyphen_values = true)]
-    pub frequency_penalty: f64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Stop when the text contains this string (repeatable); it is matched across token
     /// boundaries and not printed.
     #[arg(long = "stop", value_name = "TEXT")]
@@ -63,9 +54,6 @@ pub struct GenerateArgs {
     /// log-softmax of the raw logits) and those of the N most probable tokens (0 to 20).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=20))]
     pub logprobs: Option<u64>,
-    /// Seed of the sampler.
-    #[arg(long, default_value_t = 1337)]
-    pub seed: u64,
     /// Stop when the model produces EOS.
     #[arg(long)]
     pub stop_at_eos: bool,
@@ -119,7 +107,14 @@ impl Job for GenerateArgs {
         let (model, weights) =
             WeightDtype::resolve(self.weight_dtype, &model).apply(model, backend)?;
         eprintln!("backend {backend}; weights {weights}");
-        let prompt = tokenizer.encode(&self.prompt, true, false)?;
+        let eos_ids = self.model.eos_ids(&tokenizer)?;
+        let prompt = match &self.chat {
+            Some(message) => {
+                let template = ChatTemplate::for_checkpoint(&self.model.checkpoint)?;
+                template.prompt_ids(&tokenizer, &turn(self.system.as_deref(), message))?
+            }
+            None => tokenizer.encode(&self.prompt, true, false)?,
+        };
         let context = config.max_seq_len;
         if prompt.len() > context {
             // The exercise's generate() feeds the model only the last max_seq_len tokens of its
@@ -130,26 +125,26 @@ impl Job for GenerateArgs {
                 prompt.len()
             );
         }
-        let prompt_text = tokenizer.decode(&prompt)?;
+        // A chat turn prints only the reply.
+        let prompt_text = match self.chat {
+            Some(_) => String::new(),
+            None => tokenizer.decode(&prompt)?,
+        };
         let split = backend.decode_split(self.decode_split, config.dim);
         let mut stdout = std::io::stdout().lock();
         for (temperature, out) in runs {
-            let config = GenerateConfig::new()
+            let config = self
+                .sampling
+                .apply(GenerateConfig::new())
                 .with_max_new_tokens(self.max_new_tokens as usize)
                 .with_temperature(temperature)
-                .with_top_p(self.top_p)
-                .with_top_k(self.top_k)
-                .with_min_p(self.min_p)
-                .with_repetition_penalty(self.repetition_penalty)
-                .with_presence_penalty(self.presence_penalty)
-                .with_frequency_penalty(self.frequency_penalty)
                 .with_stop_strings(self.stop.clone())
                 .with_logprobs(self.logprobs.map(|n| n as usize))
-                .with_seed(self.seed)
-                .with_stop_at_eos(self.stop_at_eos)
+                .with_stop_at_eos(self.stop_at_eos || self.chat.is_some())
                 .with_stop_at_bos(self.stop_at_bos)
                 .with_bos_id(tokenizer.bos_id())
                 .with_eos_id(tokenizer.eos_id())
+                .with_eos_ids(eos_ids.clone())
                 .with_decode_split(split);
             eprintln!("--- temperature {temperature}");
             write!(stdout, "{prompt_text}")?;
@@ -163,15 +158,7 @@ impl Job for GenerateArgs {
             if self.logprobs.is_some() {
                 print_logprobs(&tokenizer, &result.logprobs);
             }
-            let stats = result.generation.stats;
-            let speed = stats
-                .tokens_per_second()
-                .map_or_else(|| "n/a".to_string(), |s| format!("{s:.1}"));
-            eprintln!(
-                "{} tokens; {speed} tokens/s (after the first); first token after {:.3} s",
-                stats.generated_tokens,
-                stats.time_to_first_token.map_or(0.0, |d| d.as_secs_f64())
-            );
+            eprintln!("{}", stats_line(&result.generation.stats));
             if let Some(path) = out {
                 let full = format!("{prompt_text}{}\n", result.text);
                 write_atomic(&path, full.as_bytes())?;
@@ -180,6 +167,27 @@ impl Job for GenerateArgs {
         }
         Ok(())
     }
+}
+
+/// The stats line of a generation: tokens, speed, time to the first token.
+pub fn stats_line(stats: &GenerationStats) -> String {
+    let speed = stats
+        .tokens_per_second()
+        .map_or_else(|| "n/a".to_string(), |s| format!("{s:.1}"));
+    format!(
+        "{} tokens; {speed} tokens/s (after the first); first token after {:.3} s",
+        stats.generated_tokens,
+        stats.time_to_first_token.map_or(0.0, |d| d.as_secs_f64())
+    )
+}
+
+/// The messages of one chat turn: the system message, if any, then the user's.
+fn turn(system: Option<&str>, message: &str) -> Vec<Message> {
+    system
+        .map(|s| Message::new("system", s))
+        .into_iter()
+        .chain([Message::new("user", message)])
+        .collect()
 }
 
 /// One line per generated token on stderr: its piece and log-probability, then the most

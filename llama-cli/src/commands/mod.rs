@@ -1,6 +1,7 @@
 //! One file per command: its flags (a clap `Args`) and its run function.
 
 pub mod bench;
+pub mod chat;
 pub mod check;
 pub mod coordinator;
 pub mod eval;

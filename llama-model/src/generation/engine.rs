@@ -39,23 +39,8 @@ impl<'m, B: Backend> Engine<'m, B> {
         prompts: Vec<Vec<u32>>,
         split: usize,
     ) -> Result<Self, GenerateError> {
-        let vocab_size = model.vocab_size();
         for (index, prompt) in prompts.iter().enumerate() {
-            if prompt.is_empty() {
-                return Err(GenerateError::EmptyPrompt { index });
-            }
-            if let Some((position, &id)) = prompt
-                .iter()
-                .enumerate()
-                .find(|(_, &id)| id as usize >= vocab_size)
-            {
-                return Err(GenerateError::TokenOutOfRange {
-                    index,
-                    position,
-                    id,
-                    vocab_size,
-                });
-            }
+            check_prompt(model, index, prompt)?;
         }
         Ok(Self {
             model,
@@ -67,6 +52,37 @@ impl<'m, B: Backend> Engine<'m, B> {
             device: model.tok_embeddings.weight.device(),
             rope: model.rope().clone(),
         })
+    }
+
+    /// An empty engine for one row, for a session that extends and truncates its cache
+    /// ([`Self::extend`], [`Self::truncate`]).
+    pub(super) fn single(model: &'m Llama<B>, split: usize) -> Self {
+        Self {
+            model,
+            cache: model.new_cache(1),
+            split: split.max(1),
+            pads: vec![0],
+            histories: vec![Vec::new()],
+            context_resets: 0,
+            device: model.tok_embeddings.weight.device(),
+            rope: model.rope().clone(),
+        }
+    }
+
+    /// Keeps the first `len` tokens of a single row's cache and history.
+    pub(super) fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.histories[0].truncate(self.cache.len());
+    }
+
+    /// Feeds `tokens` (non-empty) to a single row after what it has cached; returns the
+    /// next-token logits `[vocab]`. The caller keeps the cache within its capacity.
+    pub(super) fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        self.histories[0].extend(tokens);
+        self.grow_rope(self.cache.len() + tokens.len());
+        let input = int_tensor::<B>(tokens, [1, tokens.len()], &self.device);
+        let logits = self.forward_from_cache_end(input);
+        Ok(read_rows(logits)?.swap_remove(0))
     }
 
     /// Clears the cache and pre-fills each row's window (its last `max_seq_len` tokens),
@@ -177,6 +193,31 @@ impl<B: Backend> Engine<'_, B> {
         let mask = causal_mask(seq, start, &self.device);
         self.model
             .forward_cached_with(tokens, &angles, mask, &mut self.cache, self.split)
+    }
+}
+
+/// Checks that prompt `index` of a batch is non-empty and inside the model's vocabulary.
+pub(super) fn check_prompt<B: Backend>(
+    model: &Llama<B>,
+    index: usize,
+    prompt: &[u32],
+) -> Result<(), GenerateError> {
+    let vocab_size = model.vocab_size();
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt { index });
+    }
+    match prompt
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id as usize >= vocab_size)
+    {
+        Some((position, &id)) => Err(GenerateError::TokenOutOfRange {
+            index,
+            position,
+            id,
+            vocab_size,
+        }),
+        None => Ok(()),
     }
 }
 

@@ -92,6 +92,10 @@ pub struct GenerateConfig {
     /// Id of EOS (2 for Llama 2 and tok512).
     #[config(default = 2)]
     pub eos_id: u32,
+    /// Further ids that end generation as EOS does (with `stop_at_eos`): a Hugging Face
+    /// model may list several (Llama 3.x: `<|eot_id|>` and `<|end_of_text|>`).
+    #[config(default = "Vec::new()")]
+    pub eos_ids: Vec<u32>,
     /// Split each weight product of a decoding step into this many column blocks run on
     /// rayon's pool (see [`crate::weights::split_matmul`]; 1: one product per weight).
     #[config(default = 1)]
@@ -151,7 +155,7 @@ impl GenerateConfig {
 
     /// Why generation stops at `token`, if it does.
     pub(super) fn stop_for(&self, token: u32) -> Option<StopReason> {
-        if self.stop_at_eos && token == self.eos_id {
+        if self.stop_at_eos && (token == self.eos_id || self.eos_ids.contains(&token)) {
             Some(StopReason::Eos)
         } else if self.stop_at_bos && token == self.bos_id {
             Some(StopReason::Bos)
@@ -188,6 +192,14 @@ pub enum GenerateError {
         /// The model's vocabulary size.
         vocab_size: usize,
     },
+    /// A chat prompt leaves no room for a reply in the model's context.
+    #[error("the conversation has {tokens} tokens, the model's context is {context}: there is no room for a reply")]
+    ContextFull {
+        /// Tokens of the prompt.
+        tokens: usize,
+        /// The model's context length.
+        context: usize,
+    },
     /// The logits could not be read back from the device.
     #[error("cannot read logits from the device: {0}")]
     Data(String),
@@ -201,7 +213,8 @@ pub enum GenerateError {
 pub enum StopReason {
     /// `max_new_tokens` tokens were generated.
     MaxNewTokens,
-    /// EOS was sampled (with `stop_at_eos`); it is not part of the output.
+    /// EOS, or one of the further EOS ids, was sampled (with `stop_at_eos`); it is not part
+    /// of the output.
     Eos,
     /// BOS was sampled (with `stop_at_bos`); it is not part of the output.
     Bos,
@@ -527,4 +540,4 @@ pub fn generate_uncached<B: Backend>(
 
 #[cfg(test)]
 #[path = "generate_tests.rs"]
-mod tests;
+pub(crate) mod tests;

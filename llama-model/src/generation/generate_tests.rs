@@ -5,10 +5,10 @@ use super::*;
 use crate::model::config::LlamaConfig;
 use burn::backend::NdArray;
 
-type B = NdArray;
+pub(crate) type B = NdArray;
 
 /// A random model with a short context, to exercise cropping.
-fn tiny(max_seq_len: usize) -> Llama<B> {
+pub(crate) fn tiny(max_seq_len: usize) -> Llama<B> {
     LlamaConfig::new(16, 2, 4, 40)
         .with_n_kv_heads(Some(2))
         .with_max_seq_len(max_seq_len)
@@ -197,6 +197,27 @@ fn stop_tokens_end_generation_and_are_not_returned() {
         generate(&model, &[1], &config, |_| {}).unwrap().tokens,
         greedy.tokens
     );
+}
+
+#[test]
+fn any_of_the_further_eos_ids_ends_generation() {
+    let model = tiny(8);
+    let greedy = generate(&model, &[1], &GenerateConfig::greedy(6), |_| {}).unwrap();
+    // The third greedy token is one of two further EOS ids; EOS itself never comes.
+    let stop = greedy.tokens[2];
+    let unused = (0..40).find(|t| !greedy.tokens.contains(t)).unwrap();
+    let config = GenerateConfig::greedy(6)
+        .with_stop_at_eos(true)
+        .with_eos_id(unused)
+        .with_eos_ids(vec![unused, stop]);
+    let first = greedy.tokens.iter().position(|&t| t == stop).unwrap();
+    for g in [
+        generate(&model, &[1], &config, |_| {}).unwrap(),
+        generate_uncached(&model, &[1], &config).unwrap(),
+    ] {
+        assert_eq!(g.tokens, greedy.tokens[..first]);
+        assert_eq!(g.stop_reason, StopReason::Eos);
+    }
 }
 
 #[test]

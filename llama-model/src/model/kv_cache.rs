@@ -72,6 +72,11 @@ impl<B: Backend> KvCache<B> {
         self.len = 0;
     }
 
+    /// Keep only the first `len` cached positions (the next append writes after them).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Append `keys`/`values` `[batch, n_kv_heads, seq, head_dim]` and return all cached
     /// keys and values `[batch, n_kv_heads, len + seq, head_dim]`.
     ///
@@ -164,6 +169,11 @@ impl<B: Backend> LlamaCache<B> {
     /// Forget everything cached.
     pub fn clear(&mut self) {
         self.layers.iter_mut().for_each(KvCache::clear);
+    }
+
+    /// Keep only the first `len` cached positions of every layer.
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
     }
 
     /// The per-layer caches.
