@@ -1,0 +1,130 @@
+//! llama.cpp GGUF files (`real-models/gguf/…`) against the references of their dequantized
+//! weights (logits at stored positions, greedy ids), and the errors of damaged files.
+
+use std::path::PathBuf;
+
+use crate::common;
+use crate::real_models::*;
+
+use common::*;
+use llama_model::checkpoint::{detect_format, CheckpointFormat};
+use llama_model::{load_checkpoint, LoadOptions};
+use serde_json::Value;
+
+/// The GGUF entries this reader supports, with their files.
+fn gguf_models() -> Vec<(String, PathBuf, Value)> {
+    let supported = entries("gguf/")
+        .into_iter()
+        .filter(|(key, _, _)| !key.contains("llama3"))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        supported.len(),
+        4,
+        "expected the f32, f16, q8_0 and q4_k_m files"
+    );
+    supported
+}
+
+#[test]
+fn every_gguf_file_gives_the_reference_logits() {
+    let stored = logits_reference();
+    for (key, file, entry) in gguf_models() {
+        assert_eq!(
+            detect_format(&file).unwrap(),
+            CheckpointFormat::Gguf,
+            "{key}"
+        );
+        check_logits(&key, &load(&file), &entry, &stored);
+    }
+}
+
+#[test]
+fn every_gguf_file_gives_the_reference_greedy_ids() {
+    for (key, file, entry) in gguf_models() {
+        check_greedy(&key, &load(&file), &entry);
+    }
+}
+
+#[test]
+fn the_f32_gguf_holds_the_bins_weights() {
+    use llama_model::checkpoint::read_checkpoint;
+    let options = LoadOptions::default();
+    let (config, tensors, _) =
+        read_checkpoint(&fixture("real-models/gguf/stories260K-f32.gguf"), &options).unwrap();
+    let (bin_config, bin, _) =
+        read_checkpoint(&fixture("models/stories260K/stories260K.bin"), &options).unwrap();
+    // Meta's q/k order, as ours: every weight equals the .bin's exactly.
+    assert_eq!(tensors, bin);
+    assert_eq!(
+        (
+            config.dim,
+            config.n_layers,
+            config.hidden_dim(),
+            config.tie_embeddings
+        ),
+        (
+            bin_config.dim,
+            bin_config.n_layers,
+            bin_config.hidden_dim(),
+            true
+        )
+    );
+}
+
+/// The load error of `bytes` written as a `.gguf` file, as one line.
+fn error_of(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    let err = load_checkpoint::<B>(&path, &LoadOptions::default(), &Default::default())
+        .expect_err("a damaged file must not load");
+    let line = err.to_string();
+    assert!(line.contains("bad.gguf"), "{line}");
+    assert!(!line.contains('\n'), "{line}");
+    line
+}
+
+#[test]
+fn damaged_gguf_files_are_one_line_errors() {
+    let good = std::fs::read(fixture("real-models/gguf/stories260K-q8_0.gguf")).unwrap();
+    // Truncated in the last tensor.
+    assert!(error_of(&good[..good.len() - 100]).contains("truncated"));
+    // Truncated in the header.
+    assert!(error_of(&good[..40]).contains("truncated"));
+    // A version we do not read.
+    let mut v1 = good.clone();
+    v1[4..8].copy_from_slice(&1u32.to_le_bytes());
+    assert!(error_of(&v1).contains("version 1"));
+    // Counts far beyond the file are refused before anything is allocated.
+    let mut huge = good.clone();
+    huge[8..16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    assert!(error_of(&huge).contains("tensors"));
+    let mut huge_kv = good;
+    huge_kv[16..24].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    assert!(error_of(&huge_kv).contains("metadata"));
+}
+
+#[test]
+fn a_gguf_of_another_architecture_is_refused_by_name() {
+    let good = std::fs::read(fixture("real-models/gguf/stories260K-f32.gguf")).unwrap();
+    // Same length keeps every offset: `llama` -> `gemma` in `general.architecture` and its
+    // `llama.*` keys.
+    let patched: Vec<u8> = replace_all(&good, b"llama", b"gemma");
+    let line = error_of(&patched);
+    assert!(line.contains("`gemma`"), "{line}");
+}
+
+/// `bytes` with every `from` replaced by `to` (of the same length).
+fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let mut i = 0;
+    while i + from.len() <= out.len() {
+        if &out[i..i + from.len()] == from {
+            out[i..i + from.len()].copy_from_slice(to);
+            i += from.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
