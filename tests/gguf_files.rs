@@ -1,5 +1,6 @@
 //! llama.cpp GGUF files (`real-models/gguf/…`) against the references of their dequantized
-//! weights (logits at stored positions, greedy ids), and the errors of damaged files.
+//! weights (logits at stored positions, greedy ids, perplexity), their vocabularies and chat
+//! templates against llama.cpp's ids, and the errors of damaged files.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,10 @@ use crate::real_models::*;
 
 use common::*;
 use llama_model::checkpoint::{detect_format, CheckpointFormat};
-use llama_model::{load_checkpoint, LoadOptions};
+use llama_model::generation::chat::{ChatTemplate, Message};
+use llama_model::generation::generate::{generate, GenerateConfig, StopReason};
+use llama_model::tokenizer::TokenizerFormat;
+use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use serde_json::Value;
 
 /// The GGUF entries this reader supports, with their files.
@@ -127,4 +131,73 @@ fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+/// The GGUF entries with a `llama` (sentencepiece) vocabulary, with their tokenizers.
+fn llama_vocabularies() -> Vec<(String, PathBuf, Value, Tokenizer)> {
+    gguf_models()
+        .into_iter()
+        .map(|(key, file, entry)| {
+            assert_eq!(entry["tokenized_by"], "llama.cpp", "{key}");
+            let tok = Tokenizer::from_file(&file).unwrap_or_else(|e| panic!("{e}"));
+            (key, file, entry, tok)
+        })
+        .collect()
+}
+
+#[test]
+fn every_gguf_vocabulary_gives_llama_cpps_ids_and_text() {
+    for (key, _, entry, tok) in llama_vocabularies() {
+        assert_eq!(tok.format(), TokenizerFormat::Gguf, "{key}");
+        check_tokenizer(&key, &tok, &entry);
+    }
+}
+
+#[test]
+fn every_gguf_file_gives_the_reference_perplexity() {
+    for (key, file, entry, tok) in llama_vocabularies() {
+        check_perplexity(&key, &load(&file), &tok, &entry);
+    }
+}
+
+#[test]
+fn every_gguf_chat_template_gives_the_reference_ids_and_reply() {
+    for (key, file, entry, tok) in llama_vocabularies() {
+        let template = ChatTemplate::for_checkpoint(&file).unwrap_or_else(|e| panic!("{e}"));
+        let model = load(&file);
+        for case in entry["chat"].as_array().unwrap() {
+            let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+            let generation_prompt = case["add_generation_prompt"].as_bool().unwrap();
+            let Some(text) = case["text"].as_str() else {
+                assert!(
+                    template.render(&messages, generation_prompt).is_err(),
+                    "{key}"
+                );
+                continue;
+            };
+            assert_eq!(
+                template.render(&messages, generation_prompt).unwrap(),
+                text,
+                "{key}"
+            );
+            assert_eq!(
+                tok.encode(text, false, false).unwrap(),
+                ids(&case["ids"]),
+                "{key}"
+            );
+            let Some(reply) = case.get("reply_ids") else {
+                continue;
+            };
+            let expected = ids(reply);
+            let config = GenerateConfig::greedy(expected.len())
+                .with_stop_at_eos(true)
+                .with_eos_id(tok.eos_id());
+            let out = generate(&model, &ids(&case["ids"]), &config, |_| {}).unwrap();
+            let mut got = out.tokens;
+            if out.stop_reason == StopReason::Eos {
+                got.push(tok.eos_id());
+            }
+            assert_eq!(got, expected, "{key}: reply");
+        }
+    }
 }

@@ -9,7 +9,6 @@ use crate::real_models::*;
 
 use common::*;
 use llama_model::generation::generate::{generate, GenerateConfig};
-use llama_model::tokenizer::TextStream;
 use llama_model::{LoadOptions, Tokenizer};
 use serde_json::Value;
 
@@ -96,39 +95,7 @@ fn every_hf_tokenizer_json_gives_the_transformers_ids_and_text() {
     for (key, folder, entry) in hf_models() {
         assert_eq!(entry["tokenized_by"], "transformers", "{key}");
         let tok = folder_tokenizer(&folder);
-        for case in entry["tokenizer"].as_array().unwrap() {
-            let text = case["text"].as_str().unwrap();
-            let expected = ids(&case["ids"]);
-            assert_eq!(
-                tok.encode(text, true, false).unwrap(),
-                expected,
-                "{key}: {text:?}"
-            );
-            assert_eq!(
-                tok.decode(&expected).unwrap(),
-                case["decoded"].as_str().unwrap(),
-                "{key}: {text:?}"
-            );
-        }
-        // Random models print broken bytes: decoded lossily, as transformers does.
-        for case in entry["greedy"].as_array().unwrap() {
-            let new = ids(&case["new_ids"]);
-            assert_eq!(
-                tok.decode(&new).unwrap(),
-                case["text"].as_str().unwrap(),
-                "{key}"
-            );
-            // Streaming prints the same text in whole characters.
-            let mut stream = TextStream::after(&tok, *ids(&case["prompt_ids"]).last().unwrap());
-            let mut chunks: Vec<String> = new.iter().map(|&id| stream.push(id).unwrap()).collect();
-            chunks.push(stream.finish());
-            let joined = chunks.concat();
-            assert_eq!(
-                joined.trim_start(),
-                tok.decode(&new).unwrap().trim_start(),
-                "{key}"
-            );
-        }
+        check_tokenizer(&key, &tok, &entry);
     }
 }
 

@@ -10,6 +10,7 @@ use crate::common;
 use common::*;
 use llama_model::exercise::compare::compare;
 use llama_model::generation::generate::{generate, GenerateConfig};
+use llama_model::tokenizer::TextStream;
 use llama_model::{load_checkpoint, Llama, LoadOptions, Tokenizer};
 use serde_json::Value;
 
@@ -139,4 +140,42 @@ pub fn check_perplexity(key: &str, model: &Llama<B>, tok: &Tokenizer, entry: &Va
         ((ppl - expected) / expected).abs() <= 1e-5,
         "{key}: perplexity {ppl}, reference {expected}"
     );
+}
+
+/// The tokenizer gives the entry's ids (BOS added) and decoded texts, and the greedy
+/// continuations' text, whole or streamed.
+pub fn check_tokenizer(key: &str, tok: &Tokenizer, entry: &Value) {
+    for case in entry["tokenizer"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let expected = ids(&case["ids"]);
+        assert_eq!(
+            tok.encode(text, true, false).unwrap(),
+            expected,
+            "{key}: {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&expected).unwrap(),
+            case["decoded"].as_str().unwrap(),
+            "{key}: {text:?}"
+        );
+    }
+    // Random models print broken bytes: decoded lossily, as transformers does.
+    for case in entry["greedy"].as_array().unwrap() {
+        let new = ids(&case["new_ids"]);
+        assert_eq!(
+            tok.decode(&new).unwrap(),
+            case["text"].as_str().unwrap(),
+            "{key}"
+        );
+        // Streaming prints the same text in whole characters.
+        let mut stream = TextStream::after(tok, *ids(&case["prompt_ids"]).last().unwrap());
+        let mut chunks: Vec<String> = new.iter().map(|&id| stream.push(id).unwrap()).collect();
+        chunks.push(stream.finish());
+        let joined = chunks.concat();
+        assert_eq!(
+            joined.trim_start(),
+            tok.decode(&new).unwrap().trim_start(),
+            "{key}"
+        );
+    }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use llama_model::fixtures::{fixture, fixtures_dir, FIXTURES_ENV};
+use serde_json::Value;
 
 /// The built `llama-cli`, told where the fixtures are (a shipped binary finds them only
 /// through `LLAMA_FIXTURES`).
@@ -39,4 +40,18 @@ pub fn head(dir: &Path, name: &str, n: usize) -> String {
     let written = dir.join(name);
     std::fs::write(&written, lines.join("\n") + "\n").expect("write a data file");
     path(&written)
+}
+
+/// `reference.json`'s entry for `key`.
+pub fn reference(key: &str) -> Value {
+    let text = std::fs::read_to_string(fixture("real-models/reference.json")).unwrap();
+    serde_json::from_str::<Value>(&text).unwrap()["models"][key].clone()
+}
+
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
 }

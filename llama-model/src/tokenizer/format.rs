@@ -14,6 +14,8 @@ pub enum TokenizerFormat {
     Llama2c,
     /// HuggingFace `tokenizer.json`.
     HuggingFaceJson,
+    /// The vocabulary in a GGUF file's metadata.
+    Gguf,
 }
 
 impl fmt::Display for TokenizerFormat {
@@ -22,6 +24,7 @@ impl fmt::Display for TokenizerFormat {
             Self::SentencePiece => "sentencepiece tokenizer.model",
             Self::Llama2c => "llama2.c tokenizer.bin",
             Self::HuggingFaceJson => "HuggingFace tokenizer.json",
+            Self::Gguf => "GGUF vocabulary",
         })
     }
 }
@@ -38,6 +41,9 @@ pub fn detect(bytes: &[u8]) -> Result<TokenizerFormat, String> {
         .unwrap_or(bytes)
         .iter()
         .find(|b| !b.is_ascii_whitespace());
+    if crate::checkpoint::gguf::is_gguf(bytes) {
+        return Ok(TokenizerFormat::Gguf);
+    }
     if text_start == Some(&b'{') {
         return Ok(TokenizerFormat::HuggingFaceJson);
     }
@@ -49,7 +55,7 @@ pub fn detect(bytes: &[u8]) -> Result<TokenizerFormat, String> {
     }
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Err(format!(
-        "first bytes {} are neither JSON, a llama2.c header nor a protobuf tag",
+        "first bytes {} are neither JSON, GGUF, a llama2.c header nor a protobuf tag",
         head.join(" ")
     ))
 }

@@ -98,10 +98,10 @@ impl GgufFile {
     }
 }
 
-type Parsed = (u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>);
+pub type Parsed = (u32, BTreeMap<String, Value>, BTreeMap<String, TensorInfo>);
 
 /// Parse the header, metadata and tensor directory of `bytes`.
-fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let mut cur = Cursor::new(bytes);
     let magic = cur
         .take(4)

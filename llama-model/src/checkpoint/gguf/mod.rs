@@ -15,7 +15,7 @@ mod ggml_type;
 mod metadata;
 mod names;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
@@ -34,6 +34,22 @@ use names::{from_gguf, to_gguf, EMBEDDING, HEAD};
 /// Whether the first bytes of a file are GGUF's magic.
 pub fn is_gguf(head: &[u8]) -> bool {
     head.starts_with(MAGIC)
+}
+
+/// The metadata of the GGUF file at `path` (for its vocabulary and chat template); the
+/// error is the problem alone, without the path.
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, Value>, String> {
+    match GgufFile::open(path) {
+        Ok(file) => Ok(file.metadata),
+        Err(CheckpointError::Corrupt { detail, .. }) => Err(detail),
+        Err(CheckpointError::Io { source, .. }) => Err(source.to_string()),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// The metadata of a GGUF file held in memory.
+pub fn metadata_of(bytes: &[u8]) -> Result<BTreeMap<String, Value>, String> {
+    container::parse(bytes).map(|(_, metadata, _)| metadata)
 }
 
 /// The tensor carrying Llama 3's RoPE scaling as per-frequency divisors.
