@@ -28,6 +28,7 @@ use super::tensors::{
 };
 use super::{CheckpointError, CheckpointFormat, LoadedCheckpoint};
 use crate::model::config::LlamaConfig;
+use crate::model::rope_scaling::RopeScaling;
 use container::GgufFile;
 use names::{from_gguf, to_gguf, EMBEDDING, HEAD};
 
@@ -79,10 +80,11 @@ fn open(path: &Path) -> Result<(GgufFile, LlamaConfig), CheckpointError> {
         }
     };
     let mut config = config::llama_config(&file.metadata, vocab_size).map_err(unsupported)?;
-    if file.tensors.contains_key(ROPE_FREQS) {
-        return Err(unsupported(format!(
-            "`{ROPE_FREQS}` (RoPE frequency factors, Llama 3.x scaling) is not supported yet"
-        )));
+    if let Some(info) = file.tensors.get(ROPE_FREQS) {
+        // One divisor per rotated pair, replacing any scaling named in the metadata (llama.cpp
+        // applies the tensor).
+        let factors = dequantize::dequantize(info.kind, file.bytes(info));
+        config.rope_scaling = Some(RopeScaling::Factors { factors });
     }
     config.tie_embeddings = !file.tensors.contains_key(HEAD);
     let config = validated(path, config)?;
@@ -132,7 +134,7 @@ impl GgufReader<'_> {
         self.file
             .tensors
             .iter()
-            .find(|(name, _)| !self.used.contains(*name))
+            .find(|(name, _)| !self.used.contains(*name) && *name != ROPE_FREQS)
             .map(|(name, info)| (name, &info.shape))
     }
 }
@@ -178,7 +180,7 @@ pub fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointError> {
         warnings: Vec::new(),
     };
     let mut tensors = TensorMap::new();
-    for (name, info) in &file.tensors {
+    for (name, info) in file.tensors.iter().filter(|(n, _)| *n != ROPE_FREQS) {
         let ours = from_gguf(name).unwrap_or_else(|| name.clone());
         let data = reader.values(&ours, &info.shape)?;
         tensors.insert(
