@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use llama_model::generation::chat::ChatTemplate;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -494,14 +495,20 @@ fn gguf_reader_never_panics() {
         ("stories260K-q8_0.gguf", 40),
         ("tiny-q4_k_m.gguf", 41),
         ("stories260K-f16.gguf", 42),
+        ("tiny-llama3-bf16.gguf", 43),
     ] {
+        // The weights and the vocabulary (with the chat template) of each mutant.
         let (n, _) = fuzz_with(
             dir.path(),
             &format!("real-models/gguf/{file}"),
             "m.gguf",
             seed,
             mutate_gguf,
-            checkpoint_loads,
+            |path| {
+                let vocabulary = Tokenizer::from_file(path).is_ok();
+                let template = ChatTemplate::from_gguf(path).is_ok();
+                checkpoint_loads(path) && vocabulary && template
+            },
         );
         assert!(n > 0);
     }

@@ -161,12 +161,10 @@ fn replace_all(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The GGUF entries with a `llama` (sentencepiece) vocabulary, with their tokenizers (not
-/// `tiny-llama3-bf16`, whose `gpt2` vocabulary is not read yet).
-fn llama_vocabularies() -> Vec<(String, PathBuf, Value, Tokenizer)> {
+/// The GGUF entries with their tokenizers (the file's own vocabulary).
+fn with_vocabularies() -> Vec<(String, PathBuf, Value, Tokenizer)> {
     gguf_models()
         .into_iter()
-        .filter(|(key, _, _)| !key.contains("llama3"))
         .map(|(key, file, entry)| {
             assert_eq!(entry["tokenized_by"], "llama.cpp", "{key}");
             let tok = Tokenizer::from_file(&file).unwrap_or_else(|e| panic!("{e}"));
@@ -177,22 +175,27 @@ fn llama_vocabularies() -> Vec<(String, PathBuf, Value, Tokenizer)> {
 
 #[test]
 fn every_gguf_vocabulary_gives_llama_cpps_ids_and_text() {
-    for (key, _, entry, tok) in llama_vocabularies() {
-        assert_eq!(tok.format(), TokenizerFormat::Gguf, "{key}");
+    for (key, _, entry, tok) in with_vocabularies() {
+        let format = if key.contains("llama3") {
+            TokenizerFormat::GgufByteLevel
+        } else {
+            TokenizerFormat::Gguf
+        };
+        assert_eq!(tok.format(), format, "{key}");
         check_tokenizer(&key, &tok, &entry);
     }
 }
 
 #[test]
 fn every_gguf_file_gives_the_reference_perplexity() {
-    for (key, file, entry, tok) in llama_vocabularies() {
+    for (key, file, entry, tok) in with_vocabularies() {
         check_perplexity(&key, &load(&file), &tok, &entry);
     }
 }
 
 #[test]
 fn every_gguf_chat_template_gives_the_reference_ids_and_reply() {
-    for (key, file, entry, tok) in llama_vocabularies() {
+    for (key, file, entry, tok) in with_vocabularies() {
         let template = ChatTemplate::for_checkpoint(&file).unwrap_or_else(|e| panic!("{e}"));
         let model = load(&file);
         for case in entry["chat"].as_array().unwrap() {

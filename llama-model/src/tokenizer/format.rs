@@ -14,8 +14,18 @@ pub enum TokenizerFormat {
     Llama2c,
     /// HuggingFace `tokenizer.json`.
     HuggingFaceJson,
-    /// The vocabulary in a GGUF file's metadata.
+    /// The sentencepiece (`llama`) vocabulary in a GGUF file's metadata.
     Gguf,
+    /// The byte-level BPE (`gpt2`) vocabulary in a GGUF file's metadata.
+    GgufByteLevel,
+}
+
+impl TokenizerFormat {
+    /// Whether ids are decoded by the `tokenizers` decoder of the file (byte-level and
+    /// `tokenizer.json` vocabularies) rather than by sentencepiece's rules.
+    pub fn has_own_decoder(self) -> bool {
+        matches!(self, Self::HuggingFaceJson | Self::GgufByteLevel)
+    }
 }
 
 impl fmt::Display for TokenizerFormat {
@@ -25,6 +35,7 @@ impl fmt::Display for TokenizerFormat {
             Self::Llama2c => "llama2.c tokenizer.bin",
             Self::HuggingFaceJson => "HuggingFace tokenizer.json",
             Self::Gguf => "GGUF vocabulary",
+            Self::GgufByteLevel => "GGUF byte-level vocabulary",
         })
     }
 }

@@ -31,6 +31,12 @@ pub fn invalid(path: &Path, reason: String) -> TokenizerError {
     }
 }
 
+/// Whether GGUF metadata `meta` holds a byte-level (`gpt2`) vocabulary, decoded by its own
+/// decoder rather than sentencepiece's rules.
+pub fn is_byte_level(meta: &BTreeMap<String, Value>) -> bool {
+    meta.get("tokenizer.ggml.model").and_then(Value::as_str) == Some("gpt2")
+}
+
 /// The tokenizer, vocabulary and special tokens of GGUF metadata `meta` (from `path`).
 pub fn parse(
     meta: &BTreeMap<String, Value>,
@@ -41,16 +47,29 @@ pub fn parse(
         .get("tokenizer.ggml.model")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid("`tokenizer.ggml.model` is missing: no vocabulary".into()))?;
-    if model != "llama" {
-        return Err(TokenizerError::Unsupported {
-            path: path.to_path_buf(),
-            reason: format!("GGUF vocabulary `{model}` (only the `llama` sentencepiece model)"),
-        });
-    }
-    let vocab = llama_vocabulary(meta, path)?;
-    let mut inner = builder::build(&vocab, path)?;
-    // llama.cpp parses special tokens written in the text.
-    inner.set_encode_special_tokens(false);
+    let (inner, vocab) = match model {
+        "llama" => {
+            let vocab = llama_vocabulary(meta, path)?;
+            let mut inner = builder::build(&vocab, path)?;
+            // llama.cpp parses special tokens written in the text.
+            inner.set_encode_special_tokens(false);
+            (inner, vocab)
+        }
+        "gpt2" => {
+            let array = |key: &str| {
+                meta.get(&format!("tokenizer.ggml.{key}"))
+                    .and_then(Value::as_array)
+                    .unwrap_or_default()
+            };
+            super::gguf_bpe::parse(meta, path, array("tokens"), array("token_type"))?
+        }
+        other => {
+            return Err(TokenizerError::Unsupported {
+                path: path.to_path_buf(),
+                reason: format!("GGUF vocabulary `{other}` (only `llama` and `gpt2`)"),
+            })
+        }
+    };
     let id = |key: &str| {
         meta.get(&format!("tokenizer.ggml.{key}"))
             .and_then(Value::as_u64)
@@ -60,7 +79,10 @@ pub fn parse(
     let special = SpecialTokens {
         bos: id("bos_token_id"),
         eos: id("eos_token_id"),
-        pad: vocab.find(PAD_PIECE).or(id("padding_token_id")),
+        pad: vocab
+            .find(PAD_PIECE)
+            .or(id("padding_token_id"))
+            .or(id("eos_token_id")),
         adds_bos: meta
             .get("tokenizer.ggml.add_bos_token")
             .and_then(Value::as_bool)

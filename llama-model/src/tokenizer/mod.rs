@@ -17,6 +17,7 @@ pub(crate) mod decode;
 mod error;
 mod format;
 mod gguf;
+mod gguf_bpe;
 mod huggingface;
 mod llama2c;
 mod sentencepiece;
@@ -102,7 +103,12 @@ impl Tokenizer {
         path: &Path,
     ) -> Result<Self, TokenizerError> {
         let (inner, vocab, special) = gguf::parse(meta, path)?;
-        Self::assemble(inner, vocab, special, TokenizerFormat::Gguf, path)
+        let format = if gguf::is_byte_level(meta) {
+            TokenizerFormat::GgufByteLevel
+        } else {
+            TokenizerFormat::Gguf
+        };
+        Self::assemble(inner, vocab, special, format, path)
     }
 
     fn parse(bytes: &[u8], path: &Path) -> Result<Self, TokenizerError> {
@@ -125,7 +131,7 @@ impl Tokenizer {
                 (builder::build(&vocab, path)?, vocab)
             }
             TokenizerFormat::HuggingFaceJson => huggingface::parse(bytes, path)?,
-            TokenizerFormat::Gguf => {
+            TokenizerFormat::Gguf | TokenizerFormat::GgufByteLevel => {
                 let meta = crate::checkpoint::gguf::metadata_of(bytes)
                     .map_err(|reason| gguf::invalid(path, reason))?;
                 return Self::from_gguf_metadata(&meta, path);
@@ -252,7 +258,7 @@ impl Tokenizer {
     /// become bytes (U+FFFD for each byte that is not part of a valid character), `<unk>`
     /// becomes `" ⁇ "`, and the first piece's leading space is removed.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        if self.format == TokenizerFormat::HuggingFaceJson {
+        if self.format.has_own_decoder() {
             return self.decode_json(ids);
         }
         let mut state = DecodeState::default();
