@@ -4,29 +4,13 @@
 use llama_model::fixtures::fixture;
 use llama_model::Tokenizer;
 
-use crate::common::{cli, path, text};
+use crate::common::{greedy_generation, path};
 
 /// `generate --checkpoint CHECKPOINT --prompt PROMPT` for `n` tokens; the greedy file's text.
 fn greedy_text(checkpoint: &str, prompt: &str, n: usize) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = cli(&[
-        "generate",
-        "--checkpoint",
-        checkpoint,
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        &n.to_string(),
-        "--out-dir",
-        &path(dir.path()),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("Hugging Face folder"),
-        "{}",
-        text(&out.stderr)
-    );
-    std::fs::read_to_string(dir.path().join("generated-sentence-temp-0.txt")).unwrap()
+    let (stderr, greedy) = greedy_generation(checkpoint, prompt, n);
+    assert!(stderr.contains("Hugging Face folder"), "{stderr}");
+    greedy
 }
 
 #[test]

@@ -40,3 +40,24 @@ pub fn head(dir: &Path, name: &str, n: usize) -> String {
     std::fs::write(&written, lines.join("\n") + "\n").expect("write a data file");
     path(&written)
 }
+
+/// `generate --checkpoint CHECKPOINT --prompt PROMPT` for `n` greedy tokens, which must
+/// succeed: its stderr and the text of its greedy file.
+pub fn greedy_generation(checkpoint: &str, prompt: &str, n: usize) -> (String, String) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let out = cli(&[
+        "generate",
+        "--checkpoint",
+        checkpoint,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        &n.to_string(),
+        "--out-dir",
+        &path(dir.path()),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let greedy = std::fs::read_to_string(dir.path().join("generated-sentence-temp-0.txt"))
+        .expect("the greedy file");
+    (text(&out.stderr), greedy)
+}

@@ -1,0 +1,85 @@
+//! `llama-cli export`: models written as Hugging Face folders and llama2.c `.bin` files,
+//! read back by our own loaders; what a format cannot express is refused.
+
+use llama_model::fixtures::fixture;
+
+use std::path::Path;
+use std::process::Output;
+
+use crate::common::{cli, greedy_generation, path, text};
+
+/// The greedy continuation `generate` writes for `checkpoint`.
+fn greedy(checkpoint: &str) -> String {
+    greedy_generation(checkpoint, "Once upon a time", 20).1
+}
+
+/// `export --checkpoint CHECKPOINT --format FORMAT --out OUT`.
+fn export(checkpoint: &Path, format: &str, out: &Path) -> Output {
+    cli(&[
+        "export",
+        "--checkpoint",
+        &path(checkpoint),
+        "--format",
+        format,
+        "--out",
+        &path(out),
+    ])
+}
+
+#[test]
+fn a_bin_exported_as_a_hugging_face_folder_generates_the_same_text() {
+    let bin = fixture("models/stories260K/stories260K.bin");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("hf");
+    let out = export(&bin, "hf", &folder);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The sentencepiece model beside the .bin is the folder's tokenizer.
+    assert!(folder.join("tokenizer.model").is_file());
+    assert_eq!(greedy(&path(&folder)), greedy(&path(&bin)));
+    // A second export onto it is refused, the folder untouched.
+    let again = export(&bin, "hf", &folder);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+#[test]
+fn a_hugging_face_folder_exported_as_llama2c_has_the_bins_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("m.bin");
+    let out = export(&fixture("real-models/hf/stories260K"), "llama2c", &bin);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours = std::fs::read(&bin).unwrap();
+    let theirs = std::fs::read(fixture("models/stories260K/stories260K.bin")).unwrap();
+    assert_eq!(ours.len(), theirs.len());
+    // Header and weights byte for byte (the RoPE tables after them are checked to one ulp
+    // by the writer's own test).
+    let tables = 2 * 512 * 4 * 4;
+    assert_eq!(ours[..ours.len() - tables], theirs[..theirs.len() - tables]);
+}
+
+#[test]
+fn what_llama2c_cannot_express_is_refused_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    for (folder, field) in [
+        ("tiny-llama3", "rope_theta"),
+        ("tiny-llama2-f16", "rms_norm_eps"),
+    ] {
+        let bin = dir.path().join(format!("{folder}.bin"));
+        let source = fixture(&format!("real-models/hf/{folder}"));
+        let out = export(&source, "llama2c", &bin);
+        assert!(!out.status.success(), "{folder}");
+        let err = text(&out.stderr);
+        let error_lines: Vec<_> = err.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(error_lines.len(), 1, "{err}");
+        assert!(error_lines[0].contains(field), "{err}");
+        assert!(!bin.exists(), "{folder}");
+    }
+    let bin = fixture("models/stories260K/stories260K.bin");
+    let out = export(&bin, "gguf", &dir.path().join("m.gguf"));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("not yet supported"));
+}
