@@ -6,7 +6,11 @@ use llama_model::fixtures::fixture;
 use std::path::Path;
 use std::process::Output;
 
-use crate::common::{cli, greedy_generation, path, text};
+use llama_model::Tokenizer;
+
+use crate::common::{
+    cli, greedy_generation, greedy_generation_with, json_ids, path, real_models_reference, text,
+};
 
 /// The greedy continuation `generate` writes for `checkpoint`.
 fn greedy(checkpoint: &str) -> String {
@@ -82,4 +86,63 @@ fn what_llama2c_cannot_express_is_refused_naming_the_field() {
     let out = export(&bin, "gguf", &dir.path().join("m.gguf"));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not yet supported"));
+}
+
+/// The first greedy case of reference.json's PEFT entry: (prompt, ids of prompt and reply).
+fn peft_greedy_case() -> (String, Vec<u32>) {
+    let reference = real_models_reference();
+    let case = &reference["models"]["peft/stories260K-lora"]["greedy"][0];
+    let mut all = json_ids(&case["prompt_ids"]);
+    all.extend(json_ids(&case["new_ids"]));
+    (case["prompt"].as_str().unwrap().to_string(), all)
+}
+
+#[test]
+fn a_peft_adapter_gives_peft_greedy_text_applied_merged_and_re_exported() {
+    let base = fixture("real-models/hf/stories260K");
+    let adapter = fixture("real-models/peft/stories260K-lora");
+    let (prompt, all) = peft_greedy_case();
+    let tok = Tokenizer::from_file(base.join("tokenizer.json")).unwrap();
+    let expected = format!("{}\n", tok.decode(&all).unwrap());
+    let n = all.len() - tok.encode(&prompt, true, false).unwrap().len();
+    let (base_s, adapter_s) = (path(&base), path(&adapter));
+    let direct = greedy_generation_with(&base_s, &prompt, n, &["--adapter", &adapter_s]).1;
+    assert_eq!(direct, expected);
+
+    let dir = tempfile::tempdir().unwrap();
+    let merge = |adapter: &Path, out: &Path| {
+        let merged = cli(&[
+            "merge-lora",
+            "--checkpoint",
+            &base_s,
+            "--adapter",
+            &path(adapter),
+            "--out",
+            &path(out),
+        ]);
+        assert!(merged.status.success(), "{}", text(&merged.stderr));
+        std::fs::read(out).unwrap()
+    };
+    let merged = dir.path().join("merged.safetensors");
+    let merged_bytes = merge(&adapter, &merged);
+    let tok_s = path(&base.join("tokenizer.json"));
+    let from_merged = greedy_generation_with(&path(&merged), &prompt, n, &["--tokenizer", &tok_s]);
+    assert_eq!(from_merged.1, expected);
+
+    // Read and written back as PEFT, it merges into the same model, byte for byte.
+    let exported = dir.path().join("peft");
+    let out = cli(&[
+        "export",
+        "--checkpoint",
+        &base_s,
+        "--format",
+        "peft",
+        "--adapter",
+        &adapter_s,
+        "--out",
+        &path(&exported),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again = merge(&exported, &dir.path().join("again.safetensors"));
+    assert_eq!(again, merged_bytes);
 }

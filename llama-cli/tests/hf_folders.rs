@@ -4,7 +4,7 @@
 use llama_model::fixtures::fixture;
 use llama_model::Tokenizer;
 
-use crate::common::{greedy_generation, path};
+use crate::common::{greedy_generation, json_ids, path, real_models_reference};
 
 /// `generate --checkpoint CHECKPOINT --prompt PROMPT` for `n` tokens; the greedy file's text.
 fn greedy_text(checkpoint: &str, prompt: &str, n: usize) -> String {
@@ -15,17 +15,8 @@ fn greedy_text(checkpoint: &str, prompt: &str, n: usize) -> String {
 
 #[test]
 fn generate_runs_on_a_hugging_face_folder_and_on_its_config() {
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("real-models/reference.json")).unwrap(),
-    )
-    .unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let reference = real_models_reference();
+    let ids = json_ids;
     let n = 12;
     for (key, checkpoint) in [
         ("hf/stories260K", fixture("real-models/hf/stories260K")),

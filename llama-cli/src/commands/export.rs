@@ -1,6 +1,7 @@
-//! `llama-cli export --checkpoint P --format hf|llama2c --out X [--dtype f32|f16|bf16]`:
+//! `llama-cli export --checkpoint P --format hf|llama2c|peft --out X [--dtype f32|f16|bf16]`:
 //! a model of any format we read, written for other tools: a Hugging Face folder
-//! (`transformers`) or a llama2.c `.bin` (`run.c`).
+//! (`transformers`), a llama2.c `.bin` (`run.c`), or a LoRA adapter as a PEFT folder
+//! (`peft`).
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,7 @@ use clap::{Args, ValueEnum};
 use llama_model::checkpoint::{
     hf, llama2c_refusal, save_llama2c_bin, ExportDtype, HfFolder, TokenizerWritten,
 };
+use llama_model::lora::peft::{read_any_adapter, save_peft};
 use llama_model::tokenizer::TokenizerFormat;
 use llama_model::Tokenizer;
 
@@ -24,6 +26,9 @@ pub enum ExportFormat {
     Hf,
     /// A llama2.c legacy (v0) f32 `.bin`, as `run.c` reads.
     Llama2c,
+    /// The LoRA adapter `--adapter` as a PEFT folder (adapter_config.json,
+    /// adapter_model.safetensors) for the base `--checkpoint`.
+    Peft,
     /// llama.cpp's GGUF (not yet supported).
     Gguf,
 }
@@ -58,7 +63,11 @@ pub struct ExportArgs {
     /// Where to write: a folder (must not exist) for hf, a file for llama2c.
     #[arg(long)]
     pub out: PathBuf,
-    /// Weight storage for hf (llama2c is f32 only).
+    /// The LoRA adapter to export with --format peft (adapter.safetensors of a
+    /// `finetune --lora-rank` or `pretrain --lora-rank` run).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Weight storage for hf (llama2c and peft are f32 only).
     #[arg(long, value_enum, default_value_t = DtypeFlag::F32)]
     pub dtype: DtypeFlag,
 }
@@ -94,11 +103,15 @@ impl ExportArgs {
     fn check_flags(&self) -> Result<()> {
         match self.format {
             ExportFormat::Gguf => bail!("export --format gguf: not yet supported"),
-            ExportFormat::Llama2c if self.dtype != DtypeFlag::F32 => bail!(
-                "export --format llama2c writes f32 (.bin v0): --dtype {:?} is not supported",
+            ExportFormat::Llama2c | ExportFormat::Peft if self.dtype != DtypeFlag::F32 => bail!(
+                "export --format {:?} writes f32: --dtype {:?} is not supported",
+                self.format,
                 self.dtype
             ),
-            ExportFormat::Hf if self.out.exists() => bail!(
+            ExportFormat::Peft if self.adapter.is_none() => {
+                bail!("export --format peft needs --adapter (the adapter to write)")
+            }
+            ExportFormat::Hf | ExportFormat::Peft if self.out.exists() => bail!(
                 "{}: already exists; export writes a new folder",
                 self.out.display()
             ),
@@ -118,6 +131,18 @@ impl Job for ExportArgs {
             tokenizer: Some(export_tokenizer(&self.model)),
         };
         let (model, config, tokenizer) = model_args.load::<B::InnerBackend>(&device)?;
+        if let (ExportFormat::Peft, Some(adapter)) = (self.format, &self.adapter) {
+            let file = read_any_adapter(adapter, &config)?;
+            let lora = file.config().clone();
+            let base = self.model.checkpoint.display().to_string();
+            save_peft(&self.out, &file.apply(model)?, &config, &lora, Some(&base))?;
+            println!(
+                "wrote {} (PEFT LoRA adapter, {})",
+                self.out.display(),
+                lora.summary()
+            );
+            return Ok(());
+        }
         if self.format == ExportFormat::Llama2c {
             let refusal = llama2c_refusal(&config).or_else(|| {
                 is_byte_level(&tokenizer).then(|| {

@@ -8,6 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::checkpoint::save_model;
 use llama_model::lora::file::AdapterFile;
+use llama_model::lora::peft::{is_peft_folder, read_peft};
 use llama_model::{load_checkpoint, LoadOptions};
 
 use crate::runtime::backend::{BackendKind, Job};
@@ -22,7 +23,8 @@ pub struct MergeLoraArgs {
     /// JSON config for a safetensors checkpoint without one beside it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The adapter (`adapter.safetensors` of a `finetune --lora-rank` run).
+    /// The adapter: `adapter.safetensors` of a `finetune --lora-rank` run, or a PEFT folder
+    /// (adapter_config.json and adapter_model.safetensors, q/k rows in HF's order).
     #[arg(long)]
     pub adapter: PathBuf,
     /// The merged model to write: a .safetensors file, its config as `<stem>.config.json`
@@ -42,18 +44,28 @@ impl Job for MergeLoraArgs {
             );
         }
         check_writable(&self.out)?;
-        if !self.adapter.is_file() {
+        let peft = is_peft_folder(&self.adapter);
+        if !self.adapter.is_file() && !peft {
             bail!(
-                "{}: no such adapter file (a `finetune --lora-rank` run writes adapter.safetensors in its --out-dir)",
+                "{}: no such adapter file or PEFT folder (a `finetune --lora-rank` run writes adapter.safetensors in its --out-dir)",
                 self.adapter.display()
             );
         }
-        // The adapter first: a wrong file fails before the model loads.
-        let adapter = AdapterFile::read(&self.adapter)?;
+        // The adapter first: a wrong file fails before the model loads. A PEFT folder's q/k
+        // rows are put in order for the model's heads, so it is read after the model.
+        let file = if peft {
+            None
+        } else {
+            Some(AdapterFile::read(&self.adapter)?)
+        };
         let options = LoadOptions {
             config: self.config.clone(),
         };
         let loaded = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &options, &device)?;
+        let adapter = match file {
+            Some(file) => file,
+            None => read_peft(&self.adapter, &loaded.config)?,
+        };
         let lora = adapter.config();
         let merged = adapter.apply(loaded.model)?.merge_lora();
         save_model(&merged, &loaded.config, &self.out)?;

@@ -36,6 +36,7 @@ pub use tensors::{RawTensor, TensorMap};
 pub use write::hf::{ExportDtype, HfFolder, TokenizerWritten};
 pub use write::llama2c::{llama2c_refusal, save_llama2c_bin};
 pub use write::safetensors::{model_tensors, raw_tensor, save_model, write_safetensors};
+pub use write::write_folder;
 
 /// Why a checkpoint could not be loaded. Every variant names the file.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,8 @@ use safetensors::Dtype;
 
 use super::hf_config::{config_json, generation_config_json, sentencepiece_tokenizer_config};
 use super::safetensors::{model_tensors, write_encoded, EncodedTensor};
-use crate::atomic_file::{parent_dir, sync_dir, temp_path_for, write_atomic};
+use super::write_folder;
+use crate::atomic_file::write_atomic;
 use crate::checkpoint::hf::names::{permute_rows, rope_rows, to_hf};
 use crate::checkpoint::hf::SpecialIds;
 use crate::checkpoint::CheckpointError;
@@ -132,28 +133,7 @@ impl HfFolder<'_> {
         model: &Llama<B>,
         out: &Path,
     ) -> Result<Option<TokenizerWritten>, CheckpointError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| CheckpointError::Io { path, source }
-        };
-        if out.exists() {
-            return Err(io(out)(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "the output folder already exists",
-            )));
-        }
-        let temp = temp_path_for(out);
-        std::fs::create_dir(&temp).map_err(io(&temp))?;
-        let written = self.write_files(model, &temp).and_then(|tokenizer| {
-            std::fs::rename(&temp, out).map_err(io(out))?;
-            sync_dir(parent_dir(out)).map_err(io(out))?;
-            Ok(tokenizer)
-        });
-        if written.is_err() {
-            // Best effort: the write already failed, and that is the error to report.
-            let _ = std::fs::remove_dir_all(&temp);
-        }
-        written
+        write_folder(out, |dir| self.write_files(model, dir))
     }
 
     /// Every file of the folder, into `dir`.
