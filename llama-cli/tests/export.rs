@@ -146,3 +146,27 @@ fn a_peft_adapter_gives_peft_greedy_text_applied_merged_and_re_exported() {
     let again = merge(&exported, &dir.path().join("again.safetensors"));
     assert_eq!(again, merged_bytes);
 }
+
+#[test]
+fn merge_lora_writes_a_hugging_face_folder_with_hf_out() {
+    let base = fixture("real-models/hf/stories260K");
+    let adapter = fixture("real-models/peft/stories260K-lora");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("merged-hf");
+    let out = cli(&[
+        "merge-lora",
+        "--checkpoint",
+        &path(&base),
+        "--adapter",
+        &path(&adapter),
+        "--hf-out",
+        &path(&folder),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(folder.join("tokenizer.json").is_file());
+    let (prompt, all) = peft_greedy_case();
+    let tok = Tokenizer::from_file(base.join("tokenizer.json")).unwrap();
+    let n = all.len() - tok.encode(&prompt, true, false).unwrap().len();
+    let (_, greedy) = greedy_generation(&path(&folder), &prompt, n);
+    assert_eq!(greedy, format!("{}\n", tok.decode(&all).unwrap()));
+}

@@ -6,14 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, ValueEnum};
 use llama_model::checkpoint::{
     hf, llama2c_refusal, save_llama2c_bin, ExportDtype, HfFolder, TokenizerWritten,
 };
 use llama_model::lora::peft::{read_any_adapter, save_peft};
 use llama_model::tokenizer::TokenizerFormat;
-use llama_model::Tokenizer;
+use llama_model::{Llama, LlamaConfig, Tokenizer};
 
 use crate::args::model::{find_tokenizer, ModelArgs};
 use crate::runtime::backend::{BackendKind, Job};
@@ -72,14 +72,14 @@ pub struct ExportArgs {
     pub dtype: DtypeFlag,
 }
 
-/// The tokenizer to export with: `--tokenizer`, else the one found beside the checkpoint,
-/// a sentencepiece `.model` preferred over a llama2.c `.bin` of the same name (the `.bin`
-/// cannot be written for `transformers`).
-fn export_tokenizer(model: &ModelArgs) -> PathBuf {
-    if let Some(path) = &model.tokenizer {
-        return path.clone();
+/// The tokenizer to export with: `explicit` (`--tokenizer`), else the one found beside
+/// `checkpoint`, a sentencepiece `.model` preferred over a llama2.c `.bin` of the same name
+/// (the `.bin` cannot be written for `transformers`).
+pub fn export_tokenizer(checkpoint: &Path, explicit: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
     }
-    let found = find_tokenizer(&model.checkpoint);
+    let found = find_tokenizer(checkpoint);
     let sentencepiece = found.with_extension("model");
     if found.extension().is_some_and(|e| e == "bin") && sentencepiece.is_file() {
         sentencepiece
@@ -128,7 +128,10 @@ impl Job for ExportArgs {
         let model_args = ModelArgs {
             checkpoint: self.model.checkpoint.clone(),
             config: self.model.config.clone(),
-            tokenizer: Some(export_tokenizer(&self.model)),
+            tokenizer: Some(export_tokenizer(
+                &self.model.checkpoint,
+                self.model.tokenizer.as_deref(),
+            )),
         };
         let (model, config, tokenizer) = model_args.load::<B::InnerBackend>(&device)?;
         if let (ExportFormat::Peft, Some(adapter)) = (self.format, &self.adapter) {
@@ -162,29 +165,48 @@ impl Job for ExportArgs {
             println!("wrote {} (llama2.c .bin v0, f32)", self.out.display());
             return Ok(());
         }
-        let mut special = hf::special_ids(&self.model.checkpoint)?.unwrap_or_default();
-        special.bos = special.bos.or(Some(tokenizer.bos_id()));
-        if special.eos.is_empty() {
-            special.eos.push(tokenizer.eos_id());
-        }
-        let dtype = ExportDtype::from(self.dtype);
-        let written = HfFolder {
-            config: &config,
-            special,
-            tokenizer: Some(&tokenizer),
-            dtype,
-        }
-        .save(&model, &self.out)?;
-        println!(
-            "wrote {} (Hugging Face folder, {})",
-            self.out.display(),
-            dtype.torch_name()
-        );
-        if let Some(TokenizerWritten::NotWritten(source)) = written {
-            eprintln!("{}", tokenizer_note(&source));
-        }
-        Ok(())
+        write_hf_folder(
+            &model,
+            &config,
+            &self.model.checkpoint,
+            &tokenizer,
+            self.dtype.into(),
+            &self.out,
+        )
     }
+}
+
+/// Write `model` (built from `config`, loaded from `checkpoint`) as the Hugging Face folder
+/// `out` with `tokenizer`: BOS/EOS from the checkpoint's HF configs, else the tokenizer's.
+pub fn write_hf_folder<B: Backend>(
+    model: &Llama<B>,
+    config: &LlamaConfig,
+    checkpoint: &Path,
+    tokenizer: &Tokenizer,
+    dtype: ExportDtype,
+    out: &Path,
+) -> Result<()> {
+    let mut special = hf::special_ids(checkpoint)?.unwrap_or_default();
+    special.bos = special.bos.or(Some(tokenizer.bos_id()));
+    if special.eos.is_empty() {
+        special.eos.push(tokenizer.eos_id());
+    }
+    let written = HfFolder {
+        config,
+        special,
+        tokenizer: Some(tokenizer),
+        dtype,
+    }
+    .save(model, out)?;
+    println!(
+        "wrote {} (Hugging Face folder, {})",
+        out.display(),
+        dtype.torch_name()
+    );
+    if let Some(TokenizerWritten::NotWritten(source)) = written {
+        eprintln!("{}", tokenizer_note(&source));
+    }
+    Ok(())
 }
 
 /// Why a llama2.c tokenizer was left out of a Hugging Face folder, and what to do.
