@@ -170,3 +170,32 @@ fn merge_lora_writes_a_hugging_face_folder_with_hf_out() {
     let (_, greedy) = greedy_generation(&path(&folder), &prompt, n);
     assert_eq!(greedy, format!("{}\n", tok.decode(&all).unwrap()));
 }
+
+#[test]
+fn a_byte_level_vocabulary_is_refused_for_llama2c() {
+    // tiny-llama3 with llama2.c's RoPE and eps: only its byte-level BPE vocabulary is left
+    // for the format to refuse.
+    let source = fixture("real-models/hf/tiny-llama3");
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("tiny");
+    std::fs::create_dir(&folder).unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let from = entry.unwrap().path();
+        std::fs::copy(&from, folder.join(from.file_name().unwrap())).unwrap();
+    }
+    let config_path = folder.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    config["rope_theta"] = serde_json::json!(10000.0);
+    config["rope_scaling"] = serde_json::Value::Null;
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let bin = dir.path().join("m.bin");
+    let out = export(&folder, "llama2c", &bin);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("byte-level"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!bin.exists());
+}
