@@ -45,6 +45,7 @@
 
 pub mod artifacts;
 pub mod config;
+pub mod epoch_order;
 pub mod error;
 pub mod resume;
 mod stages;

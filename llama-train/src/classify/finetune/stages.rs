@@ -24,9 +24,10 @@ use crate::classify::finetune::artifacts::{
     FINETUNE_CONFIG_FILE,
 };
 use crate::classify::finetune::config::FinetuneConfig;
+use crate::classify::finetune::epoch_order::EpochOrdered;
 use crate::classify::finetune::error::{io_err, FinetuneError};
 use crate::classify::finetune::resume::{ResumeState, RunSettings};
-use crate::classify::finetune::training_loop::{Components, EpochOrdered, LoopEnd, ResumableLoop};
+use crate::classify::finetune::training_loop::{Components, LoopEnd, ResumableLoop};
 use crate::classify::finetune::{FinetuneData, FinetuneOutcome};
 use crate::data::sentences::{SentenceBatch, SentenceBatcher, SentenceDataset, SentenceItem};
 use crate::distributed::collective::{Collective, RankSummary};

@@ -56,11 +56,10 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use burn::data::dataloader::Progress;
-use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor};
@@ -76,17 +75,18 @@ use crate::classify::finetune::artifacts::{
     checkpoint_records, remove_superseded, save_best, save_last, save_run_record,
 };
 use crate::classify::finetune::config::FinetuneConfig;
+pub use crate::classify::finetune::epoch_order::training_order;
+use crate::classify::finetune::epoch_order::EpochOrdered;
 use crate::classify::finetune::resume::EpochSummary;
 use crate::classify::finetune::resume::{BestEpoch, Position, ResumeState, Tally};
-use crate::data::length_grouping::length_grouped_order;
-use crate::data::sentences::{SentenceBatch, SentenceDataset, SentenceItem};
+use crate::data::sentences::SentenceBatch;
 use crate::distributed::collective::{row_share, Collective};
 use crate::distributed::settings::CollectiveError;
 use crate::metrics::LEARNING_RATE;
 use crate::report::curves::{save_curves, CURVES_FILE};
 use crate::report::metrics_log::{write_metrics, MetricsRow, Split, METRICS_FILE};
 use crate::run::control::INTERRUPTED;
-use crate::run::order::{epoch_order, step_seed};
+use crate::run::order::step_seed;
 use crate::run::saving::SaveGuard;
 
 /// Burn's learning components of fine-tuning: constant learning rate, our classifier and
@@ -97,57 +97,6 @@ pub(crate) type Components<B> = LearningComponentsMarker<
     LlamaEmbeddingClassifier<B>,
     AdamWOptimizer<LlamaEmbeddingClassifier<B>, B>,
 >;
-
-/// Training order of epoch `epoch` over sentences of `lengths` tokens: [`epoch_order`],
-/// regrouped into batches of similar lengths ([`length_grouped_order`]) when
-/// `group_by_length`.
-pub fn training_order(
-    seed: u64,
-    epoch: usize,
-    lengths: &[usize],
-    batch_size: usize,
-    group_by_length: bool,
-) -> Vec<usize> {
-    let order = epoch_order(seed, epoch, lengths.len());
-    if group_by_length {
-        length_grouped_order(&order, lengths, batch_size)
-    } else {
-        order
-    }
-}
-
-/// The training set in the current epoch's order (set by the loop before each epoch's
-/// iteration starts; the data loader reads items lazily).
-#[derive(Clone)]
-pub(crate) struct EpochOrdered {
-    items: SentenceDataset,
-    order: Arc<RwLock<Vec<usize>>>,
-}
-
-impl EpochOrdered {
-    pub(crate) fn new(items: SentenceDataset) -> Self {
-        let order = (0..items.items().len()).collect();
-        Self {
-            items,
-            order: Arc::new(RwLock::new(order)),
-        }
-    }
-
-    fn set_order(&self, order: Vec<usize>) {
-        *self.order.write().unwrap_or_else(PoisonError::into_inner) = order;
-    }
-}
-
-impl Dataset<SentenceItem> for EpochOrdered {
-    fn get(&self, index: usize) -> Option<SentenceItem> {
-        let order = self.order.read().unwrap_or_else(PoisonError::into_inner);
-        self.items.get(*order.get(index)?)
-    }
-
-    fn len(&self) -> usize {
-        self.items.len()
-    }
-}
 
 /// How the loop ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -388,7 +337,7 @@ impl<B: AutodiffBackend> ResumableLoop<B> {
         train_loader: &TrainLoader<Components<B>>,
         valid_loader: &ValidLoader<Components<B>>,
     ) -> LoopEnd {
-        let lengths = self.train.items.lengths();
+        let lengths = self.train.lengths();
         for epoch in run.state.next.epoch..=run.components.num_epochs {
             self.train.set_order(training_order(
                 self.seed,
