@@ -76,6 +76,8 @@ enum Command {
     Plot(commands::plot::PlotArgs),
     /// Merge a LoRA adapter into its base model's weights and write a plain model.
     MergeLora(commands::merge_lora::MergeLoraArgs),
+    /// Write a model for other tools: a Hugging Face folder or a llama2.c .bin.
+    Export(commands::export::ExportArgs),
     /// Serve the coordinator of a data-parallel run (the ranks register with it).
     Coordinator(commands::coordinator::CoordinatorArgs),
     /// Start a data-parallel run on this machine: the coordinator and N ranks of a command
@@ -144,6 +146,7 @@ fn main() -> ExitCode {
             Command::Pretrain(args) => run_on(cli.backend, cli.device, args),
             Command::Plot(args) => commands::plot::run(&args),
             Command::MergeLora(args) => run_on(cli.backend, cli.device, args),
+            Command::Export(args) => run_on(cli.backend, cli.device, args),
             Command::Coordinator(args) => commands::coordinator::run(&args),
             Command::Launch(_) => unreachable!("handled above"),
         })

@@ -10,7 +10,7 @@ use llama_model::tokenizer::TextStream;
 use llama_model::Tokenizer;
 use serde_json::{json, Value};
 
-use crate::common::{cli, ids, llama_cli, path, reference, text};
+use crate::common::{cli, json_ids as ids, llama_cli, path, reference, text};
 
 #[test]
 fn generate_chat_replies_as_transformers_does() {

@@ -4,7 +4,7 @@
 use llama_model::fixtures::fixture;
 use llama_model::Tokenizer;
 
-use crate::common::{cli, ids, path, reference, text};
+use crate::common::{cli, json_ids as ids, path, reference, text};
 
 #[test]
 fn generate_runs_on_a_gguf_file_with_its_own_vocabulary() {

@@ -4,44 +4,19 @@
 use llama_model::fixtures::fixture;
 use llama_model::Tokenizer;
 
-use crate::common::{cli, path, text};
+use crate::common::{greedy_generation, json_ids, path, real_models_reference};
 
 /// `generate --checkpoint CHECKPOINT --prompt PROMPT` for `n` tokens; the greedy file's text.
 fn greedy_text(checkpoint: &str, prompt: &str, n: usize) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let out = cli(&[
-        "generate",
-        "--checkpoint",
-        checkpoint,
-        "--prompt",
-        prompt,
-        "--max-new-tokens",
-        &n.to_string(),
-        "--out-dir",
-        &path(dir.path()),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("Hugging Face folder"),
-        "{}",
-        text(&out.stderr)
-    );
-    std::fs::read_to_string(dir.path().join("generated-sentence-temp-0.txt")).unwrap()
+    let (stderr, greedy) = greedy_generation(checkpoint, prompt, n);
+    assert!(stderr.contains("Hugging Face folder"), "{stderr}");
+    greedy
 }
 
 #[test]
 fn generate_runs_on_a_hugging_face_folder_and_on_its_config() {
-    let reference: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("real-models/reference.json")).unwrap(),
-    )
-    .unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let reference = real_models_reference();
+    let ids = json_ids;
     let n = 12;
     for (key, checkpoint) in [
         ("hf/stories260K", fixture("real-models/hf/stories260K")),

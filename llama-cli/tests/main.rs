@@ -11,6 +11,7 @@ mod crafted_files;
 mod data_parallel;
 mod data_parallel_trust;
 mod exercise_folder;
+mod export;
 mod gguf_files;
 mod hf_folders;
 mod interrupt;

@@ -11,6 +11,8 @@ use llama_model::generation::generate::{generate_text, GenerateConfig, Generatio
 use llama_model::generation::logprobs::TokenLogprob;
 use llama_model::Tokenizer;
 
+use llama_model::lora::peft::merge_adapter;
+
 use crate::args::model::ModelArgs;
 use crate::args::sampling::SamplingArgs;
 use crate::args::values;
@@ -26,6 +28,10 @@ pub const DEFAULT_PROMPT: &str = "I have wanted to see this thriller for a while
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    /// A LoRA adapter to merge into the model first: a PEFT folder (adapter_config.json and
+    /// adapter_model.safetensors) or an adapter.safetensors of `finetune --lora-rank`.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Text to continue; an empty prompt starts from BOS alone.
     #[arg(long, default_value = DEFAULT_PROMPT)]
     pub prompt: String,
@@ -104,6 +110,10 @@ impl Job for GenerateArgs {
         }
 
         let (model, config, tokenizer) = self.model.load_as_stored::<B::InnerBackend>(&device)?;
+        let model = match &self.adapter {
+            Some(adapter) => merge_adapter(adapter, model.without_q8(), &config)?,
+            None => model,
+        };
         let (model, weights) =
             WeightDtype::resolve(self.weight_dtype, &model).apply(model, backend)?;
         eprintln!("backend {backend}; weights {weights}");

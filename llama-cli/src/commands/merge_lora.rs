@@ -7,8 +7,12 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::checkpoint::save_model;
+use llama_model::checkpoint::ExportDtype;
 use llama_model::lora::file::AdapterFile;
-use llama_model::{load_checkpoint, LoadOptions};
+use llama_model::lora::peft::{is_peft_folder, read_peft};
+use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
+
+use crate::commands::export::{export_tokenizer, write_hf_folder};
 
 use crate::runtime::backend::{BackendKind, Job};
 use crate::runtime::output::check_writable;
@@ -22,41 +26,85 @@ pub struct MergeLoraArgs {
     /// JSON config for a safetensors checkpoint without one beside it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The adapter (`adapter.safetensors` of a `finetune --lora-rank` run).
+    /// The adapter: `adapter.safetensors` of a `finetune --lora-rank` run, or a PEFT folder
+    /// (adapter_config.json and adapter_model.safetensors, q/k rows in HF's order).
     #[arg(long)]
     pub adapter: PathBuf,
     /// The merged model to write: a .safetensors file, its config as `<stem>.config.json`
     /// beside it.
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "hf_out", conflicts_with = "hf_out")]
+    pub out: Option<PathBuf>,
+    /// Write the merged model as a Hugging Face folder instead (f32, with the tokenizer; see
+    /// `export --format hf`). The folder must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub hf_out: Option<PathBuf>,
+    /// The tokenizer to put in the --hf-out folder (default: the one beside the checkpoint).
+    #[arg(long, requires = "hf_out")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl Job for MergeLoraArgs {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Result<()> {
-        if self.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
-            bail!(
-                "{}: the merged model is written as safetensors; name it <name>.safetensors",
-                self.out.display()
-            );
+        match (&self.out, &self.hf_out) {
+            (Some(out), _) if out.extension().and_then(|e| e.to_str()) != Some("safetensors") => {
+                bail!(
+                    "{}: the merged model is written as safetensors; name it <name>.safetensors",
+                    out.display()
+                )
+            }
+            (Some(out), _) => check_writable(out)?,
+            (None, Some(dir)) if dir.exists() => bail!(
+                "{}: already exists; --hf-out writes a new folder",
+                dir.display()
+            ),
+            (None, Some(dir)) => check_writable(dir)?,
+            (None, None) => bail!("merge-lora needs --out or --hf-out"),
         }
-        check_writable(&self.out)?;
-        if !self.adapter.is_file() {
+        let peft = is_peft_folder(&self.adapter);
+        if !self.adapter.is_file() && !peft {
             bail!(
-                "{}: no such adapter file (a `finetune --lora-rank` run writes adapter.safetensors in its --out-dir)",
+                "{}: no such adapter file or PEFT folder (a `finetune --lora-rank` run writes adapter.safetensors in its --out-dir)",
                 self.adapter.display()
             );
         }
-        // The adapter first: a wrong file fails before the model loads.
-        let adapter = AdapterFile::read(&self.adapter)?;
+        // The adapter first: a wrong file fails before the model loads. A PEFT folder's q/k
+        // rows are put in order for the model's heads, so it is read after the model.
+        let file = if peft {
+            None
+        } else {
+            Some(AdapterFile::read(&self.adapter)?)
+        };
         let options = LoadOptions {
             config: self.config.clone(),
         };
         let loaded = load_checkpoint::<B::InnerBackend>(&self.checkpoint, &options, &device)?;
+        let adapter = match file {
+            Some(file) => file,
+            None => read_peft(&self.adapter, &loaded.config)?,
+        };
         let lora = adapter.config();
         let merged = adapter.apply(loaded.model)?.merge_lora();
-        save_model(&merged, &loaded.config, &self.out)?;
+        let written = if let Some(out) = &self.out {
+            save_model(&merged, &loaded.config, out)?;
+            out
+        } else if let Some(dir) = &self.hf_out {
+            let path = export_tokenizer(&self.checkpoint, self.tokenizer.as_deref());
+            let tokenizer = Tokenizer::from_file(&path)?;
+            let (config, checkpoint) = (&loaded.config, &self.checkpoint);
+            write_hf_folder(
+                &merged,
+                config,
+                checkpoint,
+                &tokenizer,
+                ExportDtype::F32,
+                dir,
+            )?;
+            dir
+        } else {
+            bail!("merge-lora needs --out or --hf-out")
+        };
         println!(
             "merged {} (rank {}, alpha {}, on {}) into {}: wrote {}",
             self.adapter.display(),
@@ -64,7 +112,7 @@ impl Job for MergeLoraArgs {
             lora.alpha(),
             lora.targets_list(),
             self.checkpoint.display(),
-            self.out.display()
+            written.display()
         );
         if adapter.extra("classifier_head.weight").is_some() {
             eprintln!(

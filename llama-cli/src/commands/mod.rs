@@ -5,6 +5,7 @@ pub mod chat;
 pub mod check;
 pub mod coordinator;
 pub mod eval;
+pub mod export;
 pub mod finetune;
 pub mod generate;
 pub mod launch;

@@ -42,16 +42,57 @@ pub fn head(dir: &Path, name: &str, n: usize) -> String {
     path(&written)
 }
 
-/// `reference.json`'s entry for `key`.
-pub fn reference(key: &str) -> Value {
-    let text = std::fs::read_to_string(fixture("real-models/reference.json")).unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()["models"][key].clone()
+/// `generate --checkpoint CHECKPOINT --prompt PROMPT` for `n` greedy tokens, which must
+/// succeed: its stderr and the text of its greedy file.
+pub fn greedy_generation(checkpoint: &str, prompt: &str, n: usize) -> (String, String) {
+    greedy_generation_with(checkpoint, prompt, n, &[])
 }
 
-pub fn ids(v: &Value) -> Vec<u32> {
+/// [`greedy_generation`] with `extra` flags.
+pub fn greedy_generation_with(
+    checkpoint: &str,
+    prompt: &str,
+    n: usize,
+    extra: &[&str],
+) -> (String, String) {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let n = n.to_string();
+    let out_dir = path(dir.path());
+    let mut args = vec![
+        "generate",
+        "--checkpoint",
+        checkpoint,
+        "--prompt",
+        prompt,
+        "--max-new-tokens",
+        &n,
+        "--out-dir",
+        &out_dir,
+    ];
+    args.extend_from_slice(extra);
+    let out = cli(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let greedy = std::fs::read_to_string(dir.path().join("generated-sentence-temp-0.txt"))
+        .expect("the greedy file");
+    (text(&out.stderr), greedy)
+}
+
+/// `real-models/reference.json`: what transformers and peft compute on the fixture models.
+pub fn real_models_reference() -> Value {
+    let text = std::fs::read_to_string(fixture("real-models/reference.json")).expect("fixture");
+    serde_json::from_str(&text).expect("reference.json is JSON")
+}
+
+/// A JSON list of token ids.
+pub fn json_ids(v: &Value) -> Vec<u32> {
     v.as_array()
-        .unwrap()
+        .expect("a list of ids")
         .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
+        .map(|i| i.as_u64().expect("an id") as u32)
         .collect()
+}
+
+/// `reference.json`'s entry for `key`.
+pub fn reference(key: &str) -> Value {
+    real_models_reference()["models"][key].clone()
 }

@@ -84,11 +84,11 @@ pub fn save_adapter<B: Backend>(
     for (prefix, linear) in model.projections() {
         if let Some(lora) = &linear.lora {
             tensors.insert(
-                format!("{PEFT_PREFIX}{prefix}.lora_A.weight"),
+                factor_name(&prefix, 'A'),
                 raw_tensor(lora.lora_a.val().transpose()),
             );
             tensors.insert(
-                format!("{PEFT_PREFIX}{prefix}.lora_B.weight"),
+                factor_name(&prefix, 'B'),
                 raw_tensor(lora.lora_b.val().transpose()),
             );
         }
@@ -111,8 +111,15 @@ pub fn save_adapter<B: Backend>(
 pub struct AdapterFile {
     path: PathBuf,
     config: LoraConfig,
-    shape: Vec<(String, usize)>,
+    /// The base model's shape, where the file records it (PEFT folders do not).
+    shape: Option<Vec<(String, usize)>>,
     tensors: TensorMap,
+}
+
+/// The name an [`AdapterFile`] keeps factor `factor` (`A` or `B`) of projection `prefix`
+/// under (PyTorch layout).
+pub(crate) fn factor_name(prefix: &str, factor: char) -> String {
+    format!("{PEFT_PREFIX}{prefix}.lora_{factor}.weight")
 }
 
 impl AdapterFile {
@@ -163,9 +170,21 @@ impl AdapterFile {
         Ok(Self {
             path: path.to_path_buf(),
             config,
-            shape,
+            shape: Some(shape),
             tensors,
         })
+    }
+
+    /// An adapter of `config` whose factors `tensors` are named by [`factor_name`], read
+    /// from `path` (named in errors); its shapes are checked against the model it is applied
+    /// to.
+    pub(crate) fn from_parts(path: PathBuf, config: LoraConfig, tensors: TensorMap) -> Self {
+        Self {
+            path,
+            config,
+            shape: None,
+            tensors,
+        }
     }
 
     /// The adapter's settings.
@@ -185,7 +204,8 @@ impl AdapterFile {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        if expected != self.shape {
+        let stored = self.shape.as_ref().unwrap_or(&expected);
+        if expected != *stored {
             let show = |s: &[(String, usize)]| {
                 s.iter()
                     .map(|(k, v)| format!("{k} {v}"))
@@ -196,7 +216,7 @@ impl AdapterFile {
                 path: self.path.clone(),
                 detail: format!(
                     "it was trained on a model with {}; this model has {}",
-                    show(&self.shape),
+                    show(stored),
                     show(&expected)
                 ),
             });
@@ -210,8 +230,8 @@ impl AdapterFile {
         let device = model.tok_embeddings.weight.device();
         let (rank, scale) = (self.config.rank, self.config.scale());
         for (prefix, linear) in model.projections_mut() {
-            let a_name = format!("{PEFT_PREFIX}{prefix}.lora_A.weight");
-            let b_name = format!("{PEFT_PREFIX}{prefix}.lora_B.weight");
+            let a_name = factor_name(&prefix, 'A');
+            let b_name = factor_name(&prefix, 'B');
             let (a, b) = match (self.tensors.get(&a_name), self.tensors.get(&b_name)) {
                 (Some(a), Some(b)) => (a, b),
                 (None, None) => continue,

@@ -3,6 +3,9 @@
 //! `model::projection` (internal); the adapter file is [`crate::lora::file`].
 
 pub mod file;
+pub mod peft;
+#[cfg(test)]
+mod peft_tests;
 
 use std::fmt;
 use std::str::FromStr;

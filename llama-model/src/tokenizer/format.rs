@@ -52,7 +52,7 @@ pub fn detect(bytes: &[u8]) -> Result<TokenizerFormat, String> {
         .unwrap_or(bytes)
         .iter()
         .find(|b| !b.is_ascii_whitespace());
-    if crate::checkpoint::gguf::is_gguf(bytes) {
+    if crate::gguf::is_gguf(bytes) {
         return Ok(TokenizerFormat::Gguf);
     }
     if text_start == Some(&b'{') {

@@ -14,7 +14,7 @@ use std::path::Path;
 use super::huggingface::SpecialTokens;
 use super::vocab::{parse_byte_piece, Piece, PieceKind, TextOptions, Vocabulary};
 use super::{builder, TokenizerError, PAD_PIECE};
-use crate::checkpoint::gguf::Value;
+use crate::gguf::Value;
 
 /// llama.cpp's token types (`llama_token_type`).
 const NORMAL: u64 = 1;

@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 
 use super::vocab::Vocabulary;
 use super::{huggingface, TokenizerError};
-use crate::checkpoint::gguf::Value;
+use crate::gguf::Value;
 
 /// llama.cpp's `LLAMA_VOCAB_PRE_TYPE_LLAMA3` regex (Llama 3.x).
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";

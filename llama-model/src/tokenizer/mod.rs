@@ -72,8 +72,8 @@ impl Tokenizer {
         let path = path.as_ref();
         if Self::is_gguf_file(path) {
             // A model file: only its metadata is read, through a memory map.
-            let meta = crate::checkpoint::gguf::read_metadata(path)
-                .map_err(|reason| gguf::invalid(path, reason))?;
+            let meta =
+                crate::gguf::read_metadata(path).map_err(|reason| gguf::invalid(path, reason))?;
             return Self::from_gguf_metadata(&meta, path);
         }
         let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
@@ -94,12 +94,12 @@ impl Tokenizer {
         std::fs::File::open(path)
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
             .is_ok()
-            && crate::checkpoint::gguf::is_gguf(&head)
+            && crate::gguf::is_gguf(&head)
     }
 
     /// The tokenizer of a GGUF file's metadata (read from `path`).
     fn from_gguf_metadata(
-        meta: &std::collections::BTreeMap<String, crate::checkpoint::gguf::Value>,
+        meta: &std::collections::BTreeMap<String, crate::gguf::Value>,
         path: &Path,
     ) -> Result<Self, TokenizerError> {
         let (inner, vocab, special) = gguf::parse(meta, path)?;
@@ -132,7 +132,7 @@ impl Tokenizer {
             }
             TokenizerFormat::HuggingFaceJson => huggingface::parse(bytes, path)?,
             TokenizerFormat::Gguf | TokenizerFormat::GgufByteLevel => {
-                let meta = crate::checkpoint::gguf::metadata_of(bytes)
+                let meta = crate::gguf::metadata_of(bytes)
                     .map_err(|reason| gguf::invalid(path, reason))?;
                 return Self::from_gguf_metadata(&meta, path);
             }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::metadata::Value;
+use crate::gguf::Value;
 use crate::model::config::LlamaConfig;
 use crate::model::rope_scaling::RopeScaling;
 

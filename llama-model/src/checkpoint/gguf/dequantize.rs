@@ -3,7 +3,7 @@
 
 use half::{bf16, f16};
 
-use super::ggml_type::GgmlType;
+use crate::gguf::GgmlType;
 
 /// The f32 values of `bytes`, a whole number of `kind` blocks (checked by the container).
 pub fn dequantize(kind: GgmlType, bytes: &[u8]) -> Vec<f32> {

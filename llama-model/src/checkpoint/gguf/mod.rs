@@ -9,56 +9,40 @@
 //! `output.weight` has a tied head.
 
 mod config;
-mod container;
 mod dequantize;
-mod ggml_type;
-mod metadata;
 mod names;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use burn::tensor::backend::Backend;
 
-pub use container::MAGIC;
-pub use metadata::Value;
+pub use crate::gguf::{is_gguf, Value};
 
 use super::tensors::{
     non_finite_line, validated, OnDevice, RawTensor, ReadValues, Stored, TensorMap,
 };
 use super::{CheckpointError, CheckpointFormat, LoadedCheckpoint};
+use crate::gguf::{GgufError, GgufFile};
 use crate::model::config::LlamaConfig;
 use crate::model::rope_scaling::RopeScaling;
-use container::GgufFile;
 use names::{from_gguf, to_gguf, EMBEDDING, HEAD};
-
-/// Whether the first bytes of a file are GGUF's magic.
-pub fn is_gguf(head: &[u8]) -> bool {
-    head.starts_with(MAGIC)
-}
-
-/// The metadata of the GGUF file at `path` (for its vocabulary and chat template); the
-/// error is the problem alone, without the path.
-pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, Value>, String> {
-    match GgufFile::open(path) {
-        Ok(file) => Ok(file.metadata),
-        Err(CheckpointError::Corrupt { detail, .. }) => Err(detail),
-        Err(CheckpointError::Io { source, .. }) => Err(source.to_string()),
-        Err(other) => Err(other.to_string()),
-    }
-}
-
-/// The metadata of a GGUF file held in memory.
-pub fn metadata_of(bytes: &[u8]) -> Result<BTreeMap<String, Value>, String> {
-    container::parse(bytes).map(|(_, metadata, _)| metadata)
-}
 
 /// The tensor carrying Llama 3's RoPE scaling as per-frequency divisors.
 const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// Open `path` and derive its model config.
 fn open(path: &Path) -> Result<(GgufFile, LlamaConfig), CheckpointError> {
-    let file = GgufFile::open(path)?;
+    let file = GgufFile::open(path).map_err(|e| match e {
+        GgufError::Io(source) => CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        GgufError::Corrupt(detail) => CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            detail,
+        },
+    })?;
     let unsupported = |detail: String| CheckpointError::Unsupported {
         path: path.to_path_buf(),
         detail,

@@ -9,7 +9,7 @@
 //! in interleaved-pair order (`names.rs`).
 
 mod config;
-mod names;
+pub(crate) mod names;
 mod shards;
 mod source;
 

@@ -67,6 +67,18 @@ pub fn rope_rows(ours: &str) -> Option<bool> {
 /// Put the rows of a `[heads·head_dim, cols]` q/k matrix stored in HF's half-split order
 /// back in interleaved-pair order (see the module docs).
 pub fn unpermute_rows(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    move_rows(data, heads, cols, false)
+}
+
+/// The inverse of [`unpermute_rows`]: our interleaved-pair rows in HF's half-split order,
+/// as HF's conversion script stores them (for writing HF folders and PEFT adapters).
+pub fn permute_rows(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    move_rows(data, heads, cols, true)
+}
+
+/// Move whole rows between HF's order (row `h·head_dim + i·head_dim/2 + j`) and ours (row
+/// `h·head_dim + 2j + i`): towards HF's when `to_hf`.
+fn move_rows(data: &[f32], heads: usize, cols: usize, to_hf: bool) -> Vec<f32> {
     let rows = data.len() / cols.max(1);
     let head_dim = rows / heads.max(1);
     let half = head_dim / 2;
@@ -74,8 +86,9 @@ pub fn unpermute_rows(data: &[f32], heads: usize, cols: usize) -> Vec<f32> {
     for h in 0..heads {
         for i in 0..2 {
             for j in 0..half {
-                let from = (h * head_dim + i * half + j) * cols;
-                let to = (h * head_dim + 2 * j + i) * cols;
+                let hf = (h * head_dim + i * half + j) * cols;
+                let ours = (h * head_dim + 2 * j + i) * cols;
+                let (from, to) = if to_hf { (ours, hf) } else { (hf, ours) };
                 out[to..to + cols].copy_from_slice(&data[from..from + cols]);
             }
         }
@@ -112,5 +125,7 @@ mod tests {
         let hf2: Vec<f32> = hf.iter().flat_map(|v| [*v, -v]).collect();
         let ours2: Vec<f32> = ours.iter().flat_map(|v| [*v, -v]).collect();
         assert_eq!(unpermute_rows(&hf2, 2, 2), ours2);
+        assert_eq!(permute_rows(&ours, 2, 1), hf);
+        assert_eq!(permute_rows(&ours2, 2, 2), hf2);
     }
 }

@@ -56,6 +56,31 @@ fn header(config: &LlamaConfig, path: &Path) -> Result<Vec<i32>, CheckpointError
     ])
 }
 
+/// Why `config` cannot be written as a llama2.c `.bin` (whose `run.c` hard-codes RoPE
+/// θ = 10000 without scaling and an RMSNorm eps of 1e-5), naming the field; `None` if it
+/// can.
+pub fn llama2c_refusal(config: &LlamaConfig) -> Option<String> {
+    if config.rope_theta != 10000.0 {
+        return Some(format!(
+            "rope_theta = {} (llama2.c's run.c uses 10000)",
+            config.rope_theta
+        ));
+    }
+    if let Some(scaling) = &config.rope_scaling {
+        return Some(format!(
+            "rope_scaling = {} (llama2.c has no RoPE scaling)",
+            serde_json::to_string(scaling).unwrap_or_default()
+        ));
+    }
+    if config.norm_eps != 1e-5 {
+        return Some(format!(
+            "rms_norm_eps = {} (llama2.c's run.c uses 1e-5)",
+            config.norm_eps
+        ));
+    }
+    None
+}
+
 /// Write `model` (built from `config`) to `path` as a llama2.c v0 `.bin`, atomically.
 /// LoRA adapters are not written: merge them first ([`Llama::merge_lora`]).
 pub fn save_llama2c_bin<B: Backend>(

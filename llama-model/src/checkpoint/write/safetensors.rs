@@ -69,23 +69,43 @@ pub fn write_safetensors(
     tensors: &TensorMap,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<(), CheckpointError> {
-    let bytes: Vec<(&String, Vec<u8>, &[usize])> = tensors
+    let encoded: Vec<EncodedTensor> = tensors
         .iter()
-        .map(|(name, t)| {
-            let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name, bytes, t.shape.as_slice())
+        .map(|(name, t)| EncodedTensor {
+            name: name.clone(),
+            dtype: Dtype::F32,
+            shape: t.shape.clone(),
+            bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         })
         .collect();
+    write_encoded(path, &encoded, metadata)
+}
+
+/// One tensor's little-endian bytes in its stored dtype.
+pub struct EncodedTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+/// Write already encoded `tensors` and `metadata` to `path` as one safetensors file,
+/// atomically.
+pub fn write_encoded(
+    path: &Path,
+    tensors: &[EncodedTensor],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
     let corrupt = |detail: String| CheckpointError::Corrupt {
         path: path.to_path_buf(),
         detail,
     };
-    let views = bytes
+    let views = tensors
         .iter()
-        .map(|(name, bytes, shape)| {
-            TensorView::new(Dtype::F32, shape.to_vec(), bytes)
-                .map(|view| (name.as_str(), view))
-                .map_err(|e| corrupt(format!("tensor `{name}`: {e}")))
+        .map(|t| {
+            TensorView::new(t.dtype, t.shape.clone(), &t.bytes)
+                .map(|view| (t.name.as_str(), view))
+                .map_err(|e| corrupt(format!("tensor `{}`: {e}", t.name)))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let file = safetensors::serialize(views, metadata).map_err(|e| corrupt(e.to_string()))?;

@@ -174,7 +174,7 @@ impl ChatTemplate {
     /// The template of a GGUF file (`tokenizer.chat_template`), rendered with the texts of
     /// its BOS and EOS tokens.
     pub fn from_gguf(path: &Path) -> Result<Self, ChatError> {
-        use crate::checkpoint::gguf::{read_metadata, Value};
+        use crate::gguf::{read_metadata, Value};
         let meta = read_metadata(path).map_err(|reason| ChatError::Gguf {
             path: path.to_path_buf(),
             reason,

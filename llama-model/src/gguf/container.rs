@@ -18,7 +18,7 @@ use memmap2::Mmap;
 
 use super::ggml_type::GgmlType;
 use super::metadata::{Cursor, Value};
-use crate::checkpoint::CheckpointError;
+use super::GgufError;
 
 /// The first four bytes of a GGUF file.
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -47,21 +47,13 @@ pub struct GgufFile {
 
 impl GgufFile {
     /// Map and parse the file at `path`.
-    pub fn open(path: &Path) -> Result<Self, CheckpointError> {
-        let io = |source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let file = File::open(path)?;
         // SAFETY: the map is read-only; a file changed underneath while loading gives wrong
         // values (as any reader would), not memory unsafety in our code, which only copies
         // bytes out of it.
-        let map = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let (_version, metadata, tensors) =
-            parse(&map).map_err(|detail| CheckpointError::Corrupt {
-                path: path.to_path_buf(),
-                detail,
-            })?;
+        let map = unsafe { Mmap::map(&file) }?;
+        let (_version, metadata, tensors) = parse(&map).map_err(GgufError::Corrupt)?;
         Ok(Self {
             path: path.to_path_buf(),
             map,

@@ -1,0 +1,219 @@
+//! `llama-cli export --checkpoint P --format hf|llama2c|peft --out X [--dtype f32|f16|bf16]`:
+//! a model of any format we read, written for other tools: a Hugging Face folder
+//! (`transformers`), a llama2.c `.bin` (`run.c`), or a LoRA adapter as a PEFT folder
+//! (`peft`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use clap::{Args, ValueEnum};
+use llama_model::checkpoint::{
+    hf, llama2c_refusal, save_llama2c_bin, ExportDtype, HfFolder, TokenizerWritten,
+};
+use llama_model::lora::peft::{read_any_adapter, save_peft};
+use llama_model::tokenizer::TokenizerFormat;
+use llama_model::{Llama, LlamaConfig, Tokenizer};
+
+use crate::args::model::{find_tokenizer, ModelArgs};
+use crate::runtime::backend::{BackendKind, Job};
+use crate::runtime::output::check_writable;
+
+/// The formats `export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// A Hugging Face Llama folder (config.json, model.safetensors, tokenizer).
+    Hf,
+    /// A llama2.c legacy (v0) f32 `.bin`, as `run.c` reads.
+    Llama2c,
+    /// The LoRA adapter `--adapter` as a PEFT folder (adapter_config.json,
+    /// adapter_model.safetensors) for the base `--checkpoint`.
+    Peft,
+    /// llama.cpp's GGUF (not yet supported).
+    Gguf,
+}
+
+/// The storage dtype of the exported weights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum DtypeFlag {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DtypeFlag> for ExportDtype {
+    fn from(flag: DtypeFlag) -> Self {
+        match flag {
+            DtypeFlag::F32 => Self::F32,
+            DtypeFlag::F16 => Self::F16,
+            DtypeFlag::Bf16 => Self::Bf16,
+        }
+    }
+}
+
+/// Arguments of `llama-cli export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The format to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Where to write: a folder (must not exist) for hf, a file for llama2c.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The LoRA adapter to export with --format peft (adapter.safetensors of a
+    /// `finetune --lora-rank` or `pretrain --lora-rank` run).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Weight storage for hf (llama2c and peft are f32 only).
+    #[arg(long, value_enum, default_value_t = DtypeFlag::F32)]
+    pub dtype: DtypeFlag,
+}
+
+/// The tokenizer to export with: `explicit` (`--tokenizer`), else the one found beside
+/// `checkpoint`, a sentencepiece `.model` preferred over a llama2.c `.bin` of the same name
+/// (the `.bin` cannot be written for `transformers`).
+pub fn export_tokenizer(checkpoint: &Path, explicit: Option<&Path>) -> PathBuf {
+    if let Some(path) = explicit {
+        return path.to_path_buf();
+    }
+    let found = find_tokenizer(checkpoint);
+    let sentencepiece = found.with_extension("model");
+    if found.extension().is_some_and(|e| e == "bin") && sentencepiece.is_file() {
+        sentencepiece
+    } else {
+        found
+    }
+}
+
+/// Whether `tokenizer` is a byte-level BPE (GPT-2 / Llama 3 style), which a llama2.c
+/// vocabulary of sentencepiece pieces cannot express.
+fn is_byte_level(tokenizer: &Tokenizer) -> bool {
+    tokenizer.format() == TokenizerFormat::HuggingFaceJson
+        && tokenizer
+            .inner()
+            .to_string(false)
+            .is_ok_and(|json| json.contains("\"ByteLevel\""))
+}
+
+impl ExportArgs {
+    /// Refuse, before loading, what cannot be written.
+    fn check_flags(&self) -> Result<()> {
+        match self.format {
+            ExportFormat::Gguf => bail!("export --format gguf: not yet supported"),
+            ExportFormat::Llama2c | ExportFormat::Peft if self.dtype != DtypeFlag::F32 => bail!(
+                "export --format {:?} writes f32: --dtype {:?} is not supported",
+                self.format,
+                self.dtype
+            ),
+            ExportFormat::Peft if self.adapter.is_none() => {
+                bail!("export --format peft needs --adapter (the adapter to write)")
+            }
+            ExportFormat::Hf | ExportFormat::Peft if self.out.exists() => bail!(
+                "{}: already exists; export writes a new folder",
+                self.out.display()
+            ),
+            _ => check_writable(&self.out),
+        }
+    }
+}
+
+impl Job for ExportArgs {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _backend: BackendKind) -> Result<()> {
+        self.check_flags()?;
+        let model_args = ModelArgs {
+            checkpoint: self.model.checkpoint.clone(),
+            config: self.model.config.clone(),
+            tokenizer: Some(export_tokenizer(
+                &self.model.checkpoint,
+                self.model.tokenizer.as_deref(),
+            )),
+        };
+        let (model, config, tokenizer) = model_args.load::<B::InnerBackend>(&device)?;
+        if let (ExportFormat::Peft, Some(adapter)) = (self.format, &self.adapter) {
+            let file = read_any_adapter(adapter, &config)?;
+            let lora = file.config().clone();
+            let base = self.model.checkpoint.display().to_string();
+            save_peft(&self.out, &file.apply(model)?, &config, &lora, Some(&base))?;
+            println!(
+                "wrote {} (PEFT LoRA adapter, {})",
+                self.out.display(),
+                lora.summary()
+            );
+            return Ok(());
+        }
+        if self.format == ExportFormat::Llama2c {
+            let refusal = llama2c_refusal(&config).or_else(|| {
+                is_byte_level(&tokenizer).then(|| {
+                    format!(
+                        "the vocabulary of {} is byte-level BPE (llama2.c's is sentencepiece's)",
+                        tokenizer.source().display()
+                    )
+                })
+            });
+            if let Some(field) = refusal {
+                bail!(
+                    "{}: cannot be written as llama2.c .bin: {field}",
+                    self.model.checkpoint.display()
+                );
+            }
+            save_llama2c_bin(&model, &config, &self.out)?;
+            println!("wrote {} (llama2.c .bin v0, f32)", self.out.display());
+            return Ok(());
+        }
+        write_hf_folder(
+            &model,
+            &config,
+            &self.model.checkpoint,
+            &tokenizer,
+            self.dtype.into(),
+            &self.out,
+        )
+    }
+}
+
+/// Write `model` (built from `config`, loaded from `checkpoint`) as the Hugging Face folder
+/// `out` with `tokenizer`: BOS/EOS from the checkpoint's HF configs, else the tokenizer's.
+pub fn write_hf_folder<B: Backend>(
+    model: &Llama<B>,
+    config: &LlamaConfig,
+    checkpoint: &Path,
+    tokenizer: &Tokenizer,
+    dtype: ExportDtype,
+    out: &Path,
+) -> Result<()> {
+    let mut special = hf::special_ids(checkpoint)?.unwrap_or_default();
+    special.bos = special.bos.or(Some(tokenizer.bos_id()));
+    if special.eos.is_empty() {
+        special.eos.push(tokenizer.eos_id());
+    }
+    let written = HfFolder {
+        config,
+        special,
+        tokenizer: Some(tokenizer),
+        dtype,
+    }
+    .save(model, out)?;
+    println!(
+        "wrote {} (Hugging Face folder, {})",
+        out.display(),
+        dtype.torch_name()
+    );
+    if let Some(TokenizerWritten::NotWritten(source)) = written {
+        eprintln!("{}", tokenizer_note(&source));
+    }
+    Ok(())
+}
+
+/// Why a llama2.c tokenizer was left out of a Hugging Face folder, and what to do.
+fn tokenizer_note(source: &Path) -> String {
+    format!(
+        "note: no tokenizer written: {} is a llama2.c tokenizer.bin, which transformers cannot \
+         read; pass its sentencepiece .model with --tokenizer to include it",
+        source.display()
+    )
+}
