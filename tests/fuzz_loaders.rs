@@ -1,5 +1,6 @@
 //! A mutation fuzzer for the file readers: checkpoints (.bin, .pt, .safetensors), Hugging
 //! Face folders (their configs, index and shards; JSON values also set to extremes) and
+//! GGUF files (their headers patched with extreme counts, lengths and offsets) and
 //! tokenizer files (.bin, .model) are truncated, bit-flipped and patched with random header
 //! values; every reader must return an error or a value, never panic.
 //!
@@ -21,6 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use llama_model::generation::chat::ChatTemplate;
 use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -456,4 +458,58 @@ fn hugging_face_folders_never_panic() {
         25,
         folder_loads,
     );
+}
+
+/// A GGUF mutant: the generic mutations, or a `u32`/`u64` somewhere in the header (counts,
+/// string and array lengths, value kinds, dimensions, types, offsets) set to an extreme or
+/// random value.
+fn mutate_gguf(rng: &mut StdRng, bytes: &[u8]) -> Vec<u8> {
+    if rng.random_bool(0.4) {
+        return mutate(rng, bytes);
+    }
+    let mut out = bytes.to_vec();
+    // The header (metadata with the vocabulary, then the tensor directory) fills the first
+    // tens of KiB of the fixtures.
+    let header = out.len().min(48 * 1024);
+    let at = rng.random_range(0..header - 8);
+    let value: u64 = match rng.random_range(0..6) {
+        0 => u64::MAX,
+        1 => u64::from(u32::MAX),
+        2 => 1 << rng.random_range(20..63),
+        3 => 0,
+        4 => rng.random_range(0..64),
+        _ => rng.random(),
+    };
+    if rng.random() {
+        out[at..at + 8].copy_from_slice(&value.to_le_bytes());
+    } else {
+        out[at..at + 4].copy_from_slice(&(value as u32).to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn gguf_reader_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, seed) in [
+        ("stories260K-q8_0.gguf", 40),
+        ("tiny-q4_k_m.gguf", 41),
+        ("stories260K-f16.gguf", 42),
+        ("tiny-llama3-bf16.gguf", 43),
+    ] {
+        // The weights and the vocabulary (with the chat template) of each mutant.
+        let (n, _) = fuzz_with(
+            dir.path(),
+            &format!("real-models/gguf/{file}"),
+            "m.gguf",
+            seed,
+            mutate_gguf,
+            |path| {
+                let vocabulary = Tokenizer::from_file(path).is_ok();
+                let template = ChatTemplate::from_gguf(path).is_ok();
+                checkpoint_loads(path) && vocabulary && template
+            },
+        );
+        assert!(n > 0);
+    }
 }

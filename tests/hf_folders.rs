@@ -2,110 +2,35 @@
 //! them (`real-models/reference.json` and `reference.safetensors`): logits at the last
 //! position and at chosen rows of a long sequence, greedy ids; and the errors of bad folders.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use crate::common;
+use crate::real_models::*;
 
 use common::*;
-use llama_model::exercise::compare::compare;
 use llama_model::generation::generate::{generate, GenerateConfig};
-use llama_model::tokenizer::TextStream;
-use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
+use llama_model::{LoadOptions, Tokenizer};
 use serde_json::Value;
-
-/// The fixtures' tolerance for logits.
-const ATOL: f64 = 1e-5;
-const RTOL: f64 = 1e-4;
-
-/// `reference.json`'s `models` object.
-fn reference() -> Value {
-    let text = std::fs::read_to_string(fixture("real-models/reference.json")).unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()["models"].clone()
-}
 
 /// The `hf/` entries of `reference.json`, with their folders.
 fn hf_models() -> Vec<(String, PathBuf, Value)> {
-    let models = reference();
-    let entries: Vec<_> = models
-        .as_object()
-        .unwrap()
-        .iter()
-        .filter(|(key, _)| key.starts_with("hf/"))
-        .map(|(key, entry)| {
-            (
-                key.clone(),
-                fixture(&format!("real-models/{key}")),
-                entry.clone(),
-            )
-        })
-        .collect();
+    let entries = entries("hf/");
     assert!(entries.len() >= 4, "expected the four hf/ fixtures");
     entries
-}
-
-fn logits_reference() -> HashMap<String, RefTensor> {
-    read_safetensors(&fixture("real-models/reference.safetensors"))
-}
-
-fn load(path: &Path) -> llama_model::Llama<B> {
-    load_checkpoint::<B>(path, &LoadOptions::default(), &Default::default())
-        .unwrap_or_else(|e| panic!("{e}"))
-        .model
-}
-
-fn i64_ids(v: &Value) -> Vec<i64> {
-    ids(v).into_iter().map(i64::from).collect()
 }
 
 #[test]
 fn every_hf_folder_gives_the_transformers_logits() {
     let stored = logits_reference();
     for (key, folder, entry) in hf_models() {
-        let model = load(&folder);
-        for case in entry["logits"].as_array().unwrap() {
-            let prompt = i64_ids(&case["ids"]);
-            let out = model.forward_last(tokens(&prompt, [1, prompt.len()]));
-            let expected = &stored[case["last_position_logits"].as_str().unwrap()].f32;
-            let c = compare(&values(out.logits), expected, ATOL, RTOL);
-            assert!(c.passed(), "{key}: {}: {c:?}", case["prompt"]);
-        }
-        // Every stored row of the long sequence (past the original context for llama3
-        // scaling).
-        let all = &entry["logits_all_positions"];
-        let seq = i64_ids(&all["ids"]);
-        let logits = values(model.forward(tokens(&seq, [1, seq.len()])).logits);
-        let vocab = logits.len() / seq.len();
-        let expected = &stored[all["logits"].as_str().unwrap()];
-        for (k, row) in all["rows"].as_array().unwrap().iter().enumerate() {
-            let row = row.as_u64().unwrap() as usize;
-            let c = compare(
-                &logits[row * vocab..(row + 1) * vocab],
-                &expected.f32[k * vocab..(k + 1) * vocab],
-                ATOL,
-                RTOL,
-            );
-            assert!(c.passed(), "{key}: row {row}: {c:?}");
-        }
+        check_logits(&key, &load(&folder), &entry, &stored);
     }
 }
 
 #[test]
 fn every_hf_folder_gives_the_transformers_greedy_ids() {
     for (key, folder, entry) in hf_models() {
-        let model = load(&folder);
-        for case in entry["greedy"].as_array().unwrap() {
-            let prompt = ids(&case["prompt_ids"]);
-            let expected = ids(&case["new_ids"]);
-            let out = generate(
-                &model,
-                &prompt,
-                &GenerateConfig::greedy(expected.len()),
-                |_| {},
-            )
-            .unwrap();
-            assert_eq!(out.tokens, expected, "{key}: {}", case["prompt"]);
-        }
+        check_greedy(&key, &load(&folder), &entry);
     }
 }
 
@@ -170,80 +95,14 @@ fn every_hf_tokenizer_json_gives_the_transformers_ids_and_text() {
     for (key, folder, entry) in hf_models() {
         assert_eq!(entry["tokenized_by"], "transformers", "{key}");
         let tok = folder_tokenizer(&folder);
-        for case in entry["tokenizer"].as_array().unwrap() {
-            let text = case["text"].as_str().unwrap();
-            let expected = ids(&case["ids"]);
-            assert_eq!(
-                tok.encode(text, true, false).unwrap(),
-                expected,
-                "{key}: {text:?}"
-            );
-            assert_eq!(
-                tok.decode(&expected).unwrap(),
-                case["decoded"].as_str().unwrap(),
-                "{key}: {text:?}"
-            );
-        }
-        // Random models print broken bytes: decoded lossily, as transformers does.
-        for case in entry["greedy"].as_array().unwrap() {
-            let new = ids(&case["new_ids"]);
-            assert_eq!(
-                tok.decode(&new).unwrap(),
-                case["text"].as_str().unwrap(),
-                "{key}"
-            );
-            // Streaming prints the same text in whole characters.
-            let mut stream = TextStream::after(&tok, *ids(&case["prompt_ids"]).last().unwrap());
-            let mut chunks: Vec<String> = new.iter().map(|&id| stream.push(id).unwrap()).collect();
-            chunks.push(stream.finish());
-            let joined = chunks.concat();
-            assert_eq!(
-                joined.trim_start(),
-                tok.decode(&new).unwrap().trim_start(),
-                "{key}"
-            );
-        }
+        check_tokenizer(&key, &tok, &entry);
     }
 }
 
 #[test]
 fn every_hf_folder_gives_the_transformers_perplexity() {
     for (key, folder, entry) in hf_models() {
-        let model = load(&folder);
-        let tok = folder_tokenizer(&folder);
-        let reference = &entry["perplexity"];
-        let context = model.max_seq_len();
-        let (mut nll, mut count) = (0.0f64, 0usize);
-        for doc in reference["documents"].as_array().unwrap() {
-            let mut doc_ids = tok.encode(doc.as_str().unwrap(), true, false).unwrap();
-            doc_ids.truncate(context);
-            if doc_ids.len() < 2 {
-                continue;
-            }
-            let seq: Vec<i64> = doc_ids.iter().map(|&i| i64::from(i)).collect();
-            let logits = values(model.forward(tokens(&seq, [1, seq.len()])).logits);
-            let vocab = logits.len() / seq.len();
-            for (row, &next) in logits.chunks(vocab).zip(&doc_ids[1..]) {
-                // log-softmax in f64, as the reference takes the f32 logits to double.
-                let max = row
-                    .iter()
-                    .fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
-                let sum: f64 = row.iter().map(|&v| (f64::from(v) - max).exp()).sum();
-                nll -= f64::from(row[next as usize]) - max - sum.ln();
-            }
-            count += doc_ids.len() - 1;
-        }
-        assert_eq!(
-            count as u64,
-            reference["predicted_tokens"].as_u64().unwrap(),
-            "{key}"
-        );
-        let ppl = (nll / count as f64).exp();
-        let expected = reference["perplexity"].as_f64().unwrap();
-        assert!(
-            ((ppl - expected) / expected).abs() <= 1e-5,
-            "{key}: perplexity {ppl}, transformers {expected}"
-        );
+        check_perplexity(&key, &load(&folder), &folder_tokenizer(&folder), &entry);
     }
 }
 

@@ -10,26 +10,25 @@ use llama_model::tokenizer::TextStream;
 use llama_model::Tokenizer;
 use serde_json::{json, Value};
 
-use crate::common::{cli, llama_cli, path, text};
-
-/// `reference.json`'s entry for `key`.
-fn reference(key: &str) -> Value {
-    let text = std::fs::read_to_string(fixture("real-models/reference.json")).unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()["models"][key].clone()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
-        .collect()
-}
+use crate::common::{cli, json_ids as ids, llama_cli, path, reference, text};
 
 #[test]
 fn generate_chat_replies_as_transformers_does() {
-    let key = "hf/stories260K";
-    let folder = fixture(&format!("real-models/{key}"));
+    let folder = fixture("real-models/hf/stories260K");
+    let tokenizer = Tokenizer::from_file(folder.join("tokenizer.json")).unwrap();
+    check_generate_chat("hf/stories260K", &folder, &tokenizer);
+}
+
+#[test]
+fn generate_chat_uses_a_gguf_files_own_template_and_vocabulary() {
+    let key = "gguf/stories260K-f16.gguf";
+    let file = fixture(&format!("real-models/{key}"));
+    check_generate_chat(key, &file, &Tokenizer::from_file(&file).unwrap());
+}
+
+/// `generate --checkpoint CHECKPOINT --chat MESSAGE` prints and writes the greedy reply of
+/// `key`'s first one-message conversation, decoded by `tokenizer`.
+fn check_generate_chat(key: &str, checkpoint: &Path, tokenizer: &Tokenizer) {
     let case = reference(key)["chat"]
         .as_array()
         .unwrap()
@@ -46,7 +45,7 @@ fn generate_chat_replies_as_transformers_does() {
     let run = cli(&[
         "generate",
         "--checkpoint",
-        &path(&folder),
+        &path(checkpoint),
         "--chat",
         message,
         "--temperature",
@@ -56,14 +55,17 @@ fn generate_chat_replies_as_transformers_does() {
         "--out",
         &path(&out),
     ]);
-    assert!(run.status.success(), "{}", text(&run.stderr));
-    let tokenizer = Tokenizer::from_file(folder.join("tokenizer.json")).unwrap();
+    assert!(run.status.success(), "{key}: {}", text(&run.stderr));
     let expected = tokenizer.decode(&reply).unwrap();
     let written = std::fs::read_to_string(&out).unwrap();
     // Only the reply is printed (no template text); it continues after `[/INST]`, so it
     // keeps the space the first piece starts with.
-    assert_eq!(written.trim_start(), format!("{expected}\n"));
-    assert_eq!(text(&run.stdout).trim_start(), format!("{expected}\n"));
+    assert_eq!(written.trim_start(), format!("{expected}\n"), "{key}");
+    assert_eq!(
+        text(&run.stdout).trim_start(),
+        format!("{expected}\n"),
+        "{key}"
+    );
 }
 
 #[test]

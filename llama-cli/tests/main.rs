@@ -12,6 +12,7 @@ mod data_parallel;
 mod data_parallel_trust;
 mod exercise_folder;
 mod export;
+mod gguf_files;
 mod hf_folders;
 mod interrupt;
 mod lora;

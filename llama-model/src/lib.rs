@@ -39,6 +39,7 @@ pub mod crafted;
 pub mod exercise;
 pub mod fixtures;
 pub mod generation;
+pub mod gguf;
 pub mod lora;
 pub mod model;
 pub mod tokenizer;

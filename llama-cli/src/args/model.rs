@@ -12,8 +12,8 @@ use llama_model::{load_checkpoint, LlamaConfig, LoadOptions, Tokenizer};
 /// The model and tokenizer flags shared by the commands that load a Llama.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// Pre-trained checkpoint (.pt, .bin, .safetensors, or a Hugging Face Llama folder or its
-    /// config.json).
+    /// Pre-trained checkpoint (.pt, .bin, .safetensors, .gguf, or a Hugging Face Llama folder
+    /// or its config.json).
     #[arg(
         long,
         alias = "pretrained-model-path",
@@ -24,7 +24,8 @@ pub struct ModelArgs {
     /// JSON config for a safetensors checkpoint without one beside it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Tokenizer; default: the one beside the checkpoint, else tokenizer.model.
+    /// Tokenizer; default: a GGUF file's own, else the one beside the checkpoint, else
+    /// tokenizer.model.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
 }
@@ -103,10 +104,13 @@ impl ModelArgs {
     }
 }
 
-/// The tokenizer to use for `checkpoint`: a Hugging Face folder's own tokenizer.json (what
-/// `transformers` uses with it); else the one beside it (tokenizer.model/.bin/.json, or a
+/// The tokenizer to use for `checkpoint`: a GGUF file's own vocabulary; a Hugging Face
+/// folder's own tokenizer.json (what `transformers` uses with it); else the one beside it (tokenizer.model/.bin/.json, or a
 /// single tok*.model / tok*.bin such as stories260K's tok512), else ./tokenizer.model.
 pub fn find_tokenizer(checkpoint: &Path) -> PathBuf {
+    if llama_model::checkpoint::detect_format(checkpoint).ok() == Some(CheckpointFormat::Gguf) {
+        return checkpoint.to_path_buf();
+    }
     let hf_config = hf::locate(checkpoint).ok().flatten();
     if let Some(json) = hf_config
         .as_ref()

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use llama_model::fixtures::{fixture, fixtures_dir, FIXTURES_ENV};
+use serde_json::Value;
 
 /// The built `llama-cli`, told where the fixtures are (a shipped binary finds them only
 /// through `LLAMA_FIXTURES`).
@@ -77,16 +78,21 @@ pub fn greedy_generation_with(
 }
 
 /// `real-models/reference.json`: what transformers and peft compute on the fixture models.
-pub fn real_models_reference() -> serde_json::Value {
+pub fn real_models_reference() -> Value {
     let text = std::fs::read_to_string(fixture("real-models/reference.json")).expect("fixture");
     serde_json::from_str(&text).expect("reference.json is JSON")
 }
 
 /// A JSON list of token ids.
-pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+pub fn json_ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .expect("a list of ids")
         .iter()
         .map(|i| i.as_u64().expect("an id") as u32)
         .collect()
+}
+
+/// `reference.json`'s entry for `key`.
+pub fn reference(key: &str) -> Value {
+    real_models_reference()["models"][key].clone()
 }

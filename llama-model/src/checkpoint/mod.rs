@@ -5,7 +5,8 @@
 //! 3. llama2.c `.bin` exports (legacy v0 header, the v1 `ak42` header, and the v2 int8
 //!    export `runq.c` reads);
 //! 4. safetensors, with the config beside it;
-//! 5. Hugging Face Llama folders (`config.json` and safetensors shards; [`hf`]).
+//! 5. Hugging Face Llama folders (`config.json` and safetensors shards; [`hf`]);
+//! 6. llama.cpp's GGUF files ([`gguf`]).
 //!
 //! The format is found from the file's first bytes, not its extension. Every reader produces
 //! a [`TensorMap`] under the exercise's parameter names, and one function
@@ -13,9 +14,11 @@
 //! unexpected or wrong-shaped tensor is an error naming it (the exercise loads with
 //! `strict=False`; we do not).
 
+pub mod gguf;
 pub mod hf;
 mod llama2c_bin;
 mod llama2c_q80;
+mod name_map;
 mod pickle_scan;
 mod pytorch;
 mod safetensors_file;
@@ -123,6 +126,8 @@ pub enum CheckpointFormat {
     Safetensors,
     /// A Hugging Face model folder (`config.json` and safetensors weights).
     HuggingFace,
+    /// A llama.cpp GGUF file (v2/v3).
+    Gguf,
 }
 
 impl std::fmt::Display for CheckpointFormat {
@@ -134,6 +139,7 @@ impl std::fmt::Display for CheckpointFormat {
             Self::Llama2cQ80 => "llama2.c .bin (v2, int8 Q8_0)",
             Self::Safetensors => "safetensors",
             Self::HuggingFace => "Hugging Face folder",
+            Self::Gguf => "GGUF",
         })
     }
 }
@@ -176,6 +182,9 @@ pub fn detect_format(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
             detail: "the file is empty".into(),
         });
     }
+    if gguf::is_gguf(head) {
+        return Ok(CheckpointFormat::Gguf);
+    }
     if head.starts_with(b"PK\x03\x04") {
         return Ok(CheckpointFormat::Pytorch);
     }
@@ -205,7 +214,7 @@ pub fn detect_format(path: &Path) -> Result<CheckpointFormat, CheckpointError> {
     }
     Err(CheckpointError::UnknownFormat {
         path: path.to_path_buf(),
-        detail: "not a PyTorch zip, safetensors or llama2.c .bin file".into(),
+        detail: "not a PyTorch zip, safetensors, GGUF or llama2.c .bin file".into(),
     })
 }
 
@@ -255,6 +264,7 @@ fn read_with_int8(
             safetensors_file::read(path, options.config.as_deref()).map(|(c, t)| (c, t, None))?
         }
         CheckpointFormat::HuggingFace => hf::read(&hf_config(path)?).map(|(c, t)| (c, t, None))?,
+        CheckpointFormat::Gguf => gguf::read(path).map(|(c, t)| (c, t, None))?,
     };
     Ok((config, tensors, format, int8))
 }
@@ -268,8 +278,10 @@ pub fn load_checkpoint<B: Backend>(
     device: &B::Device,
 ) -> Result<LoadedCheckpoint<B>, CheckpointError> {
     // A Hugging Face folder is built tensor by tensor from its memory-mapped shards.
-    if detect_format(path)? == CheckpointFormat::HuggingFace {
-        return hf::load(&hf_config(path)?, device);
+    match detect_format(path)? {
+        CheckpointFormat::HuggingFace => return hf::load(&hf_config(path)?, device),
+        CheckpointFormat::Gguf => return gguf::load(path, device),
+        _ => {}
     }
     let (config, tensors, format, int8) = read_with_int8(path, options)?;
     let warnings = tensors::non_finite_report(path, &tensors);

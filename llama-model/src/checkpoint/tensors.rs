@@ -135,6 +135,31 @@ impl<B: Backend> StoredTensors<B> for Taker<'_, B> {
     }
 }
 
+/// Reads one parameter's f32 values by our name, checked against its PyTorch shape.
+pub(super) trait ReadValues {
+    fn values(&mut self, ours: &str, expected: &[usize]) -> Result<Vec<f32>, CheckpointError>;
+}
+
+/// A [`ReadValues`] building each tensor on `device` as it is asked for.
+pub(super) struct OnDevice<'a, R, B: Backend> {
+    pub reader: R,
+    pub device: &'a B::Device,
+}
+
+impl<B: Backend, R: ReadValues> StoredTensors<B> for OnDevice<'_, R, B> {
+    fn take<const D: usize>(
+        &mut self,
+        ours: &str,
+        expected: [usize; D],
+    ) -> Result<Tensor<B, D>, CheckpointError> {
+        let data = self.reader.values(ours, &expected)?;
+        Ok(Tensor::from_data(
+            TensorData::new(data, expected),
+            self.device,
+        ))
+    }
+}
+
 /// A [`StoredTensors`] as the [`ParamSource`] a model is built from.
 pub(super) struct Stored<S>(pub S);
 

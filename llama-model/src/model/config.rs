@@ -239,6 +239,15 @@ impl LlamaConfig {
         }
         if let Some(scaling) = &self.rope_scaling {
             scaling.check().map_err(ConfigError::Invalid)?;
+            if let RopeScaling::Factors { factors } = scaling {
+                if factors.len() != self.head_dim() / 2 {
+                    return bad(format!(
+                        "{} rope frequency factors for {} rotated pairs per head",
+                        factors.len(),
+                        self.head_dim() / 2
+                    ));
+                }
+            }
         }
         Ok(())
     }

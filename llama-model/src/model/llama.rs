@@ -123,7 +123,7 @@ impl LlamaConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             rope: RotaryEmbeddingConfig::new(self.head_dim(), table_positions(self.max_seq_len))
                 .with_theta(self.rope_theta)
-                .with_scaling(self.rope_scaling)
+                .with_scaling(self.rope_scaling.clone())
                 .with_precision(self.rope_frequency_precision)
                 .init(device),
             n_kv_heads: self.n_kv_heads(),

@@ -94,7 +94,7 @@ impl RotaryEmbeddingConfig {
             swap: Tensor::from_data(TensorData::new(swap, [d, d]), device),
             head_dim: self.head_dim,
             theta: self.theta,
-            scaling: self.scaling,
+            scaling: self.scaling.clone(),
             precision: self.precision,
         }
     }
@@ -170,7 +170,7 @@ impl<B: Backend> RotaryEmbedding<B> {
     pub fn resized(&self, max_seq_len: usize, device: &B::Device) -> Self {
         RotaryEmbeddingConfig::new(self.head_dim, max_seq_len)
             .with_theta(self.theta)
-            .with_scaling(self.scaling)
+            .with_scaling(self.scaling.clone())
             .with_precision(self.precision)
             .init(device)
     }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// A supported `rope_scaling` / `rope_parameters` scheme, tagged by `rope_type` as in a
 /// Hugging Face config.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "rope_type", rename_all = "lowercase")]
 pub enum RopeScaling {
     /// Every frequency divided by `factor` (position interpolation).
@@ -23,6 +23,9 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: usize,
     },
+    /// Pair j's inverse frequency divided by `factors[j]`: Llama 3.x's scaling as llama.cpp's
+    /// GGUF files carry it (the `rope_freqs.weight` tensor, one divisor per pair).
+    Factors { factors: Vec<f32> },
 }
 
 impl RopeScaling {
@@ -36,6 +39,9 @@ impl RopeScaling {
             }
         };
         match *self {
+            Self::Factors { ref factors } => factors
+                .iter()
+                .try_for_each(|&f| positive("factors", f64::from(f))),
             Self::Linear { factor } => positive("factor", factor),
             Self::Llama3 {
                 factor,
@@ -65,6 +71,12 @@ impl RopeScaling {
     /// Scale the inverse frequencies `inv_freq` (one per rotated pair) in place.
     pub fn apply(&self, inv_freq: &mut [f32]) {
         match *self {
+            Self::Factors { ref factors } => {
+                // One per pair (checked with the head size by the config).
+                for (f, divisor) in inv_freq.iter_mut().zip(factors) {
+                    *f /= divisor;
+                }
+            }
             Self::Linear { factor } => {
                 let factor = factor as f32;
                 for f in inv_freq {

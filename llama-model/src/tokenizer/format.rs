@@ -14,6 +14,18 @@ pub enum TokenizerFormat {
     Llama2c,
     /// HuggingFace `tokenizer.json`.
     HuggingFaceJson,
+    /// The sentencepiece (`llama`) vocabulary in a GGUF file's metadata.
+    Gguf,
+    /// The byte-level BPE (`gpt2`) vocabulary in a GGUF file's metadata.
+    GgufByteLevel,
+}
+
+impl TokenizerFormat {
+    /// Whether ids are decoded by the `tokenizers` decoder of the file (byte-level and
+    /// `tokenizer.json` vocabularies) rather than by sentencepiece's rules.
+    pub fn has_own_decoder(self) -> bool {
+        matches!(self, Self::HuggingFaceJson | Self::GgufByteLevel)
+    }
 }
 
 impl fmt::Display for TokenizerFormat {
@@ -22,6 +34,8 @@ impl fmt::Display for TokenizerFormat {
             Self::SentencePiece => "sentencepiece tokenizer.model",
             Self::Llama2c => "llama2.c tokenizer.bin",
             Self::HuggingFaceJson => "HuggingFace tokenizer.json",
+            Self::Gguf => "GGUF vocabulary",
+            Self::GgufByteLevel => "GGUF byte-level vocabulary",
         })
     }
 }
@@ -38,6 +52,9 @@ pub fn detect(bytes: &[u8]) -> Result<TokenizerFormat, String> {
         .unwrap_or(bytes)
         .iter()
         .find(|b| !b.is_ascii_whitespace());
+    if crate::gguf::is_gguf(bytes) {
+        return Ok(TokenizerFormat::Gguf);
+    }
     if text_start == Some(&b'{') {
         return Ok(TokenizerFormat::HuggingFaceJson);
     }
@@ -49,7 +66,7 @@ pub fn detect(bytes: &[u8]) -> Result<TokenizerFormat, String> {
     }
     let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
     Err(format!(
-        "first bytes {} are neither JSON, a llama2.c header nor a protobuf tag",
+        "first bytes {} are neither JSON, GGUF, a llama2.c header nor a protobuf tag",
         head.join(" ")
     ))
 }

@@ -16,6 +16,8 @@ mod builder;
 pub(crate) mod decode;
 mod error;
 mod format;
+mod gguf;
+mod gguf_bpe;
 mod huggingface;
 mod llama2c;
 mod sentencepiece;
@@ -68,6 +70,12 @@ impl Tokenizer {
     /// content is.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, TokenizerError> {
         let path = path.as_ref();
+        if Self::is_gguf_file(path) {
+            // A model file: only its metadata is read, through a memory map.
+            let meta =
+                crate::gguf::read_metadata(path).map_err(|reason| gguf::invalid(path, reason))?;
+            return Self::from_gguf_metadata(&meta, path);
+        }
         let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
             path: path.to_path_buf(),
             source,
@@ -78,6 +86,29 @@ impl Tokenizer {
     /// Loads a tokenizer from the bytes of one of the supported files (errors name `<memory>`).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenizerError> {
         Self::parse(bytes, Path::new("<memory>"))
+    }
+
+    /// Whether the file at `path` starts with GGUF's magic.
+    fn is_gguf_file(path: &Path) -> bool {
+        let mut head = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+            .is_ok()
+            && crate::gguf::is_gguf(&head)
+    }
+
+    /// The tokenizer of a GGUF file's metadata (read from `path`).
+    fn from_gguf_metadata(
+        meta: &std::collections::BTreeMap<String, crate::gguf::Value>,
+        path: &Path,
+    ) -> Result<Self, TokenizerError> {
+        let (inner, vocab, special) = gguf::parse(meta, path)?;
+        let format = if gguf::is_byte_level(meta) {
+            TokenizerFormat::GgufByteLevel
+        } else {
+            TokenizerFormat::Gguf
+        };
+        Self::assemble(inner, vocab, special, format, path)
     }
 
     fn parse(bytes: &[u8], path: &Path) -> Result<Self, TokenizerError> {
@@ -100,14 +131,11 @@ impl Tokenizer {
                 (builder::build(&vocab, path)?, vocab)
             }
             TokenizerFormat::HuggingFaceJson => huggingface::parse(bytes, path)?,
-        };
-
-        let required = |piece: &str, purpose: &'static str, found: Option<u32>| {
-            found.ok_or_else(|| TokenizerError::MissingPiece {
-                path: path.to_path_buf(),
-                piece: piece.to_string(),
-                purpose,
-            })
+            TokenizerFormat::Gguf | TokenizerFormat::GgufByteLevel => {
+                let meta = crate::gguf::metadata_of(bytes)
+                    .map_err(|reason| gguf::invalid(path, reason))?;
+                return Self::from_gguf_metadata(&meta, path);
+            }
         };
         let special = match format {
             TokenizerFormat::HuggingFaceJson => huggingface::special_tokens(&inner, path),
@@ -117,6 +145,24 @@ impl Tokenizer {
                 pad: vocab.find(PAD_PIECE),
                 adds_bos: true,
             },
+        };
+        Self::assemble(inner, vocab, special, format, path)
+    }
+
+    /// The tokenizer of a parsed file, checking that it has BOS, EOS and padding ids.
+    fn assemble(
+        inner: tokenizers::Tokenizer,
+        vocab: Vocabulary,
+        special: huggingface::SpecialTokens,
+        format: TokenizerFormat,
+        path: &Path,
+    ) -> Result<Self, TokenizerError> {
+        let required = |piece: &str, purpose: &'static str, found: Option<u32>| {
+            found.ok_or_else(|| TokenizerError::MissingPiece {
+                path: path.to_path_buf(),
+                piece: piece.to_string(),
+                purpose,
+            })
         };
         let (bos, eos, pad) = (special.bos, special.eos, special.pad);
         let bos_id = required(BOS_PIECE, "beginning-of-sequence id", bos)?;
@@ -212,7 +258,7 @@ impl Tokenizer {
     /// become bytes (U+FFFD for each byte that is not part of a valid character), `<unk>`
     /// becomes `" ⁇ "`, and the first piece's leading space is removed.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        if self.format == TokenizerFormat::HuggingFaceJson {
+        if self.format.has_own_decoder() {
             return self.decode_json(ids);
         }
         let mut state = DecodeState::default();

@@ -17,7 +17,7 @@
 //! after an echoed prompt) keeps it (`▁were` prints ` were`).
 
 use super::decode::DecodeState;
-use super::{Tokenizer, TokenizerError, TokenizerFormat};
+use super::{Tokenizer, TokenizerError};
 
 /// Decodes a stream of token ids into text chunks, each valid UTF-8 (see the
 /// module docs).
@@ -82,8 +82,10 @@ impl JsonStream {
 impl<'t> TextStream<'t> {
     /// A stream at the start of a text: the first piece's leading space is dropped.
     pub fn new(tokenizer: &'t Tokenizer) -> Self {
-        let json =
-            (tokenizer.format() == TokenizerFormat::HuggingFaceJson).then(JsonStream::default);
+        let json = tokenizer
+            .format()
+            .has_own_decoder()
+            .then(JsonStream::default);
         Self {
             tokenizer,
             state: DecodeState::default(),

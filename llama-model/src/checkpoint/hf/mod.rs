@@ -19,7 +19,7 @@ use burn::tensor::backend::Backend;
 
 pub use config::{SpecialIds, LLAMA_ARCHITECTURE};
 
-use super::tensors::{RawTensor, Stored, TensorMap};
+use super::tensors::{RawTensor, ReadValues, Stored, TensorMap};
 use super::{CheckpointError, CheckpointFormat, LoadedCheckpoint};
 use crate::model::config::LlamaConfig;
 use names::{from_hf, is_ignored_buffer};

@@ -7,6 +7,8 @@
 //! `h·head_dim + i·head_dim/2 + j` is our row `h·head_dim + 2j + i`. Only rows move, so the
 //! result is exact.
 
+use crate::checkpoint::name_map::NameMap;
+
 /// Per-layer names: (ours after `layers.N.`, HF's after `model.layers.N.`).
 const LAYER_NAMES: [(&str, &str); 9] = [
     ("attention.compute_query.weight", "self_attn.q_proj.weight"),
@@ -27,24 +29,21 @@ const TOP_NAMES: [(&str, &str); 3] = [
     ("output.weight", "lm_head.weight"),
 ];
 
+/// HF's naming.
+const HF_NAMES: NameMap = NameMap {
+    layer_prefix: "model.layers.",
+    layers: &LAYER_NAMES,
+    top: &TOP_NAMES,
+};
+
 /// The HF name of our parameter `ours`, if it has one.
 pub fn to_hf(ours: &str) -> Option<String> {
-    if let Some((_, hf)) = TOP_NAMES.iter().find(|(o, _)| *o == ours) {
-        return Some((*hf).to_string());
-    }
-    let (layer, rest) = ours.strip_prefix("layers.")?.split_once('.')?;
-    let (_, hf) = LAYER_NAMES.iter().find(|(o, _)| *o == rest)?;
-    Some(format!("model.layers.{layer}.{hf}"))
+    HF_NAMES.theirs(ours)
 }
 
 /// Our name of the HF tensor `hf`, if it is a Llama parameter.
 pub fn from_hf(hf: &str) -> Option<String> {
-    if let Some((ours, _)) = TOP_NAMES.iter().find(|(_, h)| *h == hf) {
-        return Some((*ours).to_string());
-    }
-    let (layer, rest) = hf.strip_prefix("model.layers.")?.split_once('.')?;
-    let (ours, _) = LAYER_NAMES.iter().find(|(_, h)| *h == rest)?;
-    Some(format!("layers.{layer}.{ours}"))
+    HF_NAMES.ours(hf)
 }
 
 /// Whether HF tensor `hf` is a buffer `transformers` once saved that is not a parameter
@@ -103,17 +102,7 @@ mod tests {
 
     #[test]
     fn names_map_both_ways() {
-        for ours in [
-            "tok_embeddings.weight",
-            "norm.weight",
-            "output.weight",
-            "layers.3.attention.compute_key.weight",
-            "layers.0.feed_forward.w2.weight",
-            "layers.11.ffn_norm.weight",
-        ] {
-            let hf = to_hf(ours).unwrap();
-            assert_eq!(from_hf(&hf).as_deref(), Some(ours), "{hf}");
-        }
+        HF_NAMES.assert_round_trips();
         assert_eq!(
             to_hf("layers.2.feed_forward.w1.weight").as_deref(),
             Some("model.layers.2.mlp.gate_proj.weight")

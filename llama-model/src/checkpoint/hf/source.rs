@@ -4,12 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
-
 use super::names::{rope_rows, to_hf, unpermute_rows};
 use super::shards::Shards;
-use crate::checkpoint::tensors::{non_finite_line, StoredTensors};
+use crate::checkpoint::tensors::{non_finite_line, OnDevice, ReadValues};
 use crate::checkpoint::CheckpointError;
 use crate::model::config::LlamaConfig;
 
@@ -23,11 +20,8 @@ pub struct HfReader<'a> {
     pub warnings: Vec<String>,
 }
 
-/// An [`HfReader`] building tensors on `device`.
-pub struct HfSource<'a, B: Backend> {
-    pub reader: HfReader<'a>,
-    pub device: &'a B::Device,
-}
+/// An [`HfReader`] building tensors on a device.
+pub type HfSource<'a, B> = OnDevice<'a, HfReader<'a>, B>;
 
 impl<'a> HfReader<'a> {
     /// A reader of `shards` for a model of shape `config`.
@@ -40,8 +34,18 @@ impl<'a> HfReader<'a> {
         }
     }
 
+    /// The first tensor of the folder that no parameter took (other than `ignore`d ones).
+    pub fn leftover(&self, ignore: impl Fn(&str) -> bool) -> Option<(String, &Path)> {
+        self.shards
+            .names()
+            .find(|(name, _)| !self.used.contains(*name) && !ignore(name))
+            .map(|(name, file)| (name.to_string(), file))
+    }
+}
+
+impl ReadValues for HfReader<'_> {
     /// Parameter `ours` of PyTorch shape `expected`, as f32 values in our row order.
-    pub fn values(&mut self, ours: &str, expected: &[usize]) -> Result<Vec<f32>, CheckpointError> {
+    fn values(&mut self, ours: &str, expected: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let hf = to_hf(ours).unwrap_or_else(|| ours.to_string());
         let mut data = self.shards.read(&hf, expected)?;
         if let Some(query) = rope_rows(ours) {
@@ -57,27 +61,5 @@ impl<'a> HfReader<'a> {
         }
         self.used.insert(hf);
         Ok(data)
-    }
-
-    /// The first tensor of the folder that no parameter took (other than `ignore`d ones).
-    pub fn leftover(&self, ignore: impl Fn(&str) -> bool) -> Option<(String, &Path)> {
-        self.shards
-            .names()
-            .find(|(name, _)| !self.used.contains(*name) && !ignore(name))
-            .map(|(name, file)| (name.to_string(), file))
-    }
-}
-
-impl<B: Backend> StoredTensors<B> for HfSource<'_, B> {
-    fn take<const D: usize>(
-        &mut self,
-        ours: &str,
-        expected: [usize; D],
-    ) -> Result<Tensor<B, D>, CheckpointError> {
-        let data = self.reader.values(ours, &expected)?;
-        Ok(Tensor::from_data(
-            TensorData::new(data, expected),
-            self.device,
-        ))
     }
 }

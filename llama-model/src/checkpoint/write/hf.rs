@@ -186,7 +186,9 @@ impl HfFolder<'_> {
                 )?;
                 TokenizerWritten::SentencePiece
             }
-            TokenizerFormat::Llama2c => TokenizerWritten::NotWritten(source.to_path_buf()),
+            TokenizerFormat::Llama2c | TokenizerFormat::Gguf | TokenizerFormat::GgufByteLevel => {
+                TokenizerWritten::NotWritten(source.to_path_buf())
+            }
         }))
     }
 }

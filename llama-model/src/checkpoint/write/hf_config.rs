@@ -24,6 +24,7 @@ fn ids_value(ids: &[u32]) -> Value {
 pub fn config_json(config: &LlamaConfig, special: &SpecialIds, dtype: ExportDtype) -> Value {
     let scaling = config
         .rope_scaling
+        .as_ref()
         .map(|s| serde_json::to_value(s).unwrap_or(Value::Null))
         .unwrap_or(Value::Null);
     let mut parameters = match &scaling {

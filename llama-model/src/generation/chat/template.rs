@@ -52,6 +52,20 @@ pub enum ChatError {
         /// The folder looked in.
         folder: PathBuf,
     },
+    /// A GGUF file without `tokenizer.chat_template`.
+    #[error("{path}: the model has no chat template (no tokenizer.chat_template in its metadata), so it cannot chat")]
+    NoGgufTemplate {
+        /// The GGUF file.
+        path: PathBuf,
+    },
+    /// A GGUF file's metadata could not be read.
+    #[error("{path}: {reason}")]
+    Gguf {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file could not be read.
     #[error("{path}: {source}")]
     Io {
@@ -138,9 +152,14 @@ impl ChatTemplate {
         ))
     }
 
-    /// The template of the model `checkpoint` names: its Hugging Face folder's, else that of
-    /// the folder the checkpoint file is in.
+    /// The template of the model `checkpoint` names: a GGUF file's own, its Hugging Face
+    /// folder's, else that of the folder the checkpoint file is in.
     pub fn for_checkpoint(checkpoint: &Path) -> Result<Self, ChatError> {
+        if crate::checkpoint::detect_format(checkpoint).ok()
+            == Some(crate::checkpoint::CheckpointFormat::Gguf)
+        {
+            return Self::from_gguf(checkpoint);
+        }
         let folder = match crate::checkpoint::hf::locate(checkpoint) {
             Ok(Some(config)) => config.parent().map(Path::to_path_buf),
             _ if checkpoint.is_dir() => Some(checkpoint.to_path_buf()),
@@ -150,6 +169,34 @@ impl ChatTemplate {
             .filter(|f| !f.as_os_str().is_empty())
             .unwrap_or_else(|| PathBuf::from("."));
         Self::from_folder(&folder)
+    }
+
+    /// The template of a GGUF file (`tokenizer.chat_template`), rendered with the texts of
+    /// its BOS and EOS tokens.
+    pub fn from_gguf(path: &Path) -> Result<Self, ChatError> {
+        use crate::gguf::{read_metadata, Value};
+        let meta = read_metadata(path).map_err(|reason| ChatError::Gguf {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        let source = meta
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ChatError::NoGgufTemplate {
+                path: path.to_path_buf(),
+            })?;
+        let tokens = meta.get("tokenizer.ggml.tokens").and_then(Value::as_array);
+        let text = |key: &str| {
+            let id = meta.get(key).and_then(Value::as_u64)?;
+            let token = tokens?.get(usize::try_from(id).ok()?)?;
+            token.as_str().map(str::to_string)
+        };
+        Ok(Self::new(
+            source.to_string(),
+            text("tokenizer.ggml.bos_token_id").unwrap_or_default(),
+            text("tokenizer.ggml.eos_token_id").unwrap_or_default(),
+            path.to_path_buf(),
+        ))
     }
 
     /// A template from its Jinja `source`, rendered with these BOS and EOS texts; `origin`
