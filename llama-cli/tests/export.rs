@@ -86,6 +86,17 @@ fn what_llama2c_cannot_express_is_refused_naming_the_field() {
     let out = export(&bin, "gguf", &dir.path().join("m.gguf"));
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("not yet supported"));
+    // A GGUF's rope_freqs table has no Hugging Face config field: refused, nothing written.
+    let gguf = fixture("real-models/gguf/tiny-llama3-bf16.gguf");
+    let folder = dir.path().join("from-gguf");
+    let out = export(&gguf, "hf", &folder);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("per-frequency factors"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!folder.exists());
 }
 
 /// The first greedy case of reference.json's PEFT entry: (prompt, ids of prompt and reply).

@@ -24,6 +24,7 @@ use crate::checkpoint::hf::names::{permute_rows, rope_rows, to_hf};
 use crate::checkpoint::hf::SpecialIds;
 use crate::checkpoint::CheckpointError;
 use crate::model::config::LlamaConfig;
+use crate::model::rope_scaling::RopeScaling;
 use crate::tokenizer::TokenizerFormat;
 use crate::{Llama, Tokenizer};
 
@@ -133,6 +134,16 @@ impl HfFolder<'_> {
         model: &Llama<B>,
         out: &Path,
     ) -> Result<Option<TokenizerWritten>, CheckpointError> {
+        if let Some(RopeScaling::Factors { .. }) = &self.config.rope_scaling {
+            // A GGUF's `rope_freqs` divisors: transformers' configs name a scheme (llama3,
+            // linear…), not a table, so the folder would load with other frequencies.
+            return Err(CheckpointError::Unsupported {
+                path: out.to_path_buf(),
+                detail: "RoPE scaling given as per-frequency factors (a GGUF file's \
+                         rope_freqs) has no Hugging Face config field"
+                    .into(),
+            });
+        }
         write_folder(out, |dir| self.write_files(model, dir))
     }
 
