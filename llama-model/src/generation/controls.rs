@@ -171,13 +171,12 @@ pub(super) fn top_k(weights: &mut [f64], k: usize) {
     }
 }
 
-/// Min-p over candidates `(token, unnormalised weight)`: zeroes every weight below `min_p`
-/// times the largest (the largest always stays).
-pub(super) fn min_p(candidates: &mut [(usize, f64)], min_p: f64) {
-    let max = candidates.iter().map(|&(_, w)| w).fold(0.0, f64::max);
-    let threshold = min_p * max;
-    for (_, w) in candidates.iter_mut() {
-        if *w < threshold {
+/// Min-p over the candidates' unnormalised weights, whose largest is 1 (the sampler's
+/// weights are `exp((logit - max) / T)`, and top-k and top-p keep the most probable token):
+/// zeroes every weight below `min_p`, the largest always staying.
+pub(super) fn min_p<'w>(weights: impl Iterator<Item = &'w mut f64>, min_p: f64) {
+    for w in weights {
+        if *w < min_p {
             *w = 0.0;
         }
     }

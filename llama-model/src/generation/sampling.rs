@@ -198,9 +198,11 @@ impl Sampler {
             argmax(logits).ok_or(SamplingError::NoCandidate)?
         } else {
             let u: f64 = self.rng.random();
-            sample_weights(self.candidates(logits).into_iter(), u)
+            self.candidates(logits).draw(u)
         };
-        self.counts.push(token as u32);
+        if self.controls.penalizes() {
+            self.counts.push(token as u32);
+        }
         Ok(token as u32)
     }
 
@@ -217,7 +219,7 @@ impl Sampler {
         let penalized = self.penalized(logits);
         let logits = penalized.as_deref().unwrap_or(logits);
         let mut probabilities = vec![0.0; logits.len()];
-        let candidates = self.candidates(logits);
+        let candidates = self.candidates(logits).into_pairs();
         let total: f64 = candidates.iter().map(|(_, w)| w).sum();
         for (i, w) in candidates {
             probabilities[i] = w / total;
@@ -237,20 +239,52 @@ impl Sampler {
     /// The candidates and their unnormalised weights, in the order the inverse CDF walks
     /// them: every token in id order, or the nucleus by decreasing weight with `top_p`
     /// (top-k before it, min-p after it, as `transformers` orders them).
-    fn candidates(&self, logits: &[f32]) -> Vec<(usize, f64)> {
+    fn candidates(&self, logits: &[f32]) -> Candidates {
         let mut weights = weights(logits, self.temperature);
         if let Some(k) = self.controls.top_k {
             controls::top_k(&mut weights, k);
         }
-        let mut candidates = match self.top_p {
-            Some(p) if p < 1.0 => nucleus(&weights, p),
-            _ => weights.into_iter().enumerate().collect(),
-        };
-        if let Some(p) = self.controls.min_p.filter(|&p| p > 0.0) {
-            // The largest weight is 1 (and always a candidate): min-p is a weight threshold.
-            controls::min_p(&mut candidates, p);
+        let min_p = self.controls.min_p.filter(|&p| p > 0.0);
+        match self.top_p {
+            Some(p) if p < 1.0 => {
+                let mut nucleus = nucleus(&weights, p);
+                if let Some(min_p) = min_p {
+                    controls::min_p(nucleus.iter_mut().map(|(_, w)| w), min_p);
+                }
+                Candidates::Nucleus(nucleus)
+            }
+            _ => {
+                if let Some(min_p) = min_p {
+                    controls::min_p(weights.iter_mut(), min_p);
+                }
+                Candidates::All(weights)
+            }
         }
-        candidates
+    }
+}
+
+/// What a draw walks: every token's weight in id order (no allocation of pairs on the
+/// common path), or the nucleus's `(token, weight)` by decreasing weight.
+enum Candidates {
+    All(Vec<f64>),
+    Nucleus(Vec<(usize, f64)>),
+}
+
+impl Candidates {
+    /// One draw by inverse CDF at `u` in `[0, 1)`.
+    fn draw(&self, u: f64) -> usize {
+        match self {
+            Self::All(weights) => sample_weights(weights.iter().copied().enumerate(), u),
+            Self::Nucleus(pairs) => sample_weights(pairs.iter().copied(), u),
+        }
+    }
+
+    /// The `(token, weight)` pairs.
+    fn into_pairs(self) -> Vec<(usize, f64)> {
+        match self {
+            Self::All(weights) => weights.into_iter().enumerate().collect(),
+            Self::Nucleus(pairs) => pairs,
+        }
     }
 }
 
