@@ -17,14 +17,21 @@ fn greedy(checkpoint: &str) -> String {
     greedy_generation(checkpoint, "Once upon a time", 20).1
 }
 
-/// `export --checkpoint CHECKPOINT --format FORMAT --out OUT`.
+/// `export --checkpoint CHECKPOINT --format FORMAT --out OUT` (the default dtype, f32).
 fn export(checkpoint: &Path, format: &str, out: &Path) -> Output {
+    export_as(checkpoint, format, "f32", out)
+}
+
+/// `export --checkpoint CHECKPOINT --format FORMAT --dtype DTYPE --out OUT`.
+fn export_as(checkpoint: &Path, format: &str, dtype: &str, out: &Path) -> Output {
     cli(&[
         "export",
         "--checkpoint",
         &path(checkpoint),
         "--format",
         format,
+        "--dtype",
+        dtype,
         "--out",
         &path(out),
     ])
@@ -82,10 +89,17 @@ fn what_llama2c_cannot_express_is_refused_naming_the_field() {
         assert!(error_lines[0].contains(field), "{err}");
         assert!(!bin.exists(), "{folder}");
     }
+    // Q8_0 is GGUF's: refused for a Hugging Face folder, nothing written.
     let bin = fixture("models/stories260K/stories260K.bin");
-    let out = export(&bin, "gguf", &dir.path().join("m.gguf"));
+    let folder = dir.path().join("q8");
+    let out = export_as(&bin, "hf", "q8_0", &folder);
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("not yet supported"));
+    assert!(
+        text(&out.stderr).contains("q8_0 is gguf only"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!folder.exists());
     // A GGUF's rope_freqs table has no Hugging Face config field: refused, nothing written.
     let gguf = fixture("real-models/gguf/tiny-llama3-bf16.gguf");
     let folder = dir.path().join("from-gguf");
@@ -97,6 +111,32 @@ fn what_llama2c_cannot_express_is_refused_naming_the_field() {
         text(&out.stderr)
     );
     assert!(!folder.exists());
+}
+
+#[test]
+fn a_bin_exported_as_gguf_generates_as_llama_cpps_conversion() {
+    // In every dtype with a fixture, the greedy text equals that of the fixture GGUF
+    // llama.cpp's gguf-py converted from the same weights.
+    let bin = fixture("models/stories260K/stories260K.bin");
+    let dir = tempfile::tempdir().unwrap();
+    for dtype in ["f32", "f16", "q8_0"] {
+        let file = dir.path().join(format!("{dtype}.gguf"));
+        let out = export_as(&bin, "gguf", dtype, &file);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let converted = fixture(&format!("real-models/gguf/stories260K-{dtype}.gguf"));
+        assert_eq!(greedy(&path(&file)), greedy(&path(&converted)), "{dtype}");
+    }
+    // A Hugging Face folder's chat template goes into the file.
+    let file = dir.path().join("chat.gguf");
+    let out = export(&fixture("real-models/hf/tiny-llama3"), "gguf", &file);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let metadata = llama_model::gguf::read_metadata(&file).unwrap();
+    let template =
+        std::fs::read_to_string(fixture("real-models/hf/tiny-llama3/chat_template.jinja"));
+    assert_eq!(
+        metadata["tokenizer.chat_template"].as_str(),
+        Some(template.unwrap().as_str())
+    );
 }
 
 /// The first greedy case of reference.json's PEFT entry: (prompt, ids of prompt and reply).

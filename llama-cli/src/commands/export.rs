@@ -1,7 +1,7 @@
-//! `llama-cli export --checkpoint P --format hf|llama2c|peft --out X [--dtype f32|f16|bf16]`:
-//! a model of any format we read, written for other tools: a Hugging Face folder
-//! (`transformers`), a llama2.c `.bin` (`run.c`), or a LoRA adapter as a PEFT folder
-//! (`peft`).
+//! `llama-cli export --checkpoint P --format hf|gguf|llama2c|peft --out X
+//! [--dtype f32|f16|bf16|q8_0]`: a model of any format we read, written for other tools: a
+//! Hugging Face folder (`transformers`), a GGUF file (llama.cpp), a llama2.c `.bin`
+//! (`run.c`), or a LoRA adapter as a PEFT folder (`peft`).
 
 use std::path::{Path, PathBuf};
 
@@ -9,10 +9,11 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, ValueEnum};
 use llama_model::checkpoint::{
-    hf, llama2c_refusal, save_llama2c_bin, ExportDtype, HfFolder, TokenizerWritten,
+    hf, llama2c_refusal, save_llama2c_bin, ExportDtype, GgufDtype, GgufExport, HfFolder,
+    TokenizerWritten,
 };
+use llama_model::generation::chat::ChatTemplate;
 use llama_model::lora::peft::{read_any_adapter, save_peft};
-use llama_model::tokenizer::TokenizerFormat;
 use llama_model::{Llama, LlamaConfig, Tokenizer};
 
 use crate::args::model::{find_tokenizer, ModelArgs};
@@ -29,7 +30,8 @@ pub enum ExportFormat {
     /// The LoRA adapter `--adapter` as a PEFT folder (adapter_config.json,
     /// adapter_model.safetensors) for the base `--checkpoint`.
     Peft,
-    /// llama.cpp's GGUF (not yet supported).
+    /// llama.cpp's GGUF v3 file (hyper-parameters, vocabulary and chat template as
+    /// metadata).
     Gguf,
 }
 
@@ -40,14 +42,29 @@ pub enum DtypeFlag {
     F32,
     F16,
     Bf16,
+    /// llama.cpp's 8-bit blocks (gguf only).
+    #[value(name = "q8_0")]
+    Q8,
 }
 
-impl From<DtypeFlag> for ExportDtype {
-    fn from(flag: DtypeFlag) -> Self {
-        match flag {
-            DtypeFlag::F32 => Self::F32,
-            DtypeFlag::F16 => Self::F16,
-            DtypeFlag::Bf16 => Self::Bf16,
+impl DtypeFlag {
+    /// The storage of a Hugging Face export (`None`: not a safetensors dtype).
+    fn hf(self) -> Option<ExportDtype> {
+        match self {
+            Self::F32 => Some(ExportDtype::F32),
+            Self::F16 => Some(ExportDtype::F16),
+            Self::Bf16 => Some(ExportDtype::Bf16),
+            Self::Q8 => None,
+        }
+    }
+
+    /// The storage of a GGUF export.
+    fn gguf(self) -> GgufDtype {
+        match self {
+            Self::F32 => GgufDtype::F32,
+            Self::F16 => GgufDtype::F16,
+            Self::Bf16 => GgufDtype::Bf16,
+            Self::Q8 => GgufDtype::Q8_0,
         }
     }
 }
@@ -60,14 +77,16 @@ pub struct ExportArgs {
     /// The format to write.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
-    /// Where to write: a folder (must not exist) for hf, a file for llama2c.
+    /// Where to write: a folder (must not exist) for hf and peft, a file for gguf and
+    /// llama2c.
     #[arg(long)]
     pub out: PathBuf,
     /// The LoRA adapter to export with --format peft (adapter.safetensors of a
     /// `finetune --lora-rank` or `pretrain --lora-rank` run).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Weight storage for hf (llama2c and peft are f32 only).
+    /// Weight storage for hf (f32, f16, bf16) and gguf (also q8_0; norms stay f32);
+    /// llama2c and peft are f32 only.
     #[arg(long, value_enum, default_value_t = DtypeFlag::F32)]
     pub dtype: DtypeFlag,
 }
@@ -88,21 +107,13 @@ pub fn export_tokenizer(checkpoint: &Path, explicit: Option<&Path>) -> PathBuf {
     }
 }
 
-/// Whether `tokenizer` is a byte-level BPE (GPT-2 / Llama 3 style), which a llama2.c
-/// vocabulary of sentencepiece pieces cannot express.
-fn is_byte_level(tokenizer: &Tokenizer) -> bool {
-    tokenizer.format() == TokenizerFormat::HuggingFaceJson
-        && tokenizer
-            .inner()
-            .to_string(false)
-            .is_ok_and(|json| json.contains("\"ByteLevel\""))
-}
-
 impl ExportArgs {
     /// Refuse, before loading, what cannot be written.
     fn check_flags(&self) -> Result<()> {
         match self.format {
-            ExportFormat::Gguf => bail!("export --format gguf: not yet supported"),
+            ExportFormat::Hf if self.dtype == DtypeFlag::Q8 => {
+                bail!("export --format hf writes f32, f16 or bf16: --dtype q8_0 is gguf only")
+            }
             ExportFormat::Llama2c | ExportFormat::Peft if self.dtype != DtypeFlag::F32 => bail!(
                 "export --format {:?} writes f32: --dtype {:?} is not supported",
                 self.format,
@@ -148,7 +159,7 @@ impl Job for ExportArgs {
         }
         if self.format == ExportFormat::Llama2c {
             let refusal = llama2c_refusal(&config).or_else(|| {
-                is_byte_level(&tokenizer).then(|| {
+                tokenizer.is_byte_level().then(|| {
                     format!(
                         "the vocabulary of {} is byte-level BPE (llama2.c's is sentencepiece's)",
                         tokenizer.source().display()
@@ -165,14 +176,47 @@ impl Job for ExportArgs {
             println!("wrote {} (llama2.c .bin v0, f32)", self.out.display());
             return Ok(());
         }
+        if self.format == ExportFormat::Gguf {
+            return self.write_gguf(&model, &config, &tokenizer);
+        }
         write_hf_folder(
             &model,
             &config,
             &self.model.checkpoint,
             &tokenizer,
-            self.dtype.into(),
+            self.dtype.hf().unwrap_or_default(),
             &self.out,
         )
+    }
+}
+
+impl ExportArgs {
+    /// Write `model` as the GGUF file `--out`, named after the checkpoint, with its chat
+    /// template where it has one.
+    fn write_gguf<B: Backend>(
+        &self,
+        model: &Llama<B>,
+        config: &LlamaConfig,
+        tokenizer: &Tokenizer,
+    ) -> Result<()> {
+        let checkpoint = &self.model.checkpoint;
+        let name = checkpoint
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let dtype = self.dtype.gguf();
+        GgufExport {
+            config,
+            tokenizer,
+            dtype,
+            name,
+            chat_template: ChatTemplate::for_checkpoint(checkpoint)
+                .ok()
+                .map(|t| t.source().to_string()),
+        }
+        .save(model, &self.out)?;
+        println!("wrote {} (GGUF v3, {})", self.out.display(), dtype.name());
+        Ok(())
     }
 }
 

@@ -36,9 +36,12 @@ use crate::model::llama::Llama;
 use crate::weights::q8_weights::Q8Store;
 pub use safetensors_file::read_tensors;
 pub use tensors::{RawTensor, TensorMap};
+pub use write::gguf::{GgufDtype, GgufExport};
 pub use write::hf::{ExportDtype, HfFolder, TokenizerWritten};
 pub use write::llama2c::{llama2c_refusal, save_llama2c_bin};
-pub use write::safetensors::{model_tensors, raw_tensor, save_model, write_safetensors};
+pub use write::safetensors::{
+    lazy_model_tensors, model_tensors, raw_tensor, save_model, write_safetensors, LazyTensor,
+};
 pub use write::write_folder;
 
 /// Why a checkpoint could not be loaded. Every variant names the file.

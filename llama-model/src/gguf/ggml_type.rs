@@ -22,16 +22,30 @@ pub enum GgmlType {
 impl GgmlType {
     /// The type of ggml id `id`, if we read it.
     pub fn from_id(id: u32) -> Option<Self> {
-        Some(match id {
-            0 => Self::F32,
-            1 => Self::F16,
-            2 => Self::Q4_0,
-            8 => Self::Q8_0,
-            12 => Self::Q4K,
-            14 => Self::Q6K,
-            30 => Self::BF16,
-            _ => return None,
-        })
+        [
+            Self::F32,
+            Self::F16,
+            Self::Q4_0,
+            Self::Q8_0,
+            Self::Q4K,
+            Self::Q6K,
+            Self::BF16,
+        ]
+        .into_iter()
+        .find(|kind| kind.id() == id)
+    }
+
+    /// The ggml id of the type.
+    pub fn id(self) -> u32 {
+        match self {
+            Self::F32 => 0,
+            Self::F16 => 1,
+            Self::Q4_0 => 2,
+            Self::Q8_0 => 8,
+            Self::Q4K => 12,
+            Self::Q6K => 14,
+            Self::BF16 => 30,
+        }
     }
 
     /// (values per block, bytes per block).

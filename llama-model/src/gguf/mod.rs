@@ -2,15 +2,20 @@
 //! tensor directory, parsed over a memory map with every field checked against the file.
 //!
 //! Format-level only, so that the checkpoint reader (weights), the tokenizer (vocabulary)
-//! and chat (template) can all read it; what the contents mean is theirs.
+//! and chat (template) can all read it; what the contents mean is theirs. The writer
+//! (`writer.rs`, `encode.rs`) is its inverse, for `export --format gguf`.
 
 mod container;
+mod encode;
 mod ggml_type;
 mod metadata;
+mod writer;
 
 pub use container::{GgufFile, TensorInfo, MAGIC};
+pub use encode::{encode, quantize_q8_0};
 pub use ggml_type::GgmlType;
 pub use metadata::Value;
+pub use writer::{write_gguf, GgufWriteError, MetaValue, TensorEntry, ALIGNMENT};
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -2,8 +2,9 @@
 //! `tokenizer.json` for the `tokenizers` crate.
 //!
 //! The pre-tokenizer's regex is not in the file, only its name (`tokenizer.ggml.pre`); the
-//! names we know map to llama.cpp's regexes, others are refused by name. Merges are applied
-//! as llama.cpp does for them (a word that is itself a token is not split: `ignore_merges`).
+//! names we know (`llama-bpe`, `gpt-2`) map to llama.cpp's regexes, others are refused by
+//! name. Merges are applied as llama.cpp does for them (for `llama-bpe`, a word that is
+//! itself a token is not split: `ignore_merges`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,12 +16,27 @@ use super::{huggingface, TokenizerError};
 use crate::gguf::Value;
 
 /// llama.cpp's `LLAMA_VOCAB_PRE_TYPE_LLAMA3` regex (Llama 3.x).
-const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-/// The regex of the pre-tokenizer named `pre`, if we know it.
-fn pre_regex(pre: &str) -> Option<&'static str> {
+/// The pre-tokenizer named `pre`, if we know it, and whether a word that is itself a token
+/// skips the merges (llama.cpp's `ignore_merges`, set for Llama 3 only).
+fn pre_tokenizer(pre: &str) -> Option<(Json, bool)> {
     match pre {
-        "llama-bpe" => Some(LLAMA3_REGEX),
+        "llama-bpe" => Some((
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated",
+                 "invert": false},
+                {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                 "use_regex": false}
+            ]}),
+            true,
+        )),
+        // GPT-2's regex, which the byte-level pre-tokenizer applies itself.
+        "gpt-2" => Some((
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                   "use_regex": true}),
+            false,
+        )),
         _ => None,
     }
 }
@@ -37,10 +53,11 @@ pub fn parse(
         .get("tokenizer.ggml.pre")
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let regex = pre_regex(pre).ok_or_else(|| TokenizerError::Unsupported {
-        path: path.to_path_buf(),
-        reason: format!("GGUF pre-tokenizer `{pre}` (only `llama-bpe`)"),
-    })?;
+    let (pre_tokenizer, ignore_merges) =
+        pre_tokenizer(pre).ok_or_else(|| TokenizerError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!("GGUF pre-tokenizer `{pre}` (only `llama-bpe` and `gpt-2`)"),
+        })?;
     let merges = meta
         .get("tokenizer.ggml.merges")
         .and_then(Value::as_array)
@@ -65,15 +82,12 @@ pub fn parse(
         "version": "1.0",
         "added_tokens": added,
         "normalizer": null,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": false},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
-        ]},
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
         "model": {"type": "BPE", "dropout": null, "unk_token": null,
             "continuing_subword_prefix": null, "end_of_word_suffix": null, "fuse_unk": false,
-            "byte_fallback": false, "ignore_merges": true, "vocab": Json::Object(vocab),
+            "byte_fallback": false, "ignore_merges": ignore_merges, "vocab": Json::Object(vocab),
             "merges": merges}
     });
     huggingface::parse(file.to_string().as_bytes(), path)

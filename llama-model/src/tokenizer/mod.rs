@@ -18,6 +18,7 @@ mod error;
 mod format;
 mod gguf;
 mod gguf_bpe;
+mod gguf_write;
 mod huggingface;
 mod llama2c;
 mod sentencepiece;

@@ -26,7 +26,8 @@ use super::{CheckpointError, CheckpointFormat, LoadedCheckpoint};
 use crate::gguf::{GgufError, GgufFile};
 use crate::model::config::LlamaConfig;
 use crate::model::rope_scaling::RopeScaling;
-use names::{from_gguf, to_gguf, EMBEDDING, HEAD};
+pub(crate) use names::to_gguf;
+use names::{from_gguf, EMBEDDING, HEAD};
 
 /// The tensor carrying Llama 3's RoPE scaling as per-frequency divisors.
 const ROPE_FREQS: &str = "rope_freqs.weight";

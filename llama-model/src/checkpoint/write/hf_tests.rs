@@ -4,30 +4,15 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::backend::NdArray;
-use burn::tensor::{Int, Tensor, TensorData};
 use safetensors::SafeTensors;
 
 use super::hf::{ExportDtype, HfFolder, TokenizerWritten};
 use super::safetensors::model_tensors;
 use crate::checkpoint::hf::{special_ids, SpecialIds};
 use crate::fixtures::fixture;
-use crate::{load_checkpoint, LoadOptions, LoadedCheckpoint, Tokenizer};
+use crate::{LoadedCheckpoint, Tokenizer};
 
-type B = NdArray;
-
-fn load(path: &Path) -> LoadedCheckpoint<B> {
-    load_checkpoint::<B>(path, &LoadOptions::default(), &Default::default()).unwrap()
-}
-
-/// Logits `[positions, vocab]` of a fixed prompt.
-fn logits(loaded: &LoadedCheckpoint<B>) -> Vec<f32> {
-    let ids: Vec<i64> = (0..24).map(|i| (i * 7 + 1) % 256).collect();
-    let n = ids.len();
-    let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, n]), &Default::default());
-    let out = loaded.model.forward(tokens).logits;
-    out.into_data().convert::<f32>().into_vec::<f32>().unwrap()
-}
+use super::round_trip::{load, logits, B};
 
 /// Export `source` (with `tokenizer`) as an HF folder in `dtype` under `dir`.
 fn export(source: &LoadedCheckpoint<B>, tokenizer: &Tokenizer, dtype: ExportDtype, dir: &Path) {

@@ -1,6 +1,7 @@
-//! Writing a model back out: safetensors (with its `config.json`), a Hugging Face folder
-//! and llama2.c's `.bin`.
+//! Writing a model back out: safetensors (with its `config.json`), a Hugging Face folder,
+//! llama.cpp's GGUF and llama2.c's `.bin`.
 
+pub(super) mod gguf;
 pub(super) mod hf;
 mod hf_config;
 pub(super) mod llama2c;
@@ -43,4 +44,8 @@ pub fn write_folder<T>(
 }
 
 #[cfg(test)]
+mod gguf_tests;
+#[cfg(test)]
 mod hf_tests;
+#[cfg(test)]
+mod round_trip;

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use safetensors::tensor::TensorView;
@@ -28,39 +29,73 @@ pub fn raw_tensor<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> RawTensor
     RawTensor { shape, data }
 }
 
-/// The parameters of `model` under the exercise's names, `nn.Linear` weights as `[out, in]`.
-/// LoRA adapters are not included: merge them first ([`Llama::merge_lora`]).
-pub fn model_tensors<B: Backend>(model: &Llama<B>) -> TensorMap {
-    let mut map = TensorMap::new();
-    map.insert(
-        "tok_embeddings.weight".into(),
-        raw_tensor(model.tok_embeddings.weight.val()),
-    );
+/// One parameter of a model under the exercise's name, its values read when asked for
+/// (so that a writer holds one tensor's f32 copy at a time).
+pub struct LazyTensor<'m> {
+    pub name: String,
+    /// PyTorch shape (`nn.Linear` weights as `[out, in]`).
+    pub shape: Vec<usize>,
+    read: Box<dyn Fn() -> RawTensor + 'm>,
+}
+
+impl LazyTensor<'_> {
+    /// The values, row-major in [`Self::shape`].
+    pub fn read(&self) -> RawTensor {
+        (self.read)()
+    }
+}
+
+/// The parameters of `model` as [`LazyTensor`]s: the embedding, the projections layer by
+/// layer, the norms layer by layer, the final norm, the head (if untied). LoRA adapters are
+/// not included: merge them first ([`Llama::merge_lora`]).
+pub fn lazy_model_tensors<B: Backend>(model: &Llama<B>) -> Vec<LazyTensor<'_>> {
+    fn vector<B: Backend>(name: String, param: &Param<Tensor<B, 1>>) -> LazyTensor<'_> {
+        LazyTensor {
+            name,
+            shape: param.val().dims().to_vec(),
+            read: Box::new(move || raw_tensor(param.val())),
+        }
+    }
+    /// Burn keeps linear weights as `[in, out]`: transposed on reading.
+    fn matrix<B: Backend>(name: String, param: &Param<Tensor<B, 2>>) -> LazyTensor<'_> {
+        let [d_in, d_out] = param.val().dims();
+        LazyTensor {
+            name,
+            shape: vec![d_out, d_in],
+            read: Box::new(move || raw_tensor(param.val().transpose())),
+        }
+    }
+    let embedding = &model.tok_embeddings.weight;
+    let mut tensors = vec![LazyTensor {
+        name: "tok_embeddings.weight".into(),
+        shape: embedding.val().dims().to_vec(),
+        read: Box::new(move || raw_tensor(embedding.val())),
+    }];
     for (prefix, linear) in model.projections() {
-        map.insert(
-            format!("{prefix}.weight"),
-            raw_tensor(linear.weight.val().transpose()),
-        );
+        tensors.push(matrix(format!("{prefix}.weight"), &linear.weight));
     }
     for (i, layer) in model.layers.iter().enumerate() {
         for (name, norm) in [
             ("attention_norm", &layer.attention_norm),
             ("ffn_norm", &layer.ffn_norm),
         ] {
-            map.insert(
-                format!("layers.{i}.{name}.weight"),
-                raw_tensor(norm.weight.val()),
-            );
+            tensors.push(vector(format!("layers.{i}.{name}.weight"), &norm.weight));
         }
     }
-    map.insert("norm.weight".into(), raw_tensor(model.norm.weight.val()));
+    tensors.push(vector("norm.weight".into(), &model.norm.weight));
     if let Some(output) = &model.output {
-        map.insert(
-            "output.weight".into(),
-            raw_tensor(output.weight.val().transpose()),
-        );
+        tensors.push(matrix("output.weight".into(), &output.weight));
     }
-    map
+    tensors
+}
+
+/// The parameters of `model` under the exercise's names, `nn.Linear` weights as `[out, in]`.
+/// LoRA adapters are not included: merge them first ([`Llama::merge_lora`]).
+pub fn model_tensors<B: Backend>(model: &Llama<B>) -> TensorMap {
+    lazy_model_tensors(model)
+        .into_iter()
+        .map(|t| (t.name.clone(), t.read()))
+        .collect()
 }
 
 /// Write `tensors` (f32) and `metadata` to `path` as one safetensors file, atomically.

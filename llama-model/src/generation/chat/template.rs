@@ -210,6 +210,11 @@ impl ChatTemplate {
         }
     }
 
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The text of `messages`, followed by the assistant's header when
     /// `add_generation_prompt` (the prompt a model replies to).
     pub fn render(
