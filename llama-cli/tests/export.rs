@@ -198,21 +198,26 @@ fn a_peft_adapter_gives_peft_greedy_text_applied_merged_and_re_exported() {
     assert_eq!(again, merged_bytes);
 }
 
+/// `merge-lora --checkpoint BASE --adapter ADAPTER OUT_FLAG OUT` (`--out` or `--hf-out`).
+pub(crate) fn merge_lora(base: &Path, adapter: &Path, out_flag: &str, out: &Path) -> Output {
+    cli(&[
+        "merge-lora",
+        "--checkpoint",
+        &path(base),
+        "--adapter",
+        &path(adapter),
+        out_flag,
+        &path(out),
+    ])
+}
+
 #[test]
 fn merge_lora_writes_a_hugging_face_folder_with_hf_out() {
     let base = fixture("real-models/hf/stories260K");
     let adapter = fixture("real-models/peft/stories260K-lora");
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("merged-hf");
-    let out = cli(&[
-        "merge-lora",
-        "--checkpoint",
-        &path(&base),
-        "--adapter",
-        &path(&adapter),
-        "--hf-out",
-        &path(&folder),
-    ]);
+    let out = merge_lora(&base, &adapter, "--hf-out", &folder);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(folder.join("tokenizer.json").is_file());
     let (prompt, all) = peft_greedy_case();

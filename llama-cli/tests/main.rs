@@ -16,6 +16,7 @@ mod gguf_files;
 mod hf_folders;
 mod interrupt;
 mod lora;
+mod lora_init;
 mod perplexity;
 mod pretrain;
 mod run_folder;

@@ -1,8 +1,13 @@
 //! The LoRA flags of `finetune` and `pretrain`: `--lora-rank`, `--lora-alpha`,
-//! `--lora-targets`, `--lora-dropout`.
+//! `--lora-targets`, `--lora-dropout`, or `--lora-init` (an adapter to start from).
 
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
 use clap::Args;
+use llama_model::lora::peft::read_any_adapter;
 use llama_model::lora::{LoraConfig, LoraTarget};
+use llama_model::{Llama, LlamaConfig};
 
 use crate::args::values;
 
@@ -25,6 +30,14 @@ pub struct LoraArgs {
     /// the step (a resumed run draws the same ones).
     #[arg(long, requires = "lora_rank", default_value_t = 0.0, value_parser = values::dropout)]
     pub lora_dropout: f64,
+    /// Start the adapters from ADAPTER (a PEFT folder, or the adapter.safetensors of a
+    /// LoRA run) instead of a fresh init: its rank, alpha, targets and dropout are the run's.
+    #[arg(
+        long,
+        value_name = "ADAPTER",
+        conflicts_with_all = ["lora_rank", "lora_alpha", "lora_targets", "lora_dropout"]
+    )]
+    pub lora_init: Option<PathBuf>,
 }
 
 /// A parsed `--lora-targets` list.
@@ -32,6 +45,21 @@ pub struct LoraArgs {
 pub struct LoraTargets(pub Vec<LoraTarget>);
 
 impl LoraArgs {
+    /// `llama` with the adapters of `--lora-init` attached and their settings; else `llama`
+    /// and the settings of the flags (`None` without `--lora-rank`).
+    pub fn start<B: Backend>(
+        &self,
+        llama: Llama<B>,
+        llama_config: &LlamaConfig,
+    ) -> anyhow::Result<(Llama<B>, Option<LoraConfig>)> {
+        let Some(path) = &self.lora_init else {
+            return Ok((llama, self.config()));
+        };
+        let file = read_any_adapter(path, llama_config)?;
+        let config = file.config().clone();
+        Ok((file.apply(llama)?, Some(config)))
+    }
+
     /// The LoRA settings, or `None` without `--lora-rank`.
     pub fn config(&self) -> Option<LoraConfig> {
         self.lora_rank.map(|rank| {
@@ -45,11 +73,7 @@ impl LoraArgs {
 
 /// The line that says what a LoRA run trains on `llama`, `also` naming what else trains
 /// (the head, for `finetune`).
-pub fn describe<B: burn::tensor::backend::Backend>(
-    lora: &LoraConfig,
-    llama: &llama_model::Llama<B>,
-    also: &str,
-) -> String {
+pub fn describe<B: Backend>(lora: &LoraConfig, llama: &Llama<B>, also: &str) -> String {
     format!(
         "LoRA rank {}, alpha {}, on {}{}: {} adapter parameters train{also}; the model's {} stay frozen",
         lora.rank,

@@ -114,10 +114,13 @@ impl Job for FinetuneArgs {
             .chain([&files.dev])
             .chain(&files.test)
             .chain(&files.label_names)
+            .chain(&self.lora.lora_init)
             .map(PathBuf::as_path)
             .collect();
         check_inputs_outside_run(&out_dir, &run_files(&out_dir), &inputs)?;
         let (llama, llama_config, tokenizer) = self.model.load::<B>(&device)?;
+        let (llama, lora) = self.lora.start(llama, &llama_config)?;
+        let config = config.with_lora(lora);
         eprintln!("{}", describe_files(&files));
         let options = config.data_options();
         let train = SentenceDataset::from_file(&train_path, &tokenizer, &options)?;

@@ -208,14 +208,21 @@ impl Job for PretrainArgs {
         config.check()?;
         // A run rewrites or clears its folder: none of its inputs may be in it.
         let dir = &config.artifact_dir;
-        let inputs: Vec<&Path> = [&self.checkpoint, &self.config, &self.tokenizer]
-            .into_iter()
-            .flatten()
-            .chain(self.text.iter().chain(&self.val_text))
-            .map(PathBuf::as_path)
-            .collect();
+        let inputs: Vec<&Path> = [
+            &self.checkpoint,
+            &self.config,
+            &self.tokenizer,
+            &self.lora.lora_init,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.text.iter().chain(&self.val_text))
+        .map(PathBuf::as_path)
+        .collect();
         check_inputs_outside_run(dir, &run_files(dir), &inputs)?;
         let (llama, llama_config, tokenizer) = self.model::<B>(&device)?;
+        let (llama, lora) = self.lora.start(llama, &llama_config)?;
+        let config = config.with_lora(lora);
         let seq_len = window_len(&config, &llama_config)?;
         let train = encode_files(&train_files, &tokenizer)?;
         let validation = if self.val_text.is_empty() {

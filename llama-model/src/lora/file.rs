@@ -258,11 +258,11 @@ impl AdapterFile {
                 Tensor::<B, 2>::from_data(TensorData::new(t.data.clone(), shape), &device)
                     .transpose()
             };
-            linear.lora = Some(LoraAdapter::from_factors(
-                tensor(a, [rank, d_in]),
-                tensor(b, [d_out, rank]),
-                scale,
-            ));
+            // The file's dropout acts only in training (an adapter to start a run from).
+            linear.lora = Some(
+                LoraAdapter::from_factors(tensor(a, [rank, d_in]), tensor(b, [d_out, rank]), scale)
+                    .with_dropout(self.config.dropout),
+            );
         }
         if !model.has_lora() {
             return Err(LoraFileError::NotAnAdapter {

@@ -226,6 +226,8 @@ impl ClassifierConfig {
             });
         }
         let llama = match &self.lora {
+            // Adapters already attached (read from a file to start from) are the ones trained.
+            Some(_) if llama.has_lora() => llama,
             // Its own stream of draws: the head's stay those of a run without LoRA.
             Some(lora) => llama.with_lora(lora, seed ^ LORA_SEED_SALT)?,
             None => llama,

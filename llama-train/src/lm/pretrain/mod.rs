@@ -150,6 +150,8 @@ pub fn pretrain_rank<B: AutodiffBackend>(
 ) -> Result<RankOutcome<PretrainOutcome<B::InnerBackend>>, PretrainError> {
     let seq_len = check_run(config, llama_config, corpus, control)?;
     let model = match &config.lora {
+        // Adapters already attached (read from a file to start from) are the ones trained.
+        Some(_) if llama.has_lora() => llama.freeze_base(),
         Some(lora) => llama.with_lora(lora, config.seed)?.freeze_base(),
         None => llama,
     };
