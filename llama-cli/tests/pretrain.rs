@@ -218,3 +218,54 @@ fn bad_text_gets_one_clear_error_and_leaves_nothing_behind() {
         assert!(left.is_empty(), "{args:?} left {left:?}");
     }
 }
+
+#[test]
+fn pretrain_hf_out_writes_the_best_model_as_a_hugging_face_folder() {
+    use burn::backend::NdArray;
+    use burn::tensor::{Int, Tensor, TensorData};
+    use llama_model::{load_checkpoint, LoadOptions};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let train = sentences(d, "sst-train.txt", 24);
+    let (run, hf) = (d.join("run"), d.join("hf"));
+    let bin = fixture("models/stories260K/stories260K.bin");
+    let args = [
+        "pretrain",
+        "--checkpoint",
+        &path(&bin),
+        "--text",
+        &train,
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+        "--out-dir",
+        &path(&run),
+        "--hf-out",
+        &path(&hf),
+    ];
+    let out = cli(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // The sentencepiece model beside the .bin is the folder's tokenizer.
+    assert!(hf.join("tokenizer.model").is_file());
+    let logits = |p: &Path| {
+        let loaded = load_checkpoint::<NdArray>(p, &LoadOptions::default(), &Default::default());
+        let ids = TensorData::new((1..25i64).collect::<Vec<_>>(), [1, 24]);
+        let tokens = Tensor::<NdArray, 2, Int>::from_data(ids, &Default::default());
+        loaded.unwrap().model.forward(tokens).logits.into_data()
+    };
+    assert_eq!(logits(&hf), logits(&run.join("model.safetensors")));
+    // An existing folder is refused before training.
+    let again = cli(&args);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already exists"),
+        "{}",
+        text(&again.stderr)
+    );
+}

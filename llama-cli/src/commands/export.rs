@@ -253,6 +253,31 @@ pub fn write_hf_folder<B: Backend>(
     Ok(())
 }
 
+/// Refuse, before any work, an `--hf-out` folder that exists or cannot be created.
+pub fn check_hf_out(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        bail!(
+            "{}: already exists; --hf-out writes a new folder",
+            dir.display()
+        );
+    }
+    check_writable(dir)
+}
+
+/// Write `model` (built from `config`; BOS/EOS from `checkpoint`'s HF configs, if any) as
+/// the f32 Hugging Face folder `dir` (`--hf-out` of `merge-lora` and `pretrain`), with the
+/// tokenizer `export` would take: `explicit`, else the one beside `checkpoint`.
+pub fn write_hf_out<B: Backend>(
+    model: &Llama<B>,
+    config: &LlamaConfig,
+    checkpoint: &Path,
+    explicit: Option<&Path>,
+    dir: &Path,
+) -> Result<()> {
+    let tokenizer = Tokenizer::from_file(export_tokenizer(checkpoint, explicit))?;
+    write_hf_folder(model, config, checkpoint, &tokenizer, ExportDtype::F32, dir)
+}
+
 /// Why a llama2.c tokenizer was left out of a Hugging Face folder, and what to do.
 fn tokenizer_note(source: &Path) -> String {
     format!(

@@ -7,12 +7,11 @@ use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use llama_model::checkpoint::save_model;
-use llama_model::checkpoint::ExportDtype;
 use llama_model::lora::file::AdapterFile;
 use llama_model::lora::peft::{is_peft_folder, read_peft};
-use llama_model::{load_checkpoint, LoadOptions, Tokenizer};
+use llama_model::{load_checkpoint, LoadOptions};
 
-use crate::commands::export::{export_tokenizer, write_hf_folder};
+use crate::commands::export::{check_hf_out, write_hf_out};
 
 use crate::runtime::backend::{BackendKind, Job};
 use crate::runtime::output::check_writable;
@@ -55,11 +54,7 @@ impl Job for MergeLoraArgs {
                 )
             }
             (Some(out), _) => check_writable(out)?,
-            (None, Some(dir)) if dir.exists() => bail!(
-                "{}: already exists; --hf-out writes a new folder",
-                dir.display()
-            ),
-            (None, Some(dir)) => check_writable(dir)?,
+            (None, Some(dir)) => check_hf_out(dir)?,
             (None, None) => bail!("merge-lora needs --out or --hf-out"),
         }
         let peft = is_peft_folder(&self.adapter);
@@ -90,17 +85,8 @@ impl Job for MergeLoraArgs {
             save_model(&merged, &loaded.config, out)?;
             out
         } else if let Some(dir) = &self.hf_out {
-            let path = export_tokenizer(&self.checkpoint, self.tokenizer.as_deref());
-            let tokenizer = Tokenizer::from_file(&path)?;
-            let (config, checkpoint) = (&loaded.config, &self.checkpoint);
-            write_hf_folder(
-                &merged,
-                config,
-                checkpoint,
-                &tokenizer,
-                ExportDtype::F32,
-                dir,
-            )?;
+            let explicit = self.tokenizer.as_deref();
+            write_hf_out(&merged, &loaded.config, &self.checkpoint, explicit, dir)?;
             dir
         } else {
             bail!("merge-lora needs --out or --hf-out")

@@ -12,7 +12,7 @@ use llama_model::{Llama, LlamaConfig, Tokenizer};
 use llama_train::data::documents::{encode_documents, read_text, Document, TextFormat};
 use llama_train::lm::corpus::{LmCorpus, Validation};
 use llama_train::lm::pretrain::config::PretrainConfig;
-use llama_train::lm::pretrain::{pretrain_rank, run_files, window_len};
+use llama_train::lm::pretrain::{pretrain_rank, run_files, window_len, PretrainOutcome};
 use llama_train::run::control::RunControl;
 use llama_train::run::inputs::check_inputs_outside_run;
 
@@ -21,6 +21,7 @@ use crate::args::lora::{self, LoraArgs};
 use crate::args::model::ModelArgs;
 use crate::args::text_format::TextFormatFlag;
 use crate::args::values;
+use crate::commands::export::{check_hf_out, write_hf_out};
 use crate::runtime::backend::{BackendKind, Job};
 use crate::runtime::interrupt::interrupt_on_ctrl_c;
 
@@ -99,6 +100,10 @@ pub struct PretrainArgs {
     /// Also write the best model as a llama2.c v0 .bin (model.bin).
     #[arg(long)]
     pub export_bin: bool,
+    /// Also write the best model as a Hugging Face folder DIR (f32, with the tokenizer, as
+    /// `export --format hf` writes it). The folder must not exist.
+    #[arg(long, value_name = "DIR")]
+    pub hf_out: Option<PathBuf>,
     #[command(flatten)]
     pub lora: LoraArgs,
     #[command(flatten)]
@@ -220,6 +225,9 @@ impl Job for PretrainArgs {
         .map(PathBuf::as_path)
         .collect();
         check_inputs_outside_run(dir, &run_files(dir), &inputs)?;
+        if let Some(hf_out) = &self.hf_out {
+            check_hf_out(hf_out)?;
+        }
         let (llama, llama_config, tokenizer) = self.model::<B>(&device)?;
         let (llama, lora) = self.lora.start(llama, &llama_config)?;
         let config = config.with_lora(lora);
@@ -275,6 +283,17 @@ impl Job for PretrainArgs {
         let Some(outcome) = main_outcome(outcome, rank, |o| o.rank) else {
             return Ok(()); // another rank than 0: rank 0 saved the run
         };
+        self.finish(&outcome, &llama_config)
+    }
+}
+
+impl PretrainArgs {
+    /// Print the run's figures and files; with `--hf-out`, write the best model there.
+    fn finish<B: Backend>(
+        &self,
+        outcome: &PretrainOutcome<B>,
+        llama_config: &LlamaConfig,
+    ) -> Result<()> {
         if let Some(first) = outcome.start() {
             println!(
                 "start: validation loss {:.4}, perplexity {:.3}",
@@ -296,6 +315,14 @@ impl Job for PretrainArgs {
         );
         for path in outcome.bin_path.iter().chain(&outcome.adapter_path) {
             println!("saved: {} ({:.1} KiB)", path.display(), size(path));
+        }
+        if let Some(hf_out) = &self.hf_out {
+            // The model's source names the tokenizer (and any HF BOS/EOS ids): the
+            // checkpoint, else the preset with --tokenizer.
+            let source = self.checkpoint.as_ref().or(self.config.as_ref());
+            let source = source.map_or_else(PathBuf::new, PathBuf::clone);
+            let explicit = self.tokenizer.as_deref();
+            write_hf_out(&outcome.model, llama_config, &source, explicit, hf_out)?;
         }
         Ok(())
     }
