@@ -3,21 +3,26 @@
 //! order) and the tokenizer.
 //!
 //! The folder is written under a temporary name beside `out` and renamed into place when
-//! every file is written, so a failure leaves no partial folder.
+//! every file is written, so a failure leaves no partial folder. `model.safetensors` is
+//! streamed: its header is made from the shapes, then each tensor is read from the model,
+//! permuted, encoded and written in turn (peak memory: the model and about one tensor's
+//! copies).
 //!
 //! The tokenizer: a `tokenizer.json` is copied; a sentencepiece `.model` is copied as
 //! `tokenizer.model` with a `tokenizer_config.json` naming `LlamaTokenizer`; a llama2.c
 //! `.bin` (a vocabulary without the sentencepiece model's normaliser) is not written, and
 //! [`HfFolder::save`] says so in its result.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use safetensors::Dtype;
+use safetensors::tensor::View;
+use safetensors::{Dtype, SafeTensorError};
 
 use super::hf_config::{config_json, generation_config_json, sentencepiece_tokenizer_config};
-use super::safetensors::{model_tensors, write_encoded, EncodedTensor};
+use super::safetensors::{lazy_model_tensors, LazyTensor};
 use super::write_folder;
 use crate::atomic_file::write_atomic;
 use crate::checkpoint::hf::names::{permute_rows, rope_rows, to_hf};
@@ -100,31 +105,94 @@ pub enum TokenizerWritten {
     NotWritten(PathBuf),
 }
 
-/// The weights of `model` under HF's names in `dtype`, q/k rows in HF's order; a tied head
-/// is not stored (HF ties `lm_head` to the embeddings).
-pub fn hf_tensors<B: Backend>(
+/// One weight of the model as `model.safetensors` stores it: HF's name, q/k rows in HF's
+/// order, in the export dtype. Its bytes are made when the writer asks for them
+/// (safetensors' [`View`]), so the file is written one tensor at a time.
+struct HfTensor<'m> {
+    param: LazyTensor<'m>,
+    /// The heads whose q/k rows are permuted into HF's order, if it is q or k.
+    rope_heads: Option<usize>,
+    dtype: ExportDtype,
+}
+
+impl View for HfTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        self.dtype.safetensors()
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.param.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let tensor = self.param.read();
+        let cols = tensor.shape.last().copied().unwrap_or(1);
+        let data = match self.rope_heads {
+            Some(heads) => permute_rows(&tensor.data, heads, cols),
+            None => tensor.data,
+        };
+        Cow::Owned(self.dtype.encode(&data))
+    }
+
+    fn data_len(&self) -> usize {
+        self.param.shape.iter().product::<usize>() * self.dtype.safetensors().bitsize() / 8
+    }
+}
+
+/// The weights of `model` under HF's names in `dtype`, q/k rows in HF's order, read when
+/// written; a tied head is not stored (HF ties `lm_head` to the embeddings).
+fn hf_tensors<'m, B: Backend>(
+    model: &'m Llama<B>,
+    config: &LlamaConfig,
+    dtype: ExportDtype,
+) -> Vec<(String, HfTensor<'m>)> {
+    lazy_model_tensors(model)
+        .into_iter()
+        .filter(|t| !(config.tie_embeddings && t.name == "output.weight"))
+        .map(|param| {
+            let rope_heads = match rope_rows(&param.name) {
+                Some(true) => Some(config.n_heads),
+                Some(false) => Some(config.n_kv_heads()),
+                None => None,
+            };
+            let name = to_hf(&param.name).unwrap_or_else(|| param.name.clone());
+            let tensor = HfTensor {
+                param,
+                rope_heads,
+                dtype,
+            };
+            (name, tensor)
+        })
+        .collect()
+}
+
+/// Write `model`'s weights to `path` as safetensors, one tensor at a time: the header from
+/// the shapes, then each tensor read, permuted and encoded in turn, then flushed to disk.
+fn write_weights<B: Backend>(
     model: &Llama<B>,
     config: &LlamaConfig,
     dtype: ExportDtype,
-) -> Vec<EncodedTensor> {
-    model_tensors(model)
-        .into_iter()
-        .filter(|(ours, _)| !(config.tie_embeddings && ours == "output.weight"))
-        .map(|(ours, tensor)| {
-            let cols = tensor.shape.last().copied().unwrap_or(1);
-            let data = match rope_rows(&ours) {
-                Some(true) => permute_rows(&tensor.data, config.n_heads, cols),
-                Some(false) => permute_rows(&tensor.data, config.n_kv_heads(), cols),
-                None => tensor.data,
-            };
-            EncodedTensor {
-                name: to_hf(&ours).unwrap_or(ours),
-                dtype: dtype.safetensors(),
-                shape: tensor.shape,
-                bytes: dtype.encode(&data),
-            }
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let tensors = hf_tensors(model, config, dtype);
+    safetensors::serialize_to_file(tensors, Some(metadata), path).map_err(|e| match e {
+        SafeTensorError::IoError(source) => CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    })?;
+    // Flushed before the folder is renamed into place.
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
         })
-        .collect()
 }
 
 impl HfFolder<'_> {
@@ -166,11 +234,11 @@ impl HfFolder<'_> {
             "generation_config.json",
             generation_config_json(&self.special),
         )?;
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        write_encoded(
+        write_weights(
+            model,
+            self.config,
+            self.dtype,
             &dir.join("model.safetensors"),
-            &hf_tensors(model, self.config, self.dtype),
-            Some(metadata),
         )?;
         let Some(tokenizer) = self.tokenizer else {
             return Ok(None);
