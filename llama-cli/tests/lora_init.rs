@@ -7,7 +7,7 @@ use std::process::Output;
 use llama_model::checkpoint::read_tensors;
 use llama_model::fixtures::fixture;
 
-use crate::common::{cli, path, text};
+use crate::common::{cli, head, path, text};
 use crate::export::merge_lora;
 use crate::pretrain::sentences;
 
@@ -52,25 +52,8 @@ fn pretrain_from_a_peft_adapter_at_lr_1e_30_keeps_it_and_starts_from_its_model()
     // The adapter's settings: r 4, alpha 8, q, v and down.
     assert!(stderr.contains("LoRA rank 4, alpha 8"), "{stderr}");
 
-    // One step at lr 1e-30: the saved adapter is the input, written back as PEFT byte for byte.
-    let peft = d.join("peft");
-    let written = cli(&[
-        "export",
-        "--checkpoint",
-        &path(&base),
-        "--format",
-        "peft",
-        "--adapter",
-        &path(&run.join("adapter-last.safetensors")),
-        "--out",
-        &path(&peft),
-    ]);
-    assert!(written.status.success(), "{}", text(&written.stderr));
-    let tensors = |p: &Path| read_tensors(p).unwrap().1;
-    assert_eq!(
-        tensors(&peft.join("adapter_model.safetensors")),
-        tensors(&adapter.join("adapter_model.safetensors"))
-    );
+    // One step at lr 1e-30: the saved adapter is the input.
+    assert_is_the_fixture_adapter(&run.join("adapter-last.safetensors"), d);
 
     // Step 0 is the adapted model: its validation loss is that of the merged model (the
     // model `generate --adapter` and `merge-lora` run), within float rounding.
@@ -91,6 +74,65 @@ fn pretrain_from_a_peft_adapter_at_lr_1e_30_keeps_it_and_starts_from_its_model()
     assert!(bare.status.success(), "{}", text(&bare.stderr));
     let base_loss = start_loss(&d.join("bare"));
     assert!((base_loss - theirs).abs() > 1e-4 * theirs, "{base_loss}");
+}
+
+/// The adapter `saved` (a run's), written back as PEFT for `hf/stories260K`, has the very
+/// tensors of the fixture PEFT adapter.
+fn assert_is_the_fixture_adapter(saved: &Path, d: &Path) {
+    let peft = d.join("peft");
+    let written = cli(&[
+        "export",
+        "--checkpoint",
+        &path(&fixture("real-models/hf/stories260K")),
+        "--format",
+        "peft",
+        "--adapter",
+        &path(saved),
+        "--out",
+        &path(&peft),
+    ]);
+    assert!(written.status.success(), "{}", text(&written.stderr));
+    let tensors = |p: &Path| read_tensors(p).unwrap().1;
+    let fixture_adapter = fixture("real-models/peft/stories260K-lora");
+    assert_eq!(
+        tensors(&peft.join("adapter_model.safetensors")),
+        tensors(&fixture_adapter.join("adapter_model.safetensors"))
+    );
+}
+
+#[test]
+fn finetune_from_a_peft_adapter_trains_it_with_a_fresh_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let run = d.join("run");
+    let out = cli(&[
+        "finetune",
+        "--checkpoint",
+        &path(&fixture("real-models/hf/stories260K")),
+        "--lora-init",
+        &path(&fixture("real-models/peft/stories260K-lora")),
+        "--train",
+        &head(d, "cfimdb-train.txt", 16),
+        "--dev",
+        &head(d, "cfimdb-dev.txt", 8),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e-30",
+        "--max-sentence-len",
+        "16",
+        "--out-dir",
+        &path(&run),
+        "--dev-out",
+        &path(&d.join("dev-out.txt")),
+    ]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("LoRA rank 4, alpha 8"), "{stderr}");
+    // At lr 1e-30 the adapters saved beside the head are the ones it started from.
+    assert_is_the_fixture_adapter(&run.join("adapter.safetensors"), d);
 }
 
 /// The validation loss of step 0 that the run in `run` recorded (`pretrain.json`).
