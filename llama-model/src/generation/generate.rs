@@ -499,13 +499,11 @@ pub fn generate_uncached<B: Backend>(
     config: &GenerateConfig,
 ) -> Result<Generation, GenerateError> {
     use crate::generation::decoder::Clock;
-    use crate::generation::engine::{int_tensor, read_rows, Engine};
+    use crate::generation::engine::{check_prompt, int_tensor, read_rows};
 
     let mut sampler = config.sampler(0, prompt)?;
-    // Validates the prompt; its cache is never used.
-    let mut context = Engine::new(model, vec![prompt.to_vec()], 1)?
-        .histories
-        .remove(0);
+    check_prompt(model, 0, prompt)?;
+    let mut context = prompt.to_vec();
     let device = model.tok_embeddings.weight.device();
     let mut clock = Clock::new(prompt.len());
     let mut tokens = Vec::new();
