@@ -20,4 +20,5 @@ mod perplexity;
 mod pretrain;
 mod run_folder;
 mod saves;
+mod serve;
 mod watching;
