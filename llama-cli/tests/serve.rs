@@ -172,10 +172,11 @@ fn completion(seed: u64, max_tokens: usize) -> Value {
 }
 
 /// Same seed, same text, alone or among 15 others; the log-probabilities (the raw logits)
-/// agree to the bit, so flex's batched products are batch-invariant.
+/// agree to the bit: ndarray's batched products are batch-invariant (flex's are not to the
+/// bit; see docs/serving.md).
 #[test]
 fn sixteen_concurrent_streams_each_equal_their_solo_run() {
-    let server = start("flex", &["--max-batch", "16"], &[]);
+    let server = start("ndarray", &["--max-batch", "16"], &[]);
     let scored = |seed| {
         let mut body = completion(seed, 40);
         body["logprobs"] = json!(0);
