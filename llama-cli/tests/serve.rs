@@ -178,7 +178,7 @@ fn completion(seed: u64, max_tokens: usize) -> Value {
 fn sixteen_concurrent_streams_each_equal_their_solo_run() {
     let server = start("ndarray", &["--max-batch", "16"], &[]);
     let scored = |seed| {
-        let mut body = completion(seed, 40);
+        let mut body = completion(seed, 20);
         body["logprobs"] = json!(0);
         body
     };
