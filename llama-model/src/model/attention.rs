@@ -116,12 +116,12 @@ impl<B: Backend> Attention<B> {
         self.output(self.mix(q, k, v, mask), split)
     }
 
-    /// One decoding step of independent sequences: `x` `[rows, 1, dim]`, row `i` rotated by
-    /// row `i` of `angles` and attending over its own cache `caches[i]` (to which its key
-    /// and value are appended). The weight products run on all rows at once; the attention
-    /// itself runs per row, over that row's keys only, so a row computes exactly what it
-    /// would alone wherever the backend's products are batch-invariant. Returns
-    /// `[rows, 1, dim]`.
+    /// One decoding step of independent sequences, one token each, laid out as one
+    /// sequence: `x` `[1, rows, dim]`, position `i` rotated by position `i` of `angles`
+    /// (`[1, rows]`) and attending over its own cache `caches[i]` (to which its key and value
+    /// are appended). The weight products run on all rows at once (as a pre-fill's do: one
+    /// product per weight, not one per row); the attention runs per row, over that row's keys
+    /// only. Returns `[1, rows, dim]`.
     pub fn forward_rows(
         &self,
         x: Tensor<B, 3>,
@@ -129,17 +129,17 @@ impl<B: Backend> Attention<B> {
         caches: &mut [&mut KvCache<B>],
         split: usize,
     ) -> Tensor<B, 3> {
-        let q = self.queries(x.clone(), angles, split);
-        let (k, v) = self.keys_values(x, angles, split);
+        let q = self.queries(x.clone(), angles, split); // [1, h, rows, hd]
+        let (k, v) = self.keys_values(x, angles, split); // [1, kv, rows, hd]
         let mixed: Vec<Tensor<B, 3>> = caches
             .iter_mut()
             .enumerate()
             .map(|(i, cache)| {
-                let (k, v) = cache.append(k.clone().narrow(0, i, 1), v.clone().narrow(0, i, 1));
-                self.mix(q.clone().narrow(0, i, 1), k, v, None)
+                let (k, v) = cache.append(k.clone().narrow(2, i, 1), v.clone().narrow(2, i, 1));
+                self.mix(q.clone().narrow(2, i, 1), k, v, None)
             })
             .collect();
-        self.output(Tensor::cat(mixed, 0), split)
+        self.output(Tensor::cat(mixed, 1), split)
     }
 
     /// Attention of a few query rows over a whole sequence: the keys and values come from

@@ -88,8 +88,8 @@ impl<B: Backend> LlamaLayer<B> {
         (h, out)
     }
 
-    /// One decoding step of independent sequences, `x` `[rows, 1, dim]`, each row with its
-    /// own cache; see [`Attention::forward_rows`]. Returns `[rows, 1, dim]`.
+    /// One decoding step of independent sequences, `x` `[1, rows, dim]`, each row with its
+    /// own cache; see [`Attention::forward_rows`]. Returns `[1, rows, dim]`.
     pub fn forward_rows(
         &self,
         x: Tensor<B, 3>,

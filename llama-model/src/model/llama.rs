@@ -421,18 +421,20 @@ impl<B: Backend> Llama<B> {
     }
 
     /// One decoding step of independent sequences, each with its own cache (continuous
-    /// batching): `tokens` `[rows, 1]`, row `i` at position `caches[i].len()` (the caller
-    /// keeps it below the capacity). The weight products run on all rows at once, each
-    /// row's attention over its own cache. Returns the logits `[rows, vocab]`.
+    /// batching): `tokens` `[rows]`, row `i` at position `caches[i].len()` (the caller keeps
+    /// it below the capacity), rotated by position `i` of `angles` (`[1, rows]`). The rows
+    /// run as one sequence through the weight products, each row's attention over its own
+    /// cache ([`crate::model::attention::Attention::forward_rows`]). Returns the logits
+    /// `[rows, vocab]`.
     pub fn forward_rows(
         &self,
-        tokens: Tensor<B, 2, Int>,
+        tokens: Tensor<B, 1, Int>,
         angles: &RopeAngles<B>,
         caches: &mut [&mut LlamaCache<B>],
         split: usize,
     ) -> Tensor<B, 2> {
         let rows = tokens.dims()[0];
-        let mut x = self.dropout.forward(self.embed(tokens));
+        let mut x = self.dropout.forward(self.embed(tokens.reshape([1, rows])));
         for (i, layer) in self.layers.iter().enumerate() {
             let mut layer_caches: Vec<&mut KvCache<B>> =
                 caches.iter_mut().map(|c| &mut c.layers_mut()[i]).collect();

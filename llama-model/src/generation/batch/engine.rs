@@ -183,8 +183,8 @@ impl<'m, B: Backend> BatchEngine<'m, B> {
         }
         let angles = self
             .rope
-            .angles_at(int_tensor::<B>(&positions, [batch.len(), 1], &device));
-        let input = int_tensor::<B>(&tokens, [batch.len(), 1], &device);
+            .angles_at(int_tensor::<B>(&positions, [1, batch.len()], &device));
+        let input = int_tensor::<B>(&tokens, [1, batch.len()], &device).reshape([batch.len()]);
         let mut in_batch = vec![false; self.slots.len()];
         for &(_, i, token) in &batch {
             in_batch[i] = true;
