@@ -11,6 +11,9 @@
 #   - `cargo …` lines are skipped (this script checks a built binary), saying so;
 #   - a line whose `--backend` cannot start here (not compiled in, no Vulkan driver, no CUDA
 #     device) is skipped with the binary's own one-line reason;
+#   - a `llama-cli serve …` line starts the server in the background and waits (60 s at
+#     most) for its `listening on` line; the next lines (a `curl`) talk to it, and it is
+#     stopped when the script ends;
 #   - any other line that fails stops the script with a non-zero status, naming the line.
 # The temporary folder is laid out like the exercise's (stories42M.pt, tokenizer.model,
 # sanity-stories42M.safetensors, data/cfimdb-*), with stories260K standing in for stories42M
@@ -112,12 +115,32 @@ for entry in "${entries[@]}"; do
     fi
   fi
   echo "== $where: $cmd"
+  if [[ $cmd =~ llama-cli[[:space:]]+serve([[:space:]]|$) ]]; then
+    eval "$line" </dev/null >serve.out 2>serve.err &
+    server=$!
+    trap 'kill "$server" 2>/dev/null' EXIT
+    for _ in $(seq 600); do
+      grep -q '^listening on' serve.out && break
+      kill -0 "$server" 2>/dev/null || break
+      sleep 0.1
+    done
+    if ! grep -q '^listening on' serve.out; then
+      echo "FAILED: $where: $cmd (the server did not start: $(tail -n 1 serve.err))" >&2
+      exit 1
+    fi
+    ran=$((ran + 1))
+    continue
+  fi
   if ! eval "$line" </dev/null; then
     echo "FAILED: $where: $cmd (its folder is kept: $work)" >&2
     exit 1
   fi
   ran=$((ran + 1))
 done
+if [ -n "${server:-}" ]; then
+  kill "$server" 2>/dev/null
+  wait "$server" 2>/dev/null
+fi
 cd "$root"
 rm -rf "$work"
 echo "readme-check: all $ran lines passed ($skipped skipped)"

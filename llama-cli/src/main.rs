@@ -57,6 +57,8 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Chat with a model over stdin, keeping its KV cache across turns.
     Chat(commands::chat::ChatArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API, decoding requests in one batch.
+    Serve(commands::serve::ServeArgs),
     /// Measure generation, prompting and fine-tuning speed and memory.
     Bench(commands::bench::BenchArgs),
     /// Zero-shot classification by prompting (label-name log-probabilities).
@@ -137,6 +139,7 @@ fn main() -> ExitCode {
             Command::Sanity(args) => run_on(cli.backend, cli.device, args),
             Command::Generate(args) => run_on(cli.backend, cli.device, args),
             Command::Chat(args) => run_on(cli.backend, cli.device, args),
+            Command::Serve(args) => run_on(cli.backend, cli.device, args),
             Command::Bench(args) => run_on(cli.backend, cli.device, args),
             Command::Prompt(args) => run_on(cli.backend, cli.device, args),
             Command::Finetune(args) => run_on(cli.backend, cli.device, args),

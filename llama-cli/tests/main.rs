@@ -21,4 +21,5 @@ mod perplexity;
 mod pretrain;
 mod run_folder;
 mod saves;
+mod serve;
 mod watching;

@@ -15,3 +15,4 @@ pub mod plot;
 pub mod pretrain;
 pub mod prompt;
 pub mod sanity;
+pub mod serve;

@@ -1,30 +1,30 @@
-//! The sample-and-stop loop of every generation, and its clock.
+//! The sample-and-stop loop of `generate` and `generate_batch` over the continuous-batching
+//! engine, and its clock.
 
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 
-use crate::generation::engine::Engine;
+use crate::generation::batch::{BatchEngine, SlotId};
 use crate::generation::generate::{GenerateConfig, GenerateError, GenerationStats, StopReason};
-use crate::generation::sampling::Sampler;
 use crate::model::llama::Llama;
 
-/// The sample-and-stop loop of every generation: an [`Engine`] decoding a batch of rows,
-/// each row with its own sampler (seeded `config.seed + row`) and stop rules, all within
-/// `config.max_new_tokens` steps. [`Generator`] is one row of it, [`generate_batch`] many.
+/// A fixed set of rows decoded by a [`BatchEngine`], row `i` a slot seeded
+/// `config.seed + i` with `config`'s stop rules and budget. [`Generator`] is one row of it,
+/// [`generate_batch`] many.
+///
+/// [`Generator`]: crate::generation::generate::Generator
+/// [`generate_batch`]: crate::generation::generate::generate_batch
 #[derive(Debug)]
 pub(super) struct Decoder<'m, B: Backend> {
-    pub(super) engine: Engine<'m, B>,
-    pub(super) samplers: Vec<Sampler>,
-    pub(super) config: GenerateConfig,
+    engine: BatchEngine<'m, B>,
+    /// Per row, its slot.
+    ids: Vec<SlotId>,
     /// Per row, why it stopped (`None` while it runs).
-    pub(super) stopped: Vec<Option<StopReason>>,
+    stopped: Vec<Option<StopReason>>,
     /// Per row, the logits `[vocab]` its last token was sampled from.
     pub(super) logits: Vec<Vec<f32>>,
-    /// The tokens the next step feeds, one per row (`None` before the pre-fill).
-    pub(super) next: Option<Vec<u32>>,
-    pub(super) steps: usize,
-    pub(super) clock: Clock,
+    clock: Clock,
 }
 
 impl<'m, B: Backend> Decoder<'m, B> {
@@ -34,70 +34,53 @@ impl<'m, B: Backend> Decoder<'m, B> {
         config: &GenerateConfig,
     ) -> Result<Self, GenerateError> {
         let rows = prompts.len();
-        let samplers = prompts
+        let mut engine = BatchEngine::new(model, config.decode_split);
+        let ids = prompts
             .iter()
             .enumerate()
-            .map(|(row, prompt)| config.sampler(row, prompt))
+            .map(|(row, prompt)| engine.join(prompt, config, row))
             .collect::<Result<Vec<_>, _>>()?;
         let clock = Clock::new(prompts.iter().map(Vec::len).sum());
         Ok(Self {
-            engine: Engine::new(model, prompts, config.decode_split)?,
-            samplers,
-            config: config.clone(),
+            engine,
+            ids,
             stopped: vec![None; rows],
-            logits: Vec::new(),
-            next: None,
-            steps: 0,
+            logits: vec![Vec::new(); rows],
             clock,
         })
     }
 
-    /// Whether every row has stopped or the token budget is spent.
+    /// Whether every row has stopped.
     pub(super) fn done(&self) -> bool {
-        self.steps >= self.config.max_new_tokens || self.stopped.iter().all(Option::is_some)
+        self.stopped.iter().all(Option::is_some)
     }
 
-    /// One step: the pre-fill (first call) or the last tokens fed, then a token sampled for
-    /// every running row. Per row the new token; `None` for a row that has stopped (a stop
-    /// token is not returned). A stopped row still needs an input: it repeats its last
-    /// token, whose result is discarded.
+    /// One step of the engine (the pre-fill first). Per row the new token; `None` for a row
+    /// that has stopped (a stop token is not returned).
     pub(super) fn step(&mut self) -> Result<Vec<Option<u32>>, GenerateError> {
-        let logits = match &self.next {
-            None => {
-                self.clock.start();
-                self.engine.prefill()?
-            }
-            Some(next) => self.engine.push(next)?,
-        };
-        let mut next = Vec::with_capacity(logits.len());
-        let mut tokens = Vec::with_capacity(logits.len());
+        if self.clock.start.is_none() {
+            self.clock.start();
+        }
+        let mut tokens = vec![None; self.ids.len()];
         let mut sampled = 0;
-        for (row, row_logits) in logits.iter().enumerate() {
-            if self.stopped[row].is_some() {
-                let history = &self.engine.histories[row];
-                next.push(*history.last().unwrap_or(&self.config.bos_id));
-                tokens.push(None);
+        for event in self.engine.step()? {
+            let Some(row) = self.ids.iter().position(|&id| id == event.id) else {
                 continue;
+            };
+            if !event.logits.is_empty() {
+                sampled += 1;
+                self.logits[row] = event.logits;
             }
-            let token = self.samplers[row].sample(row_logits)?;
-            sampled += 1;
-            match self.config.stop_for(token) {
-                Some(reason) => {
-                    self.stopped[row] = Some(reason);
-                    tokens.push(None);
-                }
-                None => tokens.push(Some(token)),
+            tokens[row] = event.token;
+            if let Some(reason) = event.stop {
+                self.stopped[row] = Some(reason);
             }
-            next.push(token);
         }
         self.clock.sampled(sampled);
-        self.steps += 1;
-        self.logits = logits;
-        self.next = Some(next);
         Ok(tokens)
     }
 
-    /// Per row, why it stopped; a row still running when the budget ran out stopped for it.
+    /// Per row, why it stopped; a row still running stopped for its budget.
     pub(super) fn stop_reasons(&self) -> Vec<StopReason> {
         self.stopped
             .iter()
@@ -106,7 +89,7 @@ impl<'m, B: Backend> Decoder<'m, B> {
     }
 
     pub(super) fn stats(&self) -> GenerationStats {
-        self.clock.stats(self.engine.context_resets)
+        self.clock.stats(self.engine.context_resets())
     }
 }
 
@@ -114,7 +97,7 @@ impl<'m, B: Backend> Decoder<'m, B> {
 #[derive(Debug, Clone)]
 pub(super) struct Clock {
     prompt_tokens: usize,
-    start: Option<Instant>,
+    pub(super) start: Option<Instant>,
     first: Option<Instant>,
     last: Option<Instant>,
     generated: usize,
@@ -139,6 +122,9 @@ impl Clock {
 
     /// `n` tokens (one per active row) were sampled in one step.
     pub(super) fn sampled(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         let now = Instant::now();
         if self.first.is_none() {
             self.first = Some(now);

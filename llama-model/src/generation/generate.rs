@@ -17,11 +17,11 @@
 //!
 //! # Batches
 //!
-//! [`generate_batch`] runs prompts of different lengths together: rows are left-padded to
-//! the longest, each row gets its own positions (`0..len` at its right end) and an additive
-//! mask hides its padding ([`Llama::forward_cached_with`]). Padding keys get exactly zero
-//! attention weight, so each row computes what it would alone (up to the rounding of
-//! differently shaped matrix products).
+//! Every generation runs on the continuous-batching engine ([`crate::generation::batch`]):
+//! [`generate_batch`] makes each prompt a slot with its own cache, pre-filled alone, and
+//! decodes the slots together, the weight products on all rows at once and the attention per
+//! row. So each row computes what it would alone, up to the rounding of differently shaped
+//! matrix products on backends whose products are not batch-invariant (flex).
 //!
 //! Use an inference backend (not `Autodiff<_>`): on an autodiff backend dropout is active.
 
@@ -464,8 +464,8 @@ impl<B: Backend> Iterator for Generator<'_, B> {
 ///
 /// Row `i` samples with its own generator seeded `config.seed + i`, so it reproduces
 /// [`generate`] of prompt `i` with that seed (exactly when greedy; when sampling, up to the
-/// rare draw that lands within rounding of a CDF boundary). A row that hits a stop token
-/// keeps being computed (its output ignored) until every row is done.
+/// rare draw that lands within rounding of a CDF boundary). A row that stops leaves the
+/// batch; the others go on.
 pub fn generate_batch<B: Backend>(
     model: &Llama<B>,
     prompts: &[Vec<u32>],
@@ -499,13 +499,11 @@ pub fn generate_uncached<B: Backend>(
     config: &GenerateConfig,
 ) -> Result<Generation, GenerateError> {
     use crate::generation::decoder::Clock;
-    use crate::generation::engine::{int_tensor, read_rows, Engine};
+    use crate::generation::engine::{check_prompt, int_tensor, read_rows};
 
     let mut sampler = config.sampler(0, prompt)?;
-    // Validates the prompt; its cache is never used.
-    let mut context = Engine::new(model, vec![prompt.to_vec()], 1)?
-        .histories
-        .remove(0);
+    check_prompt(model, 0, prompt)?;
+    let mut context = prompt.to_vec();
     let device = model.tok_embeddings.weight.device();
     let mut clock = Clock::new(prompt.len());
     let mut tokens = Vec::new();

@@ -113,7 +113,33 @@ impl<B: Backend> Attention<B> {
             Some(cache) => cache.append(k, v),
             None => (k, v),
         };
-        self.attend(q, k, v, mask, split)
+        self.output(self.mix(q, k, v, mask), split)
+    }
+
+    /// One decoding step of independent sequences, one token each, laid out as one
+    /// sequence: `x` `[1, rows, dim]`, position `i` rotated by position `i` of `angles`
+    /// (`[1, rows]`) and attending over its own cache `caches[i]` (to which its key and value
+    /// are appended). The weight products run on all rows at once (as a pre-fill's do: one
+    /// product per weight, not one per row); the attention runs per row, over that row's keys
+    /// only. Returns `[1, rows, dim]`.
+    pub fn forward_rows(
+        &self,
+        x: Tensor<B, 3>,
+        angles: &RopeAngles<B>,
+        caches: &mut [&mut KvCache<B>],
+        split: usize,
+    ) -> Tensor<B, 3> {
+        let q = self.queries(x.clone(), angles, split); // [1, h, rows, hd]
+        let (k, v) = self.keys_values(x, angles, split); // [1, kv, rows, hd]
+        let mixed: Vec<Tensor<B, 3>> = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(i, cache)| {
+                let (k, v) = cache.append(k.clone().narrow(2, i, 1), v.clone().narrow(2, i, 1));
+                self.mix(q.clone().narrow(2, i, 1), k, v, None)
+            })
+            .collect();
+        self.output(Tensor::cat(mixed, 1), split)
     }
 
     /// Attention of a few query rows over a whole sequence: the keys and values come from
@@ -131,7 +157,7 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let q = self.queries(queries, query_angles, 1);
         let (k, v) = self.keys_values(x, angles, 1);
-        self.attend(q, k, v, Some(mask), 1)
+        self.output(self.mix(q, k, v, Some(mask)), 1)
     }
 
     /// Rotated queries `[batch, n_heads, seq, head_dim]` of `x` `[batch, seq, dim]`.
@@ -164,16 +190,22 @@ impl<B: Backend> Attention<B> {
         (angles.rotate(k).swap_dims(1, 2), v.swap_dims(1, 2))
     }
 
+    /// The output projection of the heads' attention `out` `[batch, seq, n_heads * head_dim]`:
+    /// `[batch, seq, dim]`.
+    fn output(&self, out: Tensor<B, 3>, split: usize) -> Tensor<B, 3> {
+        self.resid_dropout
+            .forward(self.compute_output.forward_split(out, split))
+    }
+
     /// Softmax attention of `q` `[batch, n_heads, seq, head_dim]` over `k`, `v`
     /// `[batch, n_kv_heads, keys, head_dim]` with the additive `mask` `[batch or 1, seq, keys]`,
-    /// then the output projection: `[batch, seq, dim]`.
-    fn attend(
+    /// before the output projection: `[batch, seq, n_heads * head_dim]`.
+    fn mix(
         &self,
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
         mask: Option<Tensor<B, 3>>,
-        split: usize,
     ) -> Tensor<B, 3> {
         let [batch, h, seq, hd] = q.dims();
         let [_, kv, keys, _] = k.dims();
@@ -192,12 +224,10 @@ impl<B: Backend> Attention<B> {
             scores = scores + mask;
         }
         let probs = self.attn_dropout.forward(softmax(scores, 3));
-        let out = probs
+        probs
             .matmul(v) // [b, kv, n_rep*s, hd]
             .reshape([batch, h, seq, hd])
             .swap_dims(1, 2)
-            .reshape([batch, seq, h * hd]);
-        self.resid_dropout
-            .forward(self.compute_output.forward_split(out, split))
+            .reshape([batch, seq, h * hd])
     }
 }

@@ -88,6 +88,28 @@ impl<B: Backend> LlamaLayer<B> {
         (h, out)
     }
 
+    /// One decoding step of independent sequences, `x` `[1, rows, dim]`, each row with its
+    /// own cache; see [`Attention::forward_rows`]. Returns `[1, rows, dim]`.
+    pub fn forward_rows(
+        &self,
+        x: Tensor<B, 3>,
+        angles: &RopeAngles<B>,
+        caches: &mut [&mut KvCache<B>],
+        split: usize,
+    ) -> Tensor<B, 3> {
+        let attended = self.attention.forward_rows(
+            self.attention_norm.forward(x.clone()),
+            angles,
+            caches,
+            split,
+        );
+        let h = x + attended;
+        h.clone()
+            + self
+                .feed_forward
+                .forward_split(self.ffn_norm.forward(h), split)
+    }
+
     /// The layer's output at one position per row: `x` `[batch, seq, dim]` rotated by
     /// `angles`; `positions` `[batch]` (each below `seq`), rotated by `position_angles`
     /// `[batch, 1]`, with `mask` `[batch, 1, seq]` hiding the keys after each position.

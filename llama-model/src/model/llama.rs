@@ -11,7 +11,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::model::attention::AttentionConfig;
 use crate::model::config::LlamaConfig;
 use crate::model::feed_forward::FeedForwardConfig;
-use crate::model::kv_cache::LlamaCache;
+use crate::model::kv_cache::{KvCache, LlamaCache};
 use crate::model::layer::{gather_positions, LlamaLayer, LlamaLayerConfig};
 use crate::model::param_source::{ParamSource, RandomInit};
 use crate::model::projection::Projection;
@@ -418,6 +418,31 @@ impl<B: Backend> Llama<B> {
         // A single new token may see every cached key: no mask needed.
         let mask = causal_mask(seq, start, &device);
         self.forward_cached_with(tokens, &angles, mask, cache, split)
+    }
+
+    /// One decoding step of independent sequences, each with its own cache (continuous
+    /// batching): `tokens` `[rows]`, row `i` at position `caches[i].len()` (the caller keeps
+    /// it below the capacity), rotated by position `i` of `angles` (`[1, rows]`). The rows
+    /// run as one sequence through the weight products, each row's attention over its own
+    /// cache ([`crate::model::attention::Attention::forward_rows`]). Returns the logits
+    /// `[rows, vocab]`.
+    pub fn forward_rows(
+        &self,
+        tokens: Tensor<B, 1, Int>,
+        angles: &RopeAngles<B>,
+        caches: &mut [&mut LlamaCache<B>],
+        split: usize,
+    ) -> Tensor<B, 2> {
+        let rows = tokens.dims()[0];
+        let mut x = self.dropout.forward(self.embed(tokens.reshape([1, rows])));
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches: Vec<&mut KvCache<B>> =
+                caches.iter_mut().map(|c| &mut c.layers_mut()[i]).collect();
+            x = layer.forward_rows(x, angles, &mut layer_caches, split);
+        }
+        let hidden = self.norm.forward(x);
+        self.project_split(hidden, split)
+            .reshape([rows, self.vocab_size()])
     }
 
     /// Incremental pass with explicit per-row angles and mask (batched generation of

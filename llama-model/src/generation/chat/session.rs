@@ -44,7 +44,7 @@ impl<'m, B: Backend> ChatSession<'m, B> {
 
     /// The ids whose keys and values are cached.
     pub fn cached(&self) -> &[u32] {
-        &self.engine.histories[0]
+        &self.engine.history
     }
 
     /// The most tokens a prompt plus its reply may hold (the model's context).
