@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the commands of README.md's ```sh blocks, so that the README and the tool cannot drift.
+# Runs the commands of the ```sh blocks of README.md and docs/overview.md (its tour of every
+# command), so that the front pages and the tool cannot drift.
 #
-# The blocks are read from README.md itself and run in order, line by line (a line ending in
+# The blocks are read from the two files themselves and run in order, line by line (a line ending in
 # `\` continues on the next), by this one shell in one temporary folder, so `F=…` assignments
 # and the files a line writes carry over to the next lines:
 #   - `llama-cli …` and `./target/release/llama-cli …` run $LLAMA_CLI (default
@@ -43,14 +44,14 @@ fi
 export LLAMA_FIXTURES=$fix
 echo "readme-check: $cli on the fixtures in $fix"
 
-# The README's sh blocks as "LINE<tab>COMMAND", continuation lines joined.
+# The sh blocks as "FILE:LINE<tab>COMMAND", continuation lines joined.
 mapfile -t entries < <(awk '
   /^```/ { in_sh = ($0 == "```sh"); next }
   in_sh {
-    if (cont) line = line " " $0; else { line = $0; start = NR }
+    if (cont) line = line " " $0; else { line = $0; start = FILENAME ":" FNR }
     cont = sub(/[[:space:]]*\\$/, "", line)
     if (!cont) print start "\t" line
-  }' README.md)
+  }' README.md docs/overview.md)
 
 # A folder laid out like the exercise's, from the fixtures.
 work=$(mktemp -d "${TMPDIR:-/tmp}/readme-check.XXXXXX")
@@ -93,7 +94,7 @@ ran=0
 skipped=0
 cd "$work"
 for entry in "${entries[@]}"; do
-  where="README.md:${entry%%$'\t'*}"
+  where="${entry%%$'\t'*}"
   cmd=${entry#*$'\t'}
   cmd=${cmd#"${cmd%%[![:space:]]*}"}
   case $cmd in '' | '#'*) continue ;; esac
