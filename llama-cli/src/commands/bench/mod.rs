@@ -20,6 +20,7 @@ use llama_model::{load_checkpoint_as, Llama, LlamaConfig, LoadOptions, LoadPreci
 use crate::args::data_files::fixture_or;
 use crate::args::model::find_tokenizer;
 use crate::args::weight_dtype::WeightDtype;
+use crate::runtime::allocator::ReturnFreedPages;
 use crate::runtime::backend::{BackendKind, Job};
 use phases::{bench_generate, bench_prompt, bench_train};
 use report::{print_report, Figures, Setting};
@@ -199,6 +200,7 @@ impl Job for BenchArgs {
             _ => LoadPrecision::AsStored,
         };
         reset_peak_rss();
+        let loading = ReturnFreedPages::start();
         let Model {
             llama: loaded,
             config,
@@ -228,6 +230,7 @@ impl Job for BenchArgs {
             source,
         };
         // Loading ends with the decoding weights made: the peak includes their conversion.
+        drop(loading);
         let load_rss = peak_rss_mb();
         // What loading is measured against: the decoding weights, when they are all it keeps.
         let held_mb =
