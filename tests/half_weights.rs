@@ -5,11 +5,12 @@
 use crate::common;
 
 use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use common::{fixture, ids, read_safetensors};
 use llama_model::exercise::compare::compare;
 use llama_model::generation::generate::{generate, GenerateConfig};
-use llama_model::{load_checkpoint, Llama, LoadOptions};
+use llama_model::{load_checkpoint, load_checkpoint_as, Llama, LoadOptions, LoadPrecision};
 use serde_json::Value;
 
 fn half_model() -> Llama<Flex> {
@@ -117,4 +118,48 @@ fn greedy_tokens_follow_the_f32_reference() {
             "prompt {prompt:?}: f16 left f32 after {equal} tokens"
         );
     }
+}
+
+/// Every float parameter's dtype and values, in module order.
+struct Params(Vec<(DType, Vec<f32>)>);
+
+impl ModuleVisitor<Flex> for Params {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
+        let t = param.val();
+        let values = t.clone().into_data().convert::<f32>().to_vec().unwrap();
+        self.0.push((t.dtype(), values));
+    }
+}
+
+fn params(model: &Llama<Flex>) -> Vec<(DType, Vec<f32>)> {
+    let mut params = Params(Vec::new());
+    model.visit(&mut params);
+    params.0
+}
+
+/// Cast as each tensor is read (so that the f32 model is never whole in memory), a Hugging
+/// Face folder gets exactly the weights of an f32 load cast afterwards, at two bytes each.
+#[test]
+fn a_hugging_face_folder_loaded_in_f16_has_its_f32_loads_weights_cast() {
+    let folder = fixture("real-models/hf/stories260K");
+    let (options, device) = (LoadOptions::default(), Default::default());
+    let full = load_checkpoint::<Flex>(&folder, &options, &device)
+        .unwrap()
+        .model;
+    let half = load_checkpoint_as::<Flex>(&folder, &options, LoadPrecision::F16, &device)
+        .unwrap()
+        .model;
+    let cast = full.clone().with_half_weights();
+    assert!(params(&half) == params(&cast));
+    let matrices: usize = params(&half)
+        .iter()
+        .filter(|(dtype, _)| *dtype == DType::F16)
+        .map(|(_, values)| values.len())
+        .sum();
+    assert!(matrices > 0);
+    assert_eq!(
+        half.weight_bytes_held(),
+        full.weight_bytes_held() - 2 * matrices
+    );
+    assert_eq!(full.weight_bytes_held(), 4 * full.num_params());
 }

@@ -80,6 +80,8 @@ enum Command {
     MergeLora(commands::merge_lora::MergeLoraArgs),
     /// Write a model for other tools: a Hugging Face folder or a llama2.c .bin.
     Export(commands::export::ExportArgs),
+    /// Write a model of a preset's shape with seeded random weights as a Hugging Face folder.
+    Init(commands::init::InitArgs),
     /// Serve the coordinator of a data-parallel run (the ranks register with it).
     Coordinator(commands::coordinator::CoordinatorArgs),
     /// Start a data-parallel run on this machine: the coordinator and N ranks of a command
@@ -150,6 +152,7 @@ fn main() -> ExitCode {
             Command::Plot(args) => commands::plot::run(&args),
             Command::MergeLora(args) => run_on(cli.backend, cli.device, args),
             Command::Export(args) => run_on(cli.backend, cli.device, args),
+            Command::Init(args) => run_on(cli.backend, cli.device, args),
             Command::Coordinator(args) => commands::coordinator::run(&args),
             Command::Launch(_) => unreachable!("handled above"),
         })

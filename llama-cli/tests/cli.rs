@@ -1034,5 +1034,13 @@ fn bench_reports_the_freed_page_setting_and_its_override() {
         assert_eq!(report["freed_page_decay_ms"], decay);
         assert_eq!(report["backend"], "ndarray");
         assert!(report["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+        // Decoding alone: the loading peak against the weights it holds.
+        let held = report["weights_held_mb"].as_f64().unwrap();
+        let peak = report["load_peak_rss_mb"].as_f64().unwrap();
+        assert!(held > 0.0);
+        assert_eq!(
+            report["load_peak_over_weights"].as_f64().unwrap(),
+            peak / held
+        );
     }
 }

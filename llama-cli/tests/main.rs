@@ -14,6 +14,7 @@ mod exercise_folder;
 mod export;
 mod gguf_files;
 mod hf_folders;
+mod init;
 mod interrupt;
 mod lora;
 mod lora_init;

@@ -48,7 +48,10 @@ pub mod weights;
 
 pub use train::adamw::{AdamW, AdamWConfig};
 
-pub use checkpoint::{load_checkpoint, CheckpointError, LoadOptions, LoadedCheckpoint};
+pub use checkpoint::{
+    load_checkpoint, load_checkpoint_as, CheckpointError, LoadOptions, LoadPrecision,
+    LoadedCheckpoint,
+};
 pub use model::config::{ConfigError, LlamaConfig};
 pub use model::llama::{Llama, LlamaOutput};
 pub use tokenizer::{Tokenizer, TokenizerError};

@@ -55,7 +55,9 @@ impl ModelArgs {
         let options = LoadOptions {
             config: self.config.clone(),
         };
+        let loading = crate::runtime::allocator::ReturnFreedPages::start();
         let loaded = load_checkpoint::<B>(&self.checkpoint, &options, device)?;
+        drop(loading);
         let tokenizer_path = self
             .tokenizer
             .clone()

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod export;
 pub mod finetune;
 pub mod generate;
+pub mod init;
 pub mod launch;
 pub mod merge_lora;
 pub mod perplexity;

@@ -170,6 +170,75 @@ fn jemalloc_option(name: &std::ffi::CStr) -> Option<isize> {
     (rc == 0).then_some(value)
 }
 
+/// While alive, jemalloc returns freed pages to the kernel at once (decay 0 on every arena);
+/// dropped, it keeps them again ([`MALLOC_CONF`]'s setting).
+///
+/// Loading converts tensor by tensor (bf16 to f32, f32 to f16 or int8): each conversion frees
+/// a buffer of another size than the one it allocates, so kept pages pile up beside the model
+/// instead of being reused. On the 1.1B shape that put the loading peak at 1.17× the f16
+/// weights and 1.29× the q8 ones (1.07× each with the pages returned); decoding, which reuses
+/// same-sized temporaries, still keeps them.
+pub struct ReturnFreedPages;
+
+impl ReturnFreedPages {
+    /// Return freed pages until the guard is dropped. No-op without jemalloc.
+    pub fn start() -> Self {
+        #[cfg(unix)]
+        set_decay_ms(0);
+        Self
+    }
+}
+
+impl Drop for ReturnFreedPages {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        set_decay_ms(freed_page_decay_ms().unwrap_or(-1));
+    }
+}
+
+/// Set jemalloc's dirty and muzzy decay of every arena, and of arenas made later, to `ms`.
+/// Arenas not yet in use refuse the write, which is fine: they take the default when made.
+#[cfg(unix)]
+fn set_decay_ms(ms: isize) {
+    let write = |name: &str| {
+        let Ok(name) = std::ffi::CString::new(name) else {
+            return;
+        };
+        let mut value = ms;
+        // SAFETY: writes one ssize_t setting from `value`, whose size is passed.
+        unsafe {
+            tikv_jemalloc_sys::mallctl(
+                name.as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                (&mut value as *mut isize).cast(),
+                size_of::<isize>(),
+            );
+        }
+    };
+    let mut arenas: u32 = 0;
+    let mut len = size_of::<u32>();
+    // SAFETY: reads one unsigned setting into `arenas`, whose size is passed.
+    let rc = unsafe {
+        tikv_jemalloc_sys::mallctl(
+            c"arenas.narenas".as_ptr(),
+            (&mut arenas as *mut u32).cast(),
+            &mut len,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return;
+    }
+    for kind in ["dirty", "muzzy"] {
+        write(&format!("arenas.{kind}_decay_ms"));
+        for arena in 0..arenas {
+            write(&format!("arena.{arena}.{kind}_decay_ms"));
+        }
+    }
+}
+
 /// Make glibc keep freed blocks of up to 32 MiB (its largest heap block) for reuse instead
 /// of unmapping them and trimming the heap after every large free: for what still allocates
 /// through glibc (libtorch's tensors on `tch-cpu`). No-op elsewhere.
@@ -194,6 +263,19 @@ mod tests {
             assert_eq!(jemalloc_option(option), Some(-1), "{option:?}");
         }
         assert_eq!(freed_page_decay_ms(), Some(-1));
+    }
+
+    /// Loading returns freed pages; afterwards they are kept again.
+    #[cfg(unix)]
+    #[test]
+    fn freed_pages_are_returned_while_the_guard_lives() {
+        let decay = || jemalloc_option(c"arenas.dirty_decay_ms");
+        let guard = ReturnFreedPages::start();
+        assert_eq!(decay(), Some(0));
+        assert_eq!(jemalloc_option(c"arena.0.muzzy_decay_ms"), Some(0));
+        drop(guard);
+        assert_eq!(decay(), Some(-1));
+        assert_eq!(jemalloc_option(c"arena.0.dirty_decay_ms"), Some(-1));
     }
 
     #[test]

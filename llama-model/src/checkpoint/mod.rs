@@ -33,6 +33,7 @@ use burn::tensor::backend::Backend;
 
 use crate::model::config::{ConfigError, LlamaConfig};
 use crate::model::llama::Llama;
+pub use crate::weights::half_at_load::LoadPrecision;
 use crate::weights::q8_weights::Q8Store;
 pub use safetensors_file::read_tensors;
 pub use tensors::{RawTensor, TensorMap};
@@ -280,9 +281,36 @@ pub fn load_checkpoint<B: Backend>(
     options: &LoadOptions,
     device: &B::Device,
 ) -> Result<LoadedCheckpoint<B>, CheckpointError> {
+    load_checkpoint_as(path, options, LoadPrecision::AsStored, device)
+}
+
+/// [`load_checkpoint`] with the weight matrices in `precision`. A Hugging Face folder is cast
+/// tensor by tensor as it loads, so its peak memory is the cast model plus one tensor; the
+/// other formats are cast once loaded.
+pub fn load_checkpoint_as<B: Backend>(
+    path: &Path,
+    options: &LoadOptions,
+    precision: LoadPrecision,
+    device: &B::Device,
+) -> Result<LoadedCheckpoint<B>, CheckpointError> {
+    let mut loaded = load_stored(path, options, precision, device)?;
+    if precision == LoadPrecision::F16 {
+        // A no-op for matrices already in f16.
+        loaded.model = loaded.model.without_q8().with_half_weights();
+    }
+    Ok(loaded)
+}
+
+/// The model of `path`, its weights as stored (a Hugging Face folder's already in `precision`).
+fn load_stored<B: Backend>(
+    path: &Path,
+    options: &LoadOptions,
+    precision: LoadPrecision,
+    device: &B::Device,
+) -> Result<LoadedCheckpoint<B>, CheckpointError> {
     // A Hugging Face folder is built tensor by tensor from its memory-mapped shards.
     match detect_format(path)? {
-        CheckpointFormat::HuggingFace => return hf::load(&hf_config(path)?, device),
+        CheckpointFormat::HuggingFace => return hf::load(&hf_config(path)?, precision, device),
         CheckpointFormat::Gguf => return gguf::load(path, device),
         _ => {}
     }

@@ -340,6 +340,19 @@ mod tests {
             (c.vocab_size, c.hidden_dim(), c.max_seq_len),
             (32000, 2048, 1024)
         );
+
+        // TinyLlama 1.1B's shape, with its own head.
+        let c = preset("tinyllama-1.1b");
+        assert_eq!(
+            (c.dim, c.n_layers, c.n_heads, c.n_kv_heads()),
+            (2048, 22, 32, 4)
+        );
+        assert_eq!(
+            (c.vocab_size, c.hidden_dim(), c.max_seq_len),
+            (32000, 5632, 2048)
+        );
+        assert_eq!((c.norm_eps, c.rope_theta), (1e-5, 10000.0));
+        assert!(!c.tie_embeddings);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! and row products split across threads.
 
 pub mod half;
+pub mod half_at_load;
+pub mod held_bytes;
 pub mod q8_kernel;
 pub mod q8_matrix;
 pub mod q8_product;

@@ -15,11 +15,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::{Args, ValueEnum};
-use llama_model::{load_checkpoint, Llama, LlamaConfig, LoadOptions, Tokenizer};
+use llama_model::{load_checkpoint_as, Llama, LlamaConfig, LoadOptions, LoadPrecision, Tokenizer};
 
 use crate::args::data_files::fixture_or;
 use crate::args::model::find_tokenizer;
 use crate::args::weight_dtype::WeightDtype;
+use crate::runtime::allocator::ReturnFreedPages;
 use crate::runtime::backend::{BackendKind, Job};
 use phases::{bench_generate, bench_prompt, bench_train};
 use report::{print_report, Figures, Setting};
@@ -115,17 +116,25 @@ pub(super) struct Model<B: Backend> {
     pub(super) source: String,
 }
 
-fn load_model<B: Backend>(args: &BenchArgs, device: &B::Device) -> Result<Model<B>> {
+/// The model, its weight matrices loaded in `precision`.
+fn load_model<B: Backend>(
+    args: &BenchArgs,
+    precision: LoadPrecision,
+    device: &B::Device,
+) -> Result<Model<B>> {
     let start = Instant::now();
     let (llama, config, source) = match (&args.checkpoint, &args.config) {
         (Some(path), _) => {
-            let loaded = load_checkpoint::<B>(path, &LoadOptions::default(), device)?;
+            let loaded = load_checkpoint_as::<B>(path, &LoadOptions::default(), precision, device)?;
             (loaded.model, loaded.config, path.display().to_string())
         }
         (None, Some(path)) => {
             let config = LlamaConfig::from_json_file(path)?;
             B::seed(device, args.seed);
-            let llama = config.init::<B>(device);
+            let mut llama = config.init::<B>(device);
+            if precision == LoadPrecision::F16 {
+                llama = llama.with_half_weights();
+            }
             (
                 llama,
                 config,
@@ -183,22 +192,49 @@ impl Job for BenchArgs {
         let threads = rayon::current_num_threads();
         let huge_pages = crate::runtime::allocator::huge_pages_enabled();
         let decay = crate::runtime::allocator::freed_page_decay_ms();
-        reset_peak_rss();
-        let mut model = load_model::<B::InnerBackend>(&self, &device)?;
-        let dtype = WeightDtype::resolve(self.weight_dtype, &model.llama);
-        let split = backend.decode_split(self.decode_split, model.config.dim);
-        let load_rss = peak_rss_mb();
-        let wants = |p: Phase| self.only.is_none_or(|only| only == p);
-        // The generation phase's weights (`--weight-dtype`).
-        let (decoding, weights) = if wants(Phase::Generate) {
-            let (llama, text) = dtype.apply(model.llama.clone(), backend)?;
-            eprintln!("decode weights {text}");
-            (Some(llama), text)
-        } else {
-            (None, dtype.name().to_string())
+        // Decoding alone loads only the decoding weights, f16 ones cast as they are read;
+        // the other phases keep the f32 weights beside them.
+        let decoding_only = self.only == Some(Phase::Generate);
+        let precision = match self.weight_dtype {
+            Some(WeightDtype::F16) if decoding_only => LoadPrecision::F16,
+            _ => LoadPrecision::AsStored,
         };
-        // Prompting and training run on f32 weights (an int8 export's dequantized ones).
-        model.llama = model.llama.without_q8();
+        reset_peak_rss();
+        let loading = ReturnFreedPages::start();
+        let Model {
+            llama: loaded,
+            config,
+            load_seconds,
+            source,
+        } = load_model::<B::InnerBackend>(&self, precision, &device)?;
+        let dtype = WeightDtype::resolve(self.weight_dtype, &loaded);
+        let split = backend.decode_split(self.decode_split, config.dim);
+        let wants = |p: Phase| self.only.is_none_or(|only| only == p);
+        let convert = Instant::now();
+        // The generation phase's weights (`--weight-dtype`). Prompting and training run on
+        // f32 weights (an int8 export's dequantized ones); decoding alone keeps none of them,
+        // so that the loaded weights are freed as their converted copies are made.
+        let (decoding, weights, llama) = if wants(Phase::Generate) {
+            let kept = (!decoding_only).then(|| loaded.clone());
+            let (decoding, text) = dtype.apply(loaded, backend)?;
+            eprintln!("decode weights {text}");
+            let llama = kept.map_or_else(|| decoding.clone(), Llama::without_q8);
+            (Some(decoding), text, llama)
+        } else {
+            (None, dtype.name().to_string(), loaded.without_q8())
+        };
+        let model = Model {
+            llama,
+            config,
+            load_seconds: load_seconds + convert.elapsed().as_secs_f64(),
+            source,
+        };
+        // Loading ends with the decoding weights made: the peak includes their conversion.
+        drop(loading);
+        let load_rss = peak_rss_mb();
+        // What loading is measured against: the decoding weights, when they are all it keeps.
+        let held_mb =
+            decoding_only.then(|| model.llama.weight_bytes_held() as f64 / f64::from(1u32 << 20));
         let mut f = Figures::default();
         let tokenizer = if wants(Phase::Prompt) || wants(Phase::Train) {
             Some(tokenizer_for(&self, &model.config)?)
@@ -240,6 +276,7 @@ impl Job for BenchArgs {
                 weights: &weights,
                 group: decoding.as_ref().and_then(|l| l.q8_group()),
                 load_rss,
+                held_mb,
             },
         )
     }

@@ -173,6 +173,26 @@ impl Figures {
     }
 }
 
+/// The loaded weights' bytes, and the loading peak as a multiple of them.
+fn held_rows(load_rss: Option<f64>, held_mb: Option<f64>) -> [Row; 2] {
+    [
+        Row {
+            phase: "load",
+            label: "weights held MiB".into(),
+            key: "weights_held_mb",
+            value: held_mb,
+            digits: 0,
+        },
+        Row {
+            phase: "load",
+            label: "peak RSS / weights held".into(),
+            key: "load_peak_over_weights",
+            value: load_rss.zip(held_mb).map(|(peak, held)| peak / held),
+            digits: 3,
+        },
+    ]
+}
+
 pub(super) fn fmt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
@@ -190,6 +210,8 @@ pub(super) struct Setting<'a> {
     pub(super) group: Option<usize>,
     /// Peak resident memory after loading, in MiB.
     pub(super) load_rss: Option<f64>,
+    /// The bytes of the weights held in MiB (`--only generate`: the decoding weights).
+    pub(super) held_mb: Option<f64>,
 }
 
 /// Prints the table (the rows `--only` asks for) and writes the JSON report (`--json`).
@@ -209,12 +231,14 @@ pub(super) fn print_report<B: burn::tensor::backend::Backend>(
         weights,
         group,
         load_rss,
+        held_mb,
     } = *setting;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     // A decoded token reads every weight once (norms are f32 either way, a rounding error).
     let group = group.unwrap_or_else(|| model.llama.q8_group_size());
     let weight_bytes = model.llama.num_params() as f64 * dtype.bytes(group);
-    let rows = f.rows(args, model.load_seconds, load_rss, weight_bytes);
+    let mut rows = f.rows(args, model.load_seconds, load_rss, weight_bytes);
+    rows.splice(2..2, held_rows(load_rss, held_mb));
     println!("llama-cli bench: {}", model.source);
     println!(
             "machine: {} ({cores} cores); backend {backend}; {threads} threads; decode split {split}; huge pages {}; freed pages {}; decode weights {}; median of {} runs after a warm-up",

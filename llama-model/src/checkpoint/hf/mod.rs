@@ -22,6 +22,7 @@ pub use config::{SpecialIds, LLAMA_ARCHITECTURE};
 use super::tensors::{RawTensor, ReadValues, Stored, TensorMap};
 use super::{CheckpointError, CheckpointFormat, LoadedCheckpoint};
 use crate::model::config::LlamaConfig;
+use crate::weights::half_at_load::{HalfAtLoad, LoadPrecision};
 use names::{from_hf, is_ignored_buffer};
 use shards::Shards;
 use source::{HfReader, HfSource};
@@ -90,8 +91,10 @@ pub fn special_ids(path: &Path) -> Result<Option<SpecialIds>, CheckpointError> {
 }
 
 /// Build the model of the folder whose `config.json` is `config_path` on `device`.
+/// The weight matrices are cast to `precision` one by one as they are read.
 pub fn load<B: Backend>(
     config_path: &Path,
+    precision: LoadPrecision,
     device: &B::Device,
 ) -> Result<LoadedCheckpoint<B>, CheckpointError> {
     let (config, _, shards) = config_and_weights(config_path)?;
@@ -99,7 +102,10 @@ pub fn load<B: Backend>(
         reader: HfReader::new(&shards, &config),
         device,
     });
-    let model = config.build(&mut stored, device)?;
+    let model = match precision {
+        LoadPrecision::AsStored => config.build(&mut stored, device)?,
+        LoadPrecision::F16 => config.build(&mut HalfAtLoad(&mut stored), device)?,
+    };
     let source = stored.0;
     let tied = config.tie_embeddings;
     let ignore = |name: &str| is_ignored_buffer(name) || (tied && name == HEAD);
