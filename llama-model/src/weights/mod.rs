@@ -2,8 +2,10 @@
 //! and row products split across threads.
 
 pub mod half;
+pub mod q8_cpu;
 pub mod q8_kernel;
 pub mod q8_matrix;
 pub mod q8_product;
+mod q8_vnni;
 pub mod q8_weights;
 pub mod split_matmul;
