@@ -549,7 +549,7 @@ fn q8_generation_prints_runq_text() {
     let new_tokens = steps + 1 - tok.encode(prompt, true, false).unwrap().len() as u64;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("q8.txt");
-    let run = |file: &str, dtype: Option<&str>| {
+    let run_with = |file: &str, dtype: Option<&str>, kernel: Option<&str>| {
         let checkpoint = path(fixture(&format!("models/stories260K/{file}")));
         let mut args = vec!["generate", "--checkpoint", &checkpoint, "--prompt", prompt];
         args.extend(["--temperature", "0", "--stop-at-bos"]);
@@ -560,7 +560,12 @@ fn q8_generation_prints_runq_text() {
         if let Some(d) = dtype {
             args.extend(["--weight-dtype", d]);
         }
-        let out = crate::common::llama_cli()
+        let mut command = crate::common::llama_cli();
+        match kernel {
+            Some(kernel) => command.env("LLAMA_INT8_KERNEL", kernel),
+            None => command.env_remove("LLAMA_INT8_KERNEL"),
+        };
+        let out = command
             .args(["--backend", "flex"])
             .args(&args)
             .output()
@@ -568,11 +573,20 @@ fn q8_generation_prints_runq_text() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         (text(&out.stderr), std::fs::read_to_string(&target).unwrap())
     };
+    let run = |file: &str, dtype: Option<&str>| run_with(file, dtype, None);
+    // Every kernel this CPU has gives runq.c's text; a cap names the kernel that ran.
+    for (cap, kernel) in [("portable", "portable"), ("avx2", "portable")] {
+        let (log, written) = run_with("stories260K-q80.bin", None, Some(cap));
+        assert!(log.contains(&format!("int8 products: {kernel})")), "{log}");
+        assert_eq!(written, expected, "{cap}");
+    }
     let (log, written) = run("stories260K-q80.bin", None);
     assert!(
         log.contains("int8 Q8_0") && log.contains("weights q8 (Q8_0, group 4, as stored"),
         "{log}"
     );
+    let best = llama_model::weights::q8_kernel::kernel_name(4);
+    assert!(log.contains(&format!("int8 products: {best})")), "{log}");
     assert_eq!(written, expected);
     let (log, written) = run("stories260K.bin", Some("q8"));
     assert!(
@@ -582,6 +596,18 @@ fn q8_generation_prints_runq_text() {
     assert_eq!(written, expected);
     let (log, _) = run("stories260K-q80.bin", Some("f32"));
     assert!(log.contains("weights f32"), "{log}");
+    // A cap that names no kernel is refused before anything runs.
+    let out = crate::common::llama_cli()
+        .env("LLAMA_INT8_KERNEL", "sse9")
+        .args(["generate", "--checkpoint", &stories260k(), "--prompt", "a"])
+        .output()
+        .expect("llama-cli runs");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("LLAMA_INT8_KERNEL=sse9: not a kernel"),
+        "{err}"
+    );
 }
 
 #[test]

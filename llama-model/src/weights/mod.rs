@@ -4,8 +4,10 @@
 pub mod half;
 pub mod half_at_load;
 pub mod held_bytes;
+pub mod q8_cpu;
 pub mod q8_kernel;
 pub mod q8_matrix;
 pub mod q8_product;
+mod q8_vnni;
 pub mod q8_weights;
 pub mod split_matmul;

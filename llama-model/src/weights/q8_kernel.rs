@@ -9,39 +9,37 @@
 //! The integer sums are exact whatever their order, and the float sum runs over the groups
 //! in order with the two scale products in `runq.c`'s order, so every implementation here
 //! gives the same bits:
+//! * AVX-512 VNNI (groups of a multiple of 4), on weights repacked at load: see
+//!   [`crate::weights::q8_vnni`].
 //! * AVX2 (groups of a multiple of 32): `maddubs` of |x| (u8) with w carrying x's sign (i8)
 //!   gives pairs of products in i16 without saturation (2·127² < 2¹⁵), `madd` widens them to
 //!   i32. Four weight rows go at once, so their four float sums are one SSE vector: each lane
 //!   still adds its own row's groups in order.
 //! * portable: the formula above, for any group size (stories260K's is 4).
 //!
-//! The CPU's features are read once at run time ([`kernel_name`]).
+//! The kernel is chosen at run time by the CPU's features ([`crate::weights::q8_cpu`]).
 
 use rayon::prelude::*;
 
+use crate::weights::q8_cpu::{self, Kernel};
 use crate::weights::q8_matrix::Q8Matrix;
+#[cfg(target_arch = "x86_64")]
+use crate::weights::q8_vnni;
 
 /// Outputs per parallel block: fewer cost more in scheduling than they save.
 const MIN_BLOCK: usize = 64;
 
-/// Which implementation [`q8_matmul`] uses for `group` on this CPU.
+/// Which implementation [`q8_matmul`] uses for groups of `group` here.
 pub fn kernel_name(group: usize) -> &'static str {
-    if avx2_applies(group) {
-        "avx2"
-    } else {
-        "portable"
-    }
+    q8_cpu::best(group).name()
 }
 
-fn avx2_applies(group: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        group.is_multiple_of(32) && std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = group;
-        false
+/// The fastest kernel that runs for `w`. VNNI reads the packed copy made at load where
+/// that kernel runs, so every matrix has one when it is the best.
+fn kernel_for(w: &Q8Matrix) -> Kernel {
+    match q8_cpu::best(w.group()) {
+        Kernel::Vnni if w.vnni().is_none() => Kernel::Portable,
+        kernel => kernel,
     }
 }
 
@@ -51,27 +49,26 @@ fn avx2_applies(group: usize) -> bool {
 ///
 /// Panics if the lengths disagree (the callers build them from `w`'s shape).
 pub fn q8_matmul(xq: &[i8], xs: &[f32], w: &Q8Matrix, parts: usize) -> Vec<f32> {
+    q8_matmul_with(kernel_for(w), xq, xs, w, parts)
+}
+
+fn q8_matmul_with(kernel: Kernel, xq: &[i8], xs: &[f32], w: &Q8Matrix, parts: usize) -> Vec<f32> {
     let (n, k, group) = (w.rows(), w.cols(), w.group());
     let rows = xq.len() / k;
     assert_eq!(xq.len(), rows * k, "activations are not whole rows of {k}");
     assert_eq!(xs.len(), rows * k / group, "one activation scale per group");
     let parts = parts.clamp(1, (n / MIN_BLOCK).max(1));
-    let avx2 = avx2_applies(group);
+    // The VNNI kernel computes whole blocks of 16 outputs: cut at multiples of 16.
+    let unit = if kernel == Kernel::Vnni { 16 } else { 1 };
+    let units = n.div_ceil(unit);
+    let bounds = |p: usize| ((p * units / parts) * unit).min(n);
     let blocks: Vec<Vec<f32>> = (0..parts)
         .into_par_iter()
         .map(|p| {
-            let (start, end) = (p * n / parts, (p + 1) * n / parts);
+            let (start, end) = (bounds(p), bounds(p + 1));
             // Block-major: `[end - start, rows]`.
             let mut block = vec![0f32; (end - start) * rows];
-            if avx2 {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU has AVX2 (checked above) and the slices are whole groups.
-                unsafe {
-                    avx2::rows(xq, xs, w, start..end, &mut block)
-                };
-            } else {
-                portable_rows(xq, xs, w, start..end, &mut block);
-            }
+            run_kernel(kernel, xq, xs, w, start..end, &mut block);
             block
         })
         .collect();
@@ -87,6 +84,38 @@ pub fn q8_matmul(xq: &[i8], xs: &[f32], w: &Q8Matrix, parts: usize) -> Vec<f32> 
         start += width;
     }
     out
+}
+
+/// Outputs `range` of every activation row into `block` (`[range.len(), rows]`) with
+/// `kernel`, which runs here for `w` ([`kernel_for`]).
+fn run_kernel(
+    kernel: Kernel,
+    xq: &[i8],
+    xs: &[f32],
+    w: &Q8Matrix,
+    range: std::ops::Range<usize>,
+    block: &mut [f32],
+) {
+    if range.is_empty() {
+        return;
+    }
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Vnni => {
+            let packed = w
+                .vnni()
+                .expect("the VNNI kernel is chosen for packed matrices");
+            // SAFETY: `packed` exists only where the CPU has AVX-512F and VNNI
+            // (`q8_cpu::runs`), and it is `w`'s.
+            unsafe { q8_vnni::rows(xq, xs, w, packed, range, block) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => {
+            // SAFETY: the CPU has AVX2 and the group is a multiple of 32 (`q8_cpu::runs`).
+            unsafe { avx2::rows(xq, xs, w, range, block) }
+        }
+        _ => portable_rows(xq, xs, w, range, block),
+    }
 }
 
 /// One output: weight row `o` against activation row `r` (see the module's formula).
@@ -261,15 +290,18 @@ mod tests {
         for (rows, n, k, group) in [(1, 70, 16, 4), (3, 131, 128, 32), (2, 203, 192, 64)] {
             let w = Q8Matrix::quantize(&random(n * k, &mut rng), n, k, group).unwrap();
             let (xq, xs) = quantized(&random(rows * k, &mut rng), group);
-            for parts in [1, 2, 3] {
-                let out = q8_matmul(&xq, &xs, &w, parts);
+            for (kernel, parts) in kernels(&w)
+                .into_iter()
+                .flat_map(|k| [(k, 1), (k, 2), (k, 3)])
+            {
+                let out = q8_matmul_with(kernel, &xq, &xs, &w, parts);
                 for r in 0..rows {
                     for o in 0..n {
                         let expected = reference(&xq, &xs, &w, r, o);
                         assert_eq!(
                             out[r * n + o].to_bits(),
                             expected.to_bits(),
-                            "group {group}, parts {parts}, row {r}, output {o}"
+                            "{kernel:?}, group {group}, parts {parts}, row {r}, output {o}"
                         );
                     }
                 }
@@ -277,15 +309,32 @@ mod tests {
         }
     }
 
+    /// Every kernel this CPU runs for `w` (the fastest is what [`q8_matmul`] uses).
+    fn kernels(w: &Q8Matrix) -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        if q8_cpu::runs(Kernel::Avx2, w.group()) {
+            kernels.push(Kernel::Avx2);
+        }
+        if w.vnni().is_some() {
+            kernels.push(Kernel::Vnni);
+        }
+        eprintln!("kernels on this CPU for group {}: {kernels:?}", w.group());
+        kernels
+    }
+
     #[test]
     fn extreme_values_do_not_saturate() {
         // Every product 127 · ±127: the i16 pair sums are at their largest.
         let k = 64;
-        let w = Q8Matrix::from_parts(4, k, 64, vec![-127; 4 * k], vec![1.0; 4]).unwrap();
-        let (xq, xs) = (vec![-127i8; k], vec![1.0f32]);
-        let out = q8_matmul(&xq, &xs, &w, 1);
-        assert_eq!(out, vec![(127 * 127 * k) as f32; 4]);
-        let out = q8_matmul(&vec![127i8; k], &xs, &w, 1);
-        assert_eq!(out, vec![-((127 * 127 * k) as f32); 4]);
+        for wv in [-127i8, 127] {
+            let w = Q8Matrix::from_parts(4, k, 64, vec![wv; 4 * k], vec![1.0; 4]).unwrap();
+            for kernel in kernels(&w) {
+                for xv in [-127i8, 127] {
+                    let out = q8_matmul_with(kernel, &vec![xv; k], &[1.0], &w, 1);
+                    let expected = (i32::from(xv) * i32::from(wv)) as f32 * k as f32;
+                    assert_eq!(out, vec![expected; 4], "{kernel:?}, w {wv}, x {xv}");
+                }
+            }
+        }
     }
 }

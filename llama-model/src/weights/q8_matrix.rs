@@ -8,6 +8,9 @@
 
 use std::fmt;
 
+use crate::weights::q8_cpu::{self, Kernel};
+use crate::weights::q8_vnni::VnniPacked;
+
 /// Why a matrix cannot be quantized or assembled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Q8Error {
@@ -77,6 +80,9 @@ pub struct Q8Matrix {
     group: usize,
     values: Vec<i8>,
     scales: Vec<f32>,
+    /// The AVX-512 VNNI kernel's copy, where it runs ([`crate::weights::q8_vnni`]): a byte per value
+    /// more, for a product several times faster than the AVX2 kernel's.
+    vnni: Option<VnniPacked>,
 }
 
 impl fmt::Debug for Q8Matrix {
@@ -102,13 +108,7 @@ impl Q8Matrix {
         let mut values = vec![0i8; rows * cols];
         let mut scales = vec![0f32; rows * cols / group];
         quantize_groups(weights, group, &mut values, &mut scales);
-        Ok(Self {
-            rows,
-            cols,
-            group,
-            values,
-            scales,
-        })
+        Ok(Self::assemble(rows, cols, group, values, scales))
     }
 
     /// A matrix from stored values and scales (a Q8_0 file).
@@ -129,13 +129,28 @@ impl Q8Matrix {
             rows * cols / group,
             scales.len(),
         )?;
-        Ok(Self {
+        Ok(Self::assemble(rows, cols, group, values, scales))
+    }
+
+    /// The matrix of checked parts, with the kernel's copy where the CPU runs it.
+    fn assemble(rows: usize, cols: usize, group: usize, values: Vec<i8>, scales: Vec<f32>) -> Self {
+        let mut m = Self {
             rows,
             cols,
             group,
             values,
             scales,
-        })
+            vnni: None,
+        };
+        if q8_cpu::runs(Kernel::Vnni, group) {
+            m.vnni = Some(VnniPacked::pack(&m));
+        }
+        m
+    }
+
+    /// The AVX-512 VNNI kernel's copy, if this CPU runs it.
+    pub(crate) fn vnni(&self) -> Option<&VnniPacked> {
+        self.vnni.as_ref()
     }
 
     /// The f32 matrix the values stand for, `q · s`, row-major `rows x cols`.
@@ -172,9 +187,9 @@ impl Q8Matrix {
         &self.scales
     }
 
-    /// Bytes of storage: one per value and four per scale.
+    /// Bytes of storage: one per value and four per scale, and the kernel's copy.
     pub fn bytes(&self) -> usize {
-        self.values.len() + 4 * self.scales.len()
+        self.values.len() + 4 * self.scales.len() + self.vnni.as_ref().map_or(0, VnniPacked::bytes)
     }
 }
 

@@ -5,6 +5,7 @@
 //! memory is measured per phase by resetting the kernel's high-water mark
 //! (`/proc/self/clear_refs`) before the phase and reading `VmHWM` after it.
 
+mod bandwidth;
 mod phases;
 mod report;
 mod system;
@@ -49,7 +50,11 @@ impl Phase {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Checkpoint to measure (its weights and config).
-    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    #[arg(
+        long,
+        conflicts_with = "config",
+        required_unless_present_any = ["config", "bandwidth"]
+    )]
     pub checkpoint: Option<PathBuf>,
     /// Preset config (e.g. configs/stories42M.json): random weights, seeded.
     #[arg(long)]
@@ -107,6 +112,11 @@ pub struct BenchArgs {
     /// products ran slower in f16 (42M prompting: 32 → 24 sentences/s).
     #[arg(long, value_enum)]
     pub weight_dtype: Option<WeightDtype>,
+    /// First measure the streaming-read rate of memory on the command's threads (the
+    /// ceiling of decoding, which reads every weight once per token); alone, without a
+    /// model, only that.
+    #[arg(long)]
+    pub bandwidth: bool,
 }
 
 pub(super) struct Model<B: Backend> {
@@ -185,6 +195,16 @@ impl Job for BenchArgs {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendKind) -> Result<()> {
         if let Some(path) = &self.json {
             crate::runtime::output::check_writable(path)?;
+        }
+        if self.bandwidth {
+            let b = bandwidth::measure();
+            println!(
+                "streaming read: {:.1} GB/s on {} thread(s) ({} MiB buffer, best of the passes)",
+                b.gb_per_s, b.threads, b.buffer_mib
+            );
+            if self.checkpoint.is_none() && self.config.is_none() {
+                return Ok(());
+            }
         }
         if let Some(dtype) = self.weight_dtype {
             dtype.check(backend)?;
