@@ -47,6 +47,24 @@ pub enum DtypeFlag {
     Q8,
 }
 
+/// The storage dtype of a Hugging Face folder written from scratch (`init --dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HfDtypeFlag {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<HfDtypeFlag> for ExportDtype {
+    fn from(flag: HfDtypeFlag) -> Self {
+        match flag {
+            HfDtypeFlag::F32 => Self::F32,
+            HfDtypeFlag::F16 => Self::F16,
+            HfDtypeFlag::Bf16 => Self::Bf16,
+        }
+    }
+}
+
 impl DtypeFlag {
     /// The storage of a Hugging Face export (`None`: not a safetensors dtype).
     fn hf(self) -> Option<ExportDtype> {

@@ -11,7 +11,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use llama_model::{LlamaConfig, Tokenizer};
 
-use super::export::{write_hf_folder, DtypeFlag};
+use super::export::{write_hf_folder, HfDtypeFlag};
 use crate::runtime::backend::{BackendKind, Job};
 use crate::runtime::output::check_writable;
 
@@ -32,8 +32,8 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Weight storage in the folder.
-    #[arg(long, value_enum, default_value_t = DtypeFlag::Bf16)]
-    pub dtype: DtypeFlag,
+    #[arg(long, value_enum, default_value_t = HfDtypeFlag::Bf16)]
+    pub dtype: HfDtypeFlag,
 }
 
 impl Job for InitArgs {
