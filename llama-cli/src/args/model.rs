@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use burn::module::Module;
 use clap::Args;
 use llama_model::checkpoint::{hf, CheckpointFormat};
-use llama_model::{load_checkpoint, LlamaConfig, LoadOptions, Tokenizer};
+use llama_model::{load_checkpoint_as, LlamaConfig, LoadOptions, LoadPrecision, Tokenizer};
 
 /// The model and tokenizer flags shared by the commands that load a Llama.
 #[derive(Debug, Args)]
@@ -48,6 +48,17 @@ impl ModelArgs {
         &self,
         device: &B::Device,
     ) -> Result<(llama_model::Llama<B>, LlamaConfig, Tokenizer)> {
+        self.load_in(device, LoadPrecision::AsStored)
+    }
+
+    /// [`Self::load_as_stored`] with the weight matrices in `precision`: f16 casts a Hugging
+    /// Face folder's matrices one by one as they are read, so no f32 copy of the model is
+    /// ever held (`--weight-dtype f16` while decoding).
+    pub fn load_in<B: burn::tensor::backend::Backend>(
+        &self,
+        device: &B::Device,
+        precision: LoadPrecision,
+    ) -> Result<(llama_model::Llama<B>, LlamaConfig, Tokenizer)> {
         if !self.checkpoint.exists() {
             bail!(missing_checkpoint_help(&self.checkpoint));
         }
@@ -56,7 +67,7 @@ impl ModelArgs {
             config: self.config.clone(),
         };
         let loading = crate::runtime::allocator::ReturnFreedPages::start();
-        let loaded = load_checkpoint::<B>(&self.checkpoint, &options, device)?;
+        let loaded = load_checkpoint_as::<B>(&self.checkpoint, &options, precision, device)?;
         drop(loading);
         let tokenizer_path = self
             .tokenizer

@@ -9,7 +9,7 @@ use clap::Args;
 use llama_model::generation::chat::{ChatTemplate, Message};
 use llama_model::generation::generate::{generate_text, GenerateConfig, GenerationStats};
 use llama_model::generation::logprobs::TokenLogprob;
-use llama_model::Tokenizer;
+use llama_model::{LoadPrecision, Tokenizer};
 
 use llama_model::lora::peft::merge_adapter;
 
@@ -109,7 +109,13 @@ impl Job for GenerateArgs {
             dtype.check(backend)?;
         }
 
-        let (model, config, tokenizer) = self.model.load_as_stored::<B::InnerBackend>(&device)?;
+        // f16 weights are cast as they load, unless an adapter is merged into them first.
+        let precision = match (self.weight_dtype, &self.adapter) {
+            (Some(WeightDtype::F16), None) => LoadPrecision::F16,
+            _ => LoadPrecision::AsStored,
+        };
+        let (model, config, tokenizer) =
+            self.model.load_in::<B::InnerBackend>(&device, precision)?;
         let model = match &self.adapter {
             Some(adapter) => merge_adapter(adapter, model.without_q8(), &config)?,
             None => model,
