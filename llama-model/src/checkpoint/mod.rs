@@ -15,6 +15,7 @@
 //! `strict=False`; we do not).
 
 pub mod gguf;
+mod half_at_load;
 pub mod hf;
 mod llama2c_bin;
 mod llama2c_q80;
@@ -33,8 +34,8 @@ use burn::tensor::backend::Backend;
 
 use crate::model::config::{ConfigError, LlamaConfig};
 use crate::model::llama::Llama;
-pub use crate::weights::half_at_load::LoadPrecision;
 use crate::weights::q8_weights::Q8Store;
+pub use half_at_load::LoadPrecision;
 pub use safetensors_file::read_tensors;
 pub use tensors::{RawTensor, TensorMap};
 pub use write::gguf::{GgufDtype, GgufExport};

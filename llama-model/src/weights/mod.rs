@@ -2,7 +2,6 @@
 //! and row products split across threads.
 
 pub mod half;
-pub mod half_at_load;
 pub mod held_bytes;
 pub mod q8_cpu;
 pub mod q8_kernel;

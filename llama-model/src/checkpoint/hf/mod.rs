@@ -21,8 +21,8 @@ pub use config::{SpecialIds, LLAMA_ARCHITECTURE};
 
 use super::tensors::{RawTensor, ReadValues, Stored, TensorMap};
 use super::{CheckpointError, CheckpointFormat, LoadedCheckpoint};
+use crate::checkpoint::half_at_load::{HalfAtLoad, LoadPrecision};
 use crate::model::config::LlamaConfig;
-use crate::weights::half_at_load::{HalfAtLoad, LoadPrecision};
 use names::{from_hf, is_ignored_buffer};
 use shards::Shards;
 use source::{HfReader, HfSource};
