@@ -117,7 +117,8 @@ for entry in "${entries[@]}"; do
   fi
   echo "== $where: $cmd"
   if [[ $cmd =~ llama-cli[[:space:]]+serve([[:space:]]|$) ]]; then
-    eval "$line" </dev/null >serve.out 2>serve.err &
+    # `exec`, so that $! is the server itself and the kill below reaches it.
+    eval "exec $line" </dev/null >serve.out 2>serve.err &
     server=$!
     trap 'kill "$server" 2>/dev/null' EXIT
     for _ in $(seq 600); do
@@ -140,7 +141,9 @@ for entry in "${entries[@]}"; do
 done
 if [ -n "${server:-}" ]; then
   kill "$server" 2>/dev/null
-  wait "$server" 2>/dev/null
+  # Its status is SIGTERM's (143), not a failed line.
+  wait "$server" 2>/dev/null || true
+  trap - EXIT
 fi
 cd "$root"
 rm -rf "$work"
