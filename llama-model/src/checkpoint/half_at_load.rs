@@ -11,6 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{FloatDType, Tensor};
 
 use crate::model::param_source::ParamSource;
+use crate::weights::half::half_linear_weight;
 
 /// How the weight matrices are stored as a checkpoint loads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,9 +41,7 @@ impl<B: Backend, S: ParamSource<B>> ParamSource<B> for HalfAtLoad<'_, S> {
         init_std: f64,
     ) -> Result<Linear<B>, S::Error> {
         let mut linear = self.0.linear(name, d_in, d_out, init_std)?;
-        linear.weight = linear
-            .weight
-            .map(|w: Tensor<B, 2>| w.transpose().cast(FloatDType::F16).transpose());
+        linear.weight = linear.weight.map(half_linear_weight);
         Ok(linear)
     }
 

@@ -33,10 +33,14 @@ impl<B: Backend> Llama<B> {
             .tok_embeddings
             .weight
             .map(|e: Tensor<B, 2>| e.cast(FloatDType::F16));
-        // A linear weight `[d_in, d_out]` is a transposed view of PyTorch's `[d_out, d_in]`
-        // storage. Casting copies into contiguous storage of the tensor's logical order, so
-        // cast the `[d_out, d_in]` view: each output's weights stay one contiguous row, the
-        // order single-row products read fastest.
-        self.map_linear_weights(|w| w.transpose().cast(FloatDType::F16).transpose())
+        self.map_linear_weights(half_linear_weight)
     }
+}
+
+/// A linear weight `[d_in, d_out]` in f16. It is a transposed view of PyTorch's `[d_out,
+/// d_in]` storage, and casting copies into contiguous storage of the tensor's logical order,
+/// so the `[d_out, d_in]` view is cast: each output's weights stay one contiguous row, the
+/// order single-row products read fastest.
+pub(crate) fn half_linear_weight<B: Backend>(w: Tensor<B, 2>) -> Tensor<B, 2> {
+    w.transpose().cast(FloatDType::F16).transpose()
 }
