@@ -138,6 +138,7 @@ fn main() -> ExitCode {
     let result = catch_panics(|| {
         runtime::backend::set_threads(cli.threads)?;
         llama_model::weights::q8_cpu::kernel_cap().map_err(anyhow::Error::msg)?;
+        llama_model::weights::f32_rows::kernel_allowed().map_err(anyhow::Error::msg)?;
         on_pool(|| match cli.command {
             Command::Sanity(args) => run_on(cli.backend, cli.device, args),
             Command::Generate(args) => run_on(cli.backend, cli.device, args),

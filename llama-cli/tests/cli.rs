@@ -523,6 +523,65 @@ fn f16_weights_generate_on_flex_and_are_refused_elsewhere() {
     );
 }
 
+/// f32 decoding on flex runs on the AVX-512 row kernel where the CPU has it, and
+/// `LLAMA_F32_KERNEL=gemm` sends it back to flex's product: both give the reference's greedy
+/// texts (`generate-stories260K.json`, PyTorch's, equal to run.c's), and the load line names
+/// the kernel. A value that names no kernel is refused before anything runs.
+#[test]
+fn flex_f32_decoding_gives_the_reference_texts_on_either_kernel() {
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("reference/generate-stories260K.json")).unwrap(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("out.txt");
+    let row_kernel = llama_model::weights::f32_rows::available();
+    for case in reference["prompts"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let n = case["max_new_tokens"].as_u64().unwrap().to_string();
+        for kernel in ["avx512", "gemm"] {
+            let out = crate::common::llama_cli()
+                .env("LLAMA_F32_KERNEL", kernel)
+                .args([
+                    "--backend",
+                    "flex",
+                    "generate",
+                    "--checkpoint",
+                    &stories260k(),
+                ])
+                .args([
+                    "--prompt",
+                    prompt,
+                    "--temperature",
+                    "0",
+                    "--max-new-tokens",
+                    &n,
+                ])
+                .args(["--out", &path(target.clone())])
+                .output()
+                .expect("llama-cli runs");
+            let log = text(&out.stderr);
+            assert!(out.status.success(), "{log}");
+            let named = log.contains("weights f32 (decoding products: AVX-512 rows)");
+            assert_eq!(named, kernel == "avx512" && row_kernel, "{kernel}: {log}");
+            let written = std::fs::read_to_string(&target).unwrap();
+            assert_eq!(
+                written.trim_end(),
+                case["text"].as_str().unwrap().trim_end(),
+                "{kernel}, {prompt:?}"
+            );
+        }
+    }
+    let out = crate::common::llama_cli()
+        .env("LLAMA_F32_KERNEL", "sse9")
+        .args(["generate", "--checkpoint", &stories260k(), "--prompt", "a"])
+        .output()
+        .expect("llama-cli runs");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("LLAMA_F32_KERNEL=sse9: not a kernel"), "{err}");
+}
+
 /// `--weight-dtype q8` and llama2.c's int8 export on flex: the text `generate` writes equals
 /// what llama2.c's runq.c prints (`generate-q80-stories260K.json`) where it leaves run.c's
 /// f32 text, from the export as stored and from the f32 file quantized at load, with the

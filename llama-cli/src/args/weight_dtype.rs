@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use burn::tensor::backend::Backend;
 use clap::ValueEnum;
+use llama_model::weights::f32_rows;
 use llama_model::weights::q8_kernel::kernel_name;
 use llama_model::Llama;
 
@@ -67,7 +68,15 @@ impl WeightDtype {
     ) -> Result<(Llama<B>, String)> {
         self.check(backend)?;
         Ok(match self {
-            Self::F32 => (model.without_q8(), "f32".into()),
+            Self::F32 => {
+                // The row kernel reads flex's host buffers; other backends run their own.
+                let text = if backend == BackendKind::Flex && f32_rows::available() {
+                    "f32 (decoding products: AVX-512 rows)"
+                } else {
+                    "f32"
+                };
+                (model.without_q8(), text.into())
+            }
             Self::F16 => (model.without_q8().with_half_weights(), "f16".into()),
             Self::Q8 => {
                 let (model, origin) = match model.q8_group() {

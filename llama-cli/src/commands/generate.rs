@@ -112,6 +112,7 @@ impl Job for GenerateArgs {
         // f16 weights are cast as they load, unless an adapter is merged into them first.
         let precision = match (self.weight_dtype, &self.adapter) {
             (Some(WeightDtype::F16), None) => LoadPrecision::F16,
+            (Some(WeightDtype::Q8), None) => LoadPrecision::Int8,
             _ => LoadPrecision::AsStored,
         };
         let (model, config, tokenizer) =

@@ -22,6 +22,12 @@ pub enum LoadPrecision {
     /// Every weight matrix in f16, as [`crate::Llama::with_half_weights`] stores them; norms
     /// stay f32. Int8 matrices are dropped.
     F16,
+    /// Int8 decoding from the file's own blocks where it has them: a GGUF file's Q8_0
+    /// matrices are kept as stored (block 32, f16 scales), its other matrices quantized as
+    /// they load (groups of [`crate::weights::q8_matrix::group_size_for`] their rows, at
+    /// most 32). Other formats
+    /// load as [`Self::AsStored`].
+    Int8,
 }
 
 /// A [`ParamSource`] handing out `inner`'s parameters with the weight matrices cast to f16

@@ -312,7 +312,7 @@ fn load_stored<B: Backend>(
     // A Hugging Face folder is built tensor by tensor from its memory-mapped shards.
     match detect_format(path)? {
         CheckpointFormat::HuggingFace => return hf::load(&hf_config(path)?, precision, device),
-        CheckpointFormat::Gguf => return gguf::load(path, device),
+        CheckpointFormat::Gguf => return gguf::load(path, precision, device),
         _ => {}
     }
     let (config, tensors, format, int8) = read_with_int8(path, options)?;

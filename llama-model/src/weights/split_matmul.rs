@@ -9,6 +9,9 @@
 //! block runs on rayon's pool, and the blocks are concatenated. Every output value is the
 //! same dot product over the same inputs.
 //!
+//! With 1–16 rows, an f32 weight that flex holds in host memory goes to [`f32_rows`] instead,
+//! which streams each weight row once and splits the outputs over the threads itself.
+//!
 //! Every product here is two-dimensional (`[rows, k] · [k, n]`, the activations reshaped):
 //! Burn's `Linear` reshapes its weight to the input's rank first, and for a weight held as a
 //! transposed view (the models keep PyTorch's `[out, in]` storage) flex's reshape copies the
@@ -17,7 +20,11 @@
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+#[cfg(feature = "flex")]
+use burn::tensor::TensorData;
 use rayon::prelude::*;
+
+use crate::weights::f32_rows;
 
 /// Products with more rows than this are left to the backend, which threads them itself.
 const MAX_ROWS: usize = 8;
@@ -36,6 +43,9 @@ pub fn matmul_split<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, parts: usize) 
     let parts = parts.min(n / MIN_COLUMNS);
     let dtype = x.dtype();
     let x = x.reshape([rows, k]).cast(w.dtype());
+    if let Some(out) = rows_product(&x, &w, parts) {
+        return out.cast(dtype).reshape([batch, seq, n]);
+    }
     let out = if parts <= 1 || rows > MAX_ROWS {
         x.matmul(w)
     } else {
@@ -49,6 +59,36 @@ pub fn matmul_split<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, parts: usize) 
         Tensor::cat(blocks, 1)
     };
     out.cast(dtype).reshape([batch, seq, n])
+}
+
+/// `x` `[rows, k]` times `w` `[k, n]` by [`f32_rows`] when the rows are few, the weight
+/// is an f32 flex tensor it can read in place, and the CPU runs the kernel; else `None`.
+fn rows_product<B: Backend>(
+    x: &Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    parts: usize,
+) -> Option<Tensor<B, 2>> {
+    let [rows, _] = x.dims();
+    let n = w.dims()[1];
+    if rows > f32_rows::MAX_ROWS || !f32_rows::available() {
+        return None;
+    }
+    #[cfg(feature = "flex")]
+    {
+        let out = crate::weights::flex_rows::with_weight_rows(w, |weight| {
+            let input: Vec<f32> = x.to_data().convert::<f32>().to_vec().ok()?;
+            f32_rows::product(&input, rows, weight, n, parts)
+        })??;
+        Some(Tensor::from_data(
+            TensorData::new(out, [rows, n]),
+            &x.device(),
+        ))
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (parts, n);
+        None
+    }
 }
 
 /// [`Linear::forward`] through [`matmul_split`] (a two-dimensional product, `parts` column
@@ -86,5 +126,36 @@ mod tests {
         // Many rows: one product.
         let rows = Tensor::<B, 3>::from_data(TensorData::zeros::<f32, _>([2, 8, 96]), &device);
         assert_eq!(matmul_split(rows, w, 4).dims(), [2, 8, 300]);
+    }
+
+    /// On flex, few rows by an f32 weight go to the row kernel, read in place: the result
+    /// is the kernel's, to the bit, and matches the backend's product.
+    #[cfg(feature = "flex")]
+    #[test]
+    fn flex_decoding_products_run_on_the_row_kernel() {
+        use burn::backend::Flex;
+        if !f32_rows::available() {
+            eprintln!("no AVX-512F here: the row kernel does not run");
+            return;
+        }
+        let device = Default::default();
+        let w = Tensor::<Flex, 2>::random([300, 96], Distribution::Normal(0.0, 1.0), &device);
+        let host: Vec<f32> = w.to_data().to_vec().unwrap();
+        for rows in [1, 3, 16] {
+            let x =
+                Tensor::<Flex, 3>::random([1, rows, 96], Distribution::Normal(0.0, 1.0), &device);
+            let input: Vec<f32> = x.to_data().to_vec().unwrap();
+            let kernel = f32_rows::product(&input, rows, &host, 300, 2).unwrap();
+            let got = matmul_split(x.clone(), w.clone().transpose(), 2);
+            assert_eq!(
+                got.to_data().to_vec::<f32>().unwrap(),
+                kernel,
+                "rows {rows}"
+            );
+            let whole = x.matmul(w.clone().transpose().unsqueeze());
+            whole
+                .into_data()
+                .assert_approx_eq::<f32>(&got.into_data(), burn::tensor::Tolerance::absolute(1e-4));
+        }
     }
 }

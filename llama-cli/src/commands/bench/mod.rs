@@ -217,6 +217,7 @@ impl Job for BenchArgs {
         let decoding_only = self.only == Some(Phase::Generate);
         let precision = match self.weight_dtype {
             Some(WeightDtype::F16) if decoding_only => LoadPrecision::F16,
+            Some(WeightDtype::Q8) => LoadPrecision::Int8,
             _ => LoadPrecision::AsStored,
         };
         reset_peak_rss();

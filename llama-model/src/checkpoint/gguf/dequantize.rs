@@ -34,6 +34,17 @@ fn q8_0(b: &[u8], out: &mut Vec<f32>) {
     out.extend(b[2..34].iter().map(|&q| d * f32::from(q as i8)));
 }
 
+/// A Q8_0 payload as its int8 quants and one f32 scale (the block's f16 `d`) per 32, the
+/// form of [`crate::weights::q8_matrix::Q8Matrix`]; [`dequantize`] gives their products.
+pub fn q8_0_parts(bytes: &[u8]) -> (Vec<i8>, Vec<f32>) {
+    let blocks = bytes.chunks_exact(34);
+    let scales = blocks.clone().map(|b| half(b, 0)).collect();
+    let values = blocks
+        .flat_map(|b| b[2..34].iter().map(|&q| q as i8))
+        .collect();
+    (values, scales)
+}
+
 /// `d · (q − 8)`: the low nibbles are values 0..16, the high nibbles 16..32.
 fn q4_0(b: &[u8], out: &mut Vec<f32>) {
     let d = half(b, 0);

@@ -14,6 +14,7 @@ mod names;
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 
@@ -23,9 +24,12 @@ use super::tensors::{
     non_finite_line, validated, OnDevice, RawTensor, ReadValues, Stored, TensorMap,
 };
 use super::{CheckpointError, CheckpointFormat, LoadedCheckpoint};
-use crate::gguf::{GgufError, GgufFile};
+use crate::checkpoint::half_at_load::LoadPrecision;
+use crate::gguf::{GgmlType, GgufError, GgufFile};
 use crate::model::config::LlamaConfig;
 use crate::model::rope_scaling::RopeScaling;
+use crate::weights::q8_matrix::{group_size_for, Q8Matrix};
+use crate::weights::q8_weights::Q8Store;
 pub(crate) use names::to_gguf;
 use names::{from_gguf, EMBEDDING, HEAD};
 
@@ -81,6 +85,8 @@ struct GgufReader<'a> {
     file: &'a GgufFile,
     used: BTreeSet<String>,
     warnings: Vec<String>,
+    /// Every weight matrix in int8, under our names, when loading for int8 decoding.
+    int8: Option<Q8Store>,
 }
 
 impl ReadValues for GgufReader<'_> {
@@ -106,6 +112,20 @@ impl ReadValues for GgufReader<'_> {
             });
         }
         let data = dequantize::dequantize(info.kind, self.file.bytes(info));
+        if let (Some(store), &[rows, cols]) = (self.int8.as_mut(), expected) {
+            let matrix = match info.kind {
+                GgmlType::Q8_0 => {
+                    let (values, scales) = dequantize::q8_0_parts(self.file.bytes(info));
+                    Q8Matrix::from_parts(rows, cols, 32, values, scales)
+                }
+                _ => Q8Matrix::quantize(&data, rows, cols, group_size_for([cols]).min(32)),
+            }
+            .map_err(|e| CheckpointError::Corrupt {
+                path: path.clone(),
+                detail: format!("`{name}` in int8: {e}"),
+            })?;
+            store.insert(ours.to_string(), Arc::new(matrix));
+        }
         self.file.release(info);
         self.warnings.extend(non_finite_line(path, &name, &data));
         self.used.insert(name);
@@ -124,9 +144,11 @@ impl GgufReader<'_> {
     }
 }
 
-/// Build the model of the GGUF file `path` on `device`, tensor by tensor.
+/// Build the model of the GGUF file `path` on `device`, tensor by tensor; with
+/// [`LoadPrecision::Int8`], decoding runs on int8 matrices, the Q8_0 ones as stored.
 pub fn load<B: Backend>(
     path: &Path,
+    precision: LoadPrecision,
     device: &B::Device,
 ) -> Result<LoadedCheckpoint<B>, CheckpointError> {
     let (file, config) = open(path)?;
@@ -135,11 +157,16 @@ pub fn load<B: Backend>(
             file: &file,
             used: BTreeSet::new(),
             warnings: Vec::new(),
+            int8: (precision == LoadPrecision::Int8).then(Q8Store::new),
         },
         device,
     });
-    let model = config.build(&mut stored, device)?;
-    let reader = stored.0.reader;
+    let mut model = config.build(&mut stored, device)?;
+    let mut reader = stored.0.reader;
+    if let Some(store) = reader.int8.take() {
+        // `build` asked for every weight matrix, so the store holds them all.
+        model = model.with_q8_store(store);
+    }
     if let Some((name, shape)) = reader.leftover() {
         return Err(CheckpointError::UnexpectedTensor {
             path: path.to_path_buf(),
@@ -163,6 +190,7 @@ pub fn read(path: &Path) -> Result<(LlamaConfig, TensorMap), CheckpointError> {
         file: &file,
         used: BTreeSet::new(),
         warnings: Vec::new(),
+        int8: None,
     };
     let mut tensors = TensorMap::new();
     for (name, info) in file.tensors.iter().filter(|(n, _)| *n != ROPE_FREQS) {

@@ -103,7 +103,7 @@ pub fn load<B: Backend>(
         device,
     });
     let model = match precision {
-        LoadPrecision::AsStored => config.build(&mut stored, device)?,
+        LoadPrecision::AsStored | LoadPrecision::Int8 => config.build(&mut stored, device)?,
         LoadPrecision::F16 => config.build(&mut HalfAtLoad(&mut stored), device)?,
     };
     let source = stored.0;
