@@ -71,7 +71,7 @@ impl WeightDtype {
             Self::F32 => {
                 // The row kernel reads flex's host buffers; other backends run their own.
                 let text = if backend == BackendKind::Flex && f32_rows::available() {
-                    "f32 (decoding products: AVX-512 rows)"
+                    "f32 (few-row products: AVX-512 rows)"
                 } else {
                     "f32"
                 };
