@@ -557,8 +557,7 @@ fn flex_f32_decoding_gives_the_reference_texts_on_either_kernel() {
                     "--max-new-tokens",
                     &n,
                 ])
-                // One row on one block stays with flex; two blocks take the row kernel.
-                .args(["--decode-split", "2", "--out", &path(target.clone())])
+                .args(["--out", &path(target.clone())])
                 .output()
                 .expect("llama-cli runs");
             let log = text(&out.stderr);

@@ -10,7 +10,7 @@
 //! matrix.
 //!
 //! Every output is the same sum in the same order whatever the number of rows or threads:
-//! four 16-lane partial sums over `k` in steps of 16, added at the end. A request's
+//! eight 16-lane partial sums over `k` in steps of 16, added at the end. A request's
 //! numbers therefore do not depend on the other requests of a batched step.
 //!
 //! The kernel is AVX-512 (chosen at run time); elsewhere, or with `LLAMA_F32_KERNEL=gemm`,
@@ -114,14 +114,16 @@ mod avx512 {
         _mm512_reduce_add_ps, _mm512_setzero_ps,
     };
 
-    /// Partial sums per output: step `s` of 16 values goes to sum `s % SUMS`, so that four
-    /// independent multiply-adds are in flight while one weight row streams through.
-    const SUMS: usize = 4;
+    /// Partial sums per output: step `s` of 16 values goes to sum `s % SUMS`, so that eight
+    /// independent multiply-adds are in flight while one weight row streams through (as
+    /// gemm's matrix-vector loop keeps; four streamed a model's weights measurably slower
+    /// on one thread).
+    const SUMS: usize = 8;
 
     /// `out[j·rows + r] = Σ_i x[r·k + i] · w[j·k + i]` for every weight row `j` of `w` and
     /// activation row `r` of `x`: one weight row at a time, front to back (one sequential
-    /// stream per thread, as the hardware prefetcher likes), against up to four activation
-    /// rows at once.
+    /// stream per thread, as the hardware prefetcher likes), against up to two activation
+    /// rows at once (2 × [`SUMS`] sums fill most of the 32 vector registers).
     ///
     /// # Safety
     /// The CPU has AVX-512F; `x` holds `rows·k` values, `w` a whole number of rows of `k`,
@@ -136,15 +138,12 @@ mod avx512 {
             let mut r = 0;
             // SAFETY (each call): the CPU has AVX-512F (this function's contract); rows
             // r..r + NX of x exist.
-            while r + 4 <= rows {
-                unsafe { dots::<4>(row, &x[r * k..(r + 4) * k], &mut sums[r..r + 4]) };
-                r += 4;
+            while r + 2 <= rows {
+                unsafe { dots::<2>(row, &x[r * k..(r + 2) * k], &mut sums[r..r + 2]) };
+                r += 2;
             }
-            match rows - r {
-                3 => unsafe { dots::<3>(row, &x[r * k..], &mut sums[r..]) },
-                2 => unsafe { dots::<2>(row, &x[r * k..], &mut sums[r..]) },
-                1 => unsafe { dots::<1>(row, &x[r * k..], &mut sums[r..]) },
-                _ => {}
+            if r < rows {
+                unsafe { dots::<1>(row, &x[r * k..], &mut sums[r..]) };
             }
         }
     }
@@ -195,9 +194,10 @@ mod avx512 {
                 lanes[s] = _mm512_fmadd_ps(wv, xv, lanes[s]);
             }
         }
-        for (value, lanes) in out.iter_mut().zip(acc) {
-            let [a, b, c, d] = lanes;
-            *value = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d)));
+        for (value, [a, b, c, d, e, f, g, h]) in out.iter_mut().zip(acc) {
+            let low = _mm512_add_ps(_mm512_add_ps(a, b), _mm512_add_ps(c, d));
+            let high = _mm512_add_ps(_mm512_add_ps(e, f), _mm512_add_ps(g, h));
+            *value = _mm512_reduce_add_ps(_mm512_add_ps(low, high));
         }
     }
 }

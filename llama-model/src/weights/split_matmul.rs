@@ -9,9 +9,8 @@
 //! block runs on rayon's pool, and the blocks are concatenated. Every output value is the
 //! same dot product over the same inputs.
 //!
-//! With 2–16 rows, or one row split over threads, an f32 weight that flex holds in host
-//! memory goes to [`f32_rows`] instead, which streams each weight row once and splits the
-//! outputs over the threads itself.
+//! With 1–16 rows, an f32 weight that flex holds in host memory goes to [`f32_rows`] instead,
+//! which streams each weight row once and splits the outputs over the threads itself.
 //!
 //! Every product here is two-dimensional (`[rows, k] · [k, n]`, the activations reshaped):
 //! Burn's `Linear` reshapes its weight to the input's rank first, and for a weight held as a
@@ -64,11 +63,6 @@ pub fn matmul_split<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>, parts: usize) 
 
 /// `x` `[rows, k]` times `w` `[k, n]` by [`f32_rows`] when the rows are few, the weight
 /// is an f32 flex tensor it can read in place, and the CPU runs the kernel; else `None`.
-///
-/// One row on one thread stays with flex: its matrix-vector loop (gemm's, eight partial sums
-/// per output) streamed a 42M model's weights 5–15% faster than the row kernel on one Zen 4
-/// thread, in four alternating rounds, while the kernel was ahead on two threads and far
-/// ahead for several rows (docs/performance.md, "The row kernel").
 fn rows_product<B: Backend>(
     x: &Tensor<B, 2>,
     w: &Tensor<B, 2>,
@@ -76,7 +70,7 @@ fn rows_product<B: Backend>(
 ) -> Option<Tensor<B, 2>> {
     let [rows, _] = x.dims();
     let n = w.dims()[1];
-    if rows > f32_rows::MAX_ROWS || (rows == 1 && parts <= 1) || !f32_rows::available() {
+    if rows > f32_rows::MAX_ROWS || !f32_rows::available() {
         return None;
     }
     #[cfg(feature = "flex")]
