@@ -81,8 +81,9 @@ impl Dims {
         x.reshape([self.batch, self.heads, n, width])
     }
 
-    /// Masked, scaled scores of the grouped queries `qb` of rows `t0..t0 + n` over the first
-    /// `end` keys: `[batch, n_kv_heads, n_rep * n, end]`.
+    /// Masked scores of the grouped queries `qb` of rows `t0..t0 + n`, already scaled by
+    /// `1/√head_dim` (once on `q`, smaller than the scores when `keys > head_dim`), over the
+    /// first `end` keys: `[batch, n_kv_heads, n_rep * n, end]`.
     fn scores<B: Backend>(
         &self,
         qb: Tensor<B, 4>,
@@ -91,7 +92,7 @@ impl Dims {
         (t0, n, end): (usize, usize, usize),
     ) -> Tensor<B, 4> {
         let kb = k.clone().narrow(2, 0, end);
-        let scores = qb.matmul(kb.swap_dims(2, 3)) * self.scale;
+        let scores = qb.matmul(kb.swap_dims(2, 3));
         let Some(mask) = mask else {
             return scores;
         };
@@ -121,10 +122,11 @@ pub(crate) fn forward<B: Backend>(
     keys: Keys,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
     let d = Dims::of(q, k);
+    let q = q.clone() * d.scale;
     let (outs, lses): (Vec<_>, Vec<_>) = d
         .blocks(keys)
         .map(|(t0, n, end)| {
-            let scores = d.scores(d.grouped(q, t0, n), k, mask, (t0, n, end));
+            let scores = d.scores(d.grouped(&q, t0, n), k, mask, (t0, n, end));
             let max = scores.clone().max_dim(3);
             let exp = (scores - max.clone()).exp();
             let sum = exp.clone().sum_dim(3);
@@ -152,11 +154,12 @@ pub(crate) fn backward<B: Backend>(
     grad: &Tensor<B, 4>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let d = Dims::of(q, k);
+    let q = q.clone() * d.scale;
     let mut dk = Tensor::<B, 4>::zeros(k.dims(), &k.device());
     let mut dv = Tensor::<B, 4>::zeros(v.dims(), &v.device());
     let mut dqs = Vec::new();
     for (t0, n, end) in d.blocks(keys) {
-        let qb = d.grouped(q, t0, n);
+        let qb = d.grouped(&q, t0, n);
         let grad_b = d.grouped(grad, t0, n);
         let scores = d.scores(qb.clone(), k, mask, (t0, n, end));
         let lse = d.grouped(lse, t0, n);
@@ -168,7 +171,7 @@ pub(crate) fn backward<B: Backend>(
         let delta = (grad_b * d.grouped(out, t0, n)).sum_dim(3);
         let ds = probs * (dp - delta);
         dqs.push(d.ungrouped(ds.clone().matmul(kb) * d.scale, n));
-        let dk_b = ds.swap_dims(2, 3).matmul(qb) * d.scale;
+        let dk_b = ds.swap_dims(2, 3).matmul(qb); // qb carries the scale
         dk = accumulate(dk, dk_b);
         dv = accumulate(dv, dv_b);
     }
