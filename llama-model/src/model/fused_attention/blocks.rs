@@ -97,33 +97,43 @@ impl Dims {
             return scores;
         };
         let mask_batch = mask.dims()[0];
-        let mask = mask
-            .clone()
-            .narrow(1, t0, n)
-            .narrow(2, 0, end)
-            .reshape([mask_batch, 1, 1, n, end]);
+        let mask = mask.clone().narrow(1, t0, n).narrow(2, 0, end);
         let (b, kv, rep) = (self.batch, self.kv, self.rep());
-        (scores.reshape([b, kv, rep, n, end]) + mask).reshape([b, kv, rep * n, end])
+        // The block's `[n, end]` mask flattened to one row that every head shares: flex adds
+        // a shared contiguous row with SIMD in place, and walks any other broadcast element by
+        // element.
+        let masked = if mask_batch == 1 {
+            scores.reshape([b * kv * rep, n * end]) + mask.reshape([1, n * end])
+        } else {
+            (scores.reshape([b, kv * rep, n * end]) + mask.reshape([mask_batch, 1, n * end]))
+                .reshape([b * kv * rep, n * end])
+        };
+        masked.reshape([b, kv, rep * n, end])
     }
 }
 
-/// `softmax(q kᵀ / √head_dim + mask) v` `[batch, n_heads, seq, head_dim]` and the log-sum-exp
-/// of each query row's scores `[batch, n_heads, seq, 2]`, block by block of query rows.
+/// Each block's row statistics, `[batch, n_kv_heads, n_rep * n, 1]` each (a group's heads
+/// stacked as in [`Dims::grouped`]): the largest score of each row and the log of the sum of
+/// its exponentials relative to it, whose sum is the row's log-sum-exp.
 ///
-/// The log-sum-exp is kept in two parts, the row's largest score and the log of the sum of
-/// the exponentials relative to it: the mask is finite (`MASKED`, -1e9), and a row with every
-/// key hidden has scores near -1e9, where f32 steps by 64, so their one-number sum would lose
-/// the log of the row's length (and the recomputed probabilities be off by that factor).
+/// The two are kept apart: the mask is finite (`MASKED`, -1e9), and a row with every key hidden
+/// has scores near -1e9, where f32 steps by 64, so their one-number sum would lose the log of
+/// the row's length (and the recomputed probabilities be off by that factor). Per block and
+/// contiguous, so that subtracting them from a block's scores is one SIMD pass on flex.
+pub(crate) type RowStats<B> = Vec<(Tensor<B, 4>, Tensor<B, 4>)>;
+
+/// `softmax(q kᵀ / √head_dim + mask) v` `[batch, n_heads, seq, head_dim]` and its
+/// [`RowStats`], block by block of query rows.
 pub(crate) fn forward<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
     mask: Option<&Tensor<B, 3>>,
     keys: Keys,
-) -> (Tensor<B, 4>, Tensor<B, 4>) {
+) -> (Tensor<B, 4>, RowStats<B>) {
     let d = Dims::of(q, k);
     let q = q.clone() * d.scale;
-    let (outs, lses): (Vec<_>, Vec<_>) = d
+    let (outs, stats): (Vec<_>, Vec<_>) = d
         .blocks(keys)
         .map(|(t0, n, end)| {
             let scores = d.scores(d.grouped(&q, t0, n), k, mask, (t0, n, end));
@@ -131,16 +141,15 @@ pub(crate) fn forward<B: Backend>(
             let exp = (scores - max.clone()).exp();
             let sum = exp.clone().sum_dim(3);
             let out = exp.matmul(v.clone().narrow(2, 0, end)) / sum.clone();
-            let lse = Tensor::cat(vec![max, sum.log()], 3);
-            (d.ungrouped(out, n), d.ungrouped(lse, n))
+            (d.ungrouped(out, n), (max, sum.log()))
         })
         .unzip();
-    (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+    (Tensor::cat(outs, 2), stats)
 }
 
 /// The gradients `(dq, dk, dv)` of [`forward`]'s output given its gradient `grad`, its output
-/// `out` and log-sum-exp `lse` (in two parts): the probabilities of each block are recomputed as
-/// `exp(scores - lse)`. The mask gets no gradient (it is a constant).
+/// `out` and row statistics `stats`: the probabilities of each block are recomputed as
+/// `exp(scores - max - log_sum)`. The mask gets no gradient (it is a constant).
 #[allow(clippy::too_many_arguments)]
 #[cfg(any(test, feature = "flex", feature = "ndarray"))]
 pub(crate) fn backward<B: Backend>(
@@ -150,7 +159,7 @@ pub(crate) fn backward<B: Backend>(
     mask: Option<&Tensor<B, 3>>,
     keys: Keys,
     out: &Tensor<B, 4>,
-    lse: &Tensor<B, 4>,
+    stats: &RowStats<B>,
     grad: &Tensor<B, 4>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
     let d = Dims::of(q, k);
@@ -158,12 +167,11 @@ pub(crate) fn backward<B: Backend>(
     let mut dk = Tensor::<B, 4>::zeros(k.dims(), &k.device());
     let mut dv = Tensor::<B, 4>::zeros(v.dims(), &v.device());
     let mut dqs = Vec::new();
-    for (t0, n, end) in d.blocks(keys) {
+    for ((t0, n, end), (max, log_sum)) in d.blocks(keys).zip(stats) {
         let qb = d.grouped(&q, t0, n);
         let grad_b = d.grouped(grad, t0, n);
         let scores = d.scores(qb.clone(), k, mask, (t0, n, end));
-        let lse = d.grouped(lse, t0, n);
-        let (max, log_sum) = (lse.clone().narrow(3, 0, 1), lse.narrow(3, 1, 1));
+        let (max, log_sum) = (max.clone(), log_sum.clone());
         let probs = (scores - max - log_sum).exp(); // [b, kv, rep*n, end]
         let (kb, vb) = (k.clone().narrow(2, 0, end), v.clone().narrow(2, 0, end));
         let dv_b = probs.clone().swap_dims(2, 3).matmul(grad_b.clone());

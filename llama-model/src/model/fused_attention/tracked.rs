@@ -10,11 +10,11 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
-use super::blocks::{self, Keys};
+use super::blocks::{self, Keys, RowStats};
 
 /// The backward step; its state holds what the recomputation needs: the inputs' node ids
 /// (checkpointed: kept, or recomputed under balanced checkpointing), the mask, the output and
-/// the per-row log-sum-exp.
+/// the per-row statistics (the log-sum-exp).
 #[derive(Debug)]
 struct FusedAttentionBackward {
     keys: Keys,
@@ -26,14 +26,14 @@ fn inner<B: Backend, const D: usize>(primitive: B::FloatTensorPrimitive) -> Tens
 }
 
 impl<B: Backend> Backward<B, 3> for FusedAttentionBackward {
-    /// `(q, k, v, mask, out, lse)`.
+    /// `(q, k, v, mask, out, row statistics)`.
     type State = (
         NodeId,
         NodeId,
         NodeId,
-        Option<B::FloatTensorPrimitive>,
-        B::FloatTensorPrimitive,
-        B::FloatTensorPrimitive,
+        Option<Tensor<B, 3>>,
+        Tensor<B, 4>,
+        RowStats<B>,
     );
 
     fn backward(
@@ -44,21 +44,12 @@ impl<B: Backend> Backward<B, 3> for FusedAttentionBackward {
     ) {
         let [node_q, node_k, node_v] = ops.parents;
         let grad = inner::<B, 4>(grads.consume::<B>(&ops.node));
-        let (q, k, v, mask, out, lse) = ops.state;
+        let (q, k, v, mask, out, stats) = ops.state;
         let mut retrieve =
             |id| inner::<B, 4>(checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(id));
         let (q, k, v) = (retrieve(q), retrieve(k), retrieve(v));
-        let mask = mask.map(inner::<B, 3>);
-        let (dq, dk, dv) = blocks::backward(
-            &q,
-            &k,
-            &v,
-            mask.as_ref(),
-            self.keys,
-            &inner(out),
-            &inner(lse),
-            &grad,
-        );
+        let (dq, dk, dv) =
+            blocks::backward(&q, &k, &v, mask.as_ref(), self.keys, &out, &stats, &grad);
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad.into_primitive().tensor());
@@ -82,14 +73,13 @@ pub(super) fn fused_tracked<B: Backend, C: CheckpointStrategy>(
         v.into_primitive().tensor(),
     );
     let mask = mask.map(|m| inner::<B, 3>(m.into_primitive().tensor().primitive));
-    let (out, lse) = blocks::forward(
+    let (out, stats) = blocks::forward(
         &inner::<B, 4>(q.primitive.clone()),
         &inner(k.primitive.clone()),
         &inner(v.primitive.clone()),
         mask.as_ref(),
         keys,
     );
-    let out = out.into_primitive().tensor();
     let step = FusedAttentionBackward { keys };
     let output = match step
         .prepare::<C>([q.node.clone(), k.node.clone(), v.node.clone()])
@@ -97,17 +87,15 @@ pub(super) fn fused_tracked<B: Backend, C: CheckpointStrategy>(
         .stateful()
     {
         OpsKind::Tracked(mut prep) => {
-            let state = (
+            let ids = (
                 prep.checkpoint(&q),
                 prep.checkpoint(&k),
                 prep.checkpoint(&v),
-                mask.map(|m| m.into_primitive().tensor()),
-                out.clone(),
-                lse.into_primitive().tensor(),
             );
-            prep.finish(state, out)
+            let primitive = out.clone().into_primitive().tensor();
+            prep.finish((ids.0, ids.1, ids.2, mask, out, stats), primitive)
         }
-        OpsKind::UnTracked(prep) => prep.finish(out),
+        OpsKind::UnTracked(prep) => prep.finish(out.into_primitive().tensor()),
     };
     Tensor::from_primitive(TensorPrimitive::Float(output))
 }
