@@ -191,12 +191,13 @@ pub(crate) fn backward<B: Backend>(
 #[cfg(any(test, feature = "flex", feature = "ndarray"))]
 fn accumulate<B: Backend>(total: Tensor<B, 4>, part: Tensor<B, 4>) -> Tensor<B, 4> {
     let [batch, kv, end, head_dim] = part.dims();
-    if end == total.dims()[2] {
+    let keys = total.dims()[2];
+    if end == keys {
         return total + part;
     }
-    let range = [0..batch, 0..kv, 0..end, 0..head_dim];
-    // The head's view is consumed by the sum before the assignment, which may then write in
-    // place.
-    let head = total.clone().slice(range.clone()) + part;
-    total.slice_assign(range, head)
+    // Padded with zeros to the whole keys: adding two contiguous tensors of one shape is a SIMD
+    // pass on flex, where adding into a slice of `total` walked it element by element (7% of
+    // a long-sequence step).
+    let zeros = Tensor::zeros([batch, kv, keys - end, head_dim], &part.device());
+    total + Tensor::cat(vec![part, zeros], 2)
 }
