@@ -10,6 +10,7 @@ mod checkpointing;
 mod classifier_record;
 mod data;
 mod finetune;
+mod fused_attention;
 mod lm_objective;
 mod lora;
 mod perplexity;

@@ -5,6 +5,10 @@
 //! reference. Instead of materialising the repeated keys and values, the `n_rep` query heads
 //! of one group are stacked along the sequence axis and multiplied with their shared keys in
 //! one matrix product.
+//!
+//! Full-sequence passes without a cache (training, prompting, scoring) run the fused attention
+//! ([`crate::model::fused_attention`]) where it applies; decoding and pre-fill (with a cache)
+//! keep the explicit chain of [`Attention::mix`], so that they compute one numerical path.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -13,6 +17,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::model::fused_attention::{fused_attention, Inputs, Keys};
 use crate::model::kv_cache::KvCache;
 use crate::model::param_source::{join, ParamSource};
 use crate::model::projection::Projection;
@@ -54,6 +59,10 @@ pub struct Attention<B: Backend> {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// Whether passes without a cache may use the fused attention (on by default; off to
+    /// compare with the explicit chain). A setting, not saved in records.
+    #[module(skip)]
+    fused: bool,
 }
 
 impl AttentionConfig {
@@ -82,6 +91,7 @@ impl AttentionConfig {
             n_heads: self.n_heads,
             n_kv_heads: self.n_kv_heads,
             head_dim,
+            fused: true,
         })
     }
 }
@@ -92,7 +102,8 @@ impl<B: Backend> Attention<B> {
     /// * `mask`: additive scores bias `[batch or 1, seq, keys]` (0 = visible, a large
     ///   negative number = hidden), where `keys` is the number of positions attended to
     ///   (cached + `seq` with a cache, else `seq`); `None` lets every query see every key
-    ///   (a single decoding step).
+    ///   (a single decoding step). Without a cache it must be causal (query `t` hides the
+    ///   keys after `t`): the fused attention skips those keys.
     /// * `cache`: when given, the new keys/values are appended to it and the queries attend
     ///   over everything cached.
     /// * `split`: column blocks per weight product, run on rayon's pool (decoding on the CPU;
@@ -109,11 +120,21 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let q = self.queries(x.clone(), angles, split);
         let (k, v) = self.keys_values(x, angles, split);
-        let (k, v) = match cache {
-            Some(cache) => cache.append(k, v),
-            None => (k, v),
+        let mixed = match cache {
+            Some(cache) => {
+                let (k, v) = cache.append(k, v);
+                self.mix(q, k, v, mask)
+            }
+            None => self.mix_fused((q, k, v, mask, Keys::Causal)),
         };
-        self.output(self.mix(q, k, v, mask), split)
+        self.output(mixed, split)
+    }
+
+    /// This block with the fused attention on or off ([`Self::forward`] without a cache and
+    /// [`Self::forward_queries`]).
+    pub fn with_fused(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
     }
 
     /// One decoding step of independent sequences, one token each, laid out as one
@@ -157,7 +178,7 @@ impl<B: Backend> Attention<B> {
     ) -> Tensor<B, 3> {
         let q = self.queries(queries, query_angles, 1);
         let (k, v) = self.keys_values(x, angles, 1);
-        self.output(self.mix(q, k, v, Some(mask)), 1)
+        self.output(self.mix_fused((q, k, v, Some(mask), Keys::All)), 1)
     }
 
     /// Rotated queries `[batch, n_heads, seq, head_dim]` of `x` `[batch, seq, dim]`.
@@ -197,10 +218,31 @@ impl<B: Backend> Attention<B> {
             .forward(self.compute_output.forward_split(out, split))
     }
 
+    /// [`Self::mix`] through the fused attention where it applies: on, no dropout on the
+    /// probabilities while training (it cannot be fused), and a backend with the fused backward
+    /// or no autodiff. `inputs` as [`crate::model::fused_attention::Inputs`].
+    fn mix_fused(&self, inputs: Inputs<B>) -> Tensor<B, 3> {
+        let device = inputs.0.device();
+        let dropout = self.attn_dropout.prob > 0.0 && B::ad_enabled(&device);
+        let inputs = if self.fused && !dropout {
+            match fused_attention(inputs) {
+                Ok(out) => {
+                    let [batch, h, seq, hd] = out.dims();
+                    return out.swap_dims(1, 2).reshape([batch, seq, h * hd]);
+                }
+                Err(inputs) => inputs,
+            }
+        } else {
+            inputs
+        };
+        let (q, k, v, mask, _) = inputs;
+        self.mix(q, k, v, mask)
+    }
+
     /// Softmax attention of `q` `[batch, n_heads, seq, head_dim]` over `k`, `v`
     /// `[batch, n_kv_heads, keys, head_dim]` with the additive `mask` `[batch or 1, seq, keys]`,
     /// before the output projection: `[batch, seq, n_heads * head_dim]`.
-    fn mix(
+    pub(crate) fn mix(
         &self,
         q: Tensor<B, 4>,
         k: Tensor<B, 4>,

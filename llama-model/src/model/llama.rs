@@ -180,6 +180,21 @@ impl<B: Backend> Llama<B> {
         self
     }
 
+    /// The same model with the fused attention of full-sequence passes on or off (on by
+    /// default; off runs the explicit chain everywhere, to compare with it): see
+    /// `model::fused_attention`.
+    pub fn with_fused_attention(mut self, fused: bool) -> Self {
+        self.layers = self
+            .layers
+            .into_iter()
+            .map(|mut layer| {
+                layer.attention = layer.attention.with_fused(fused);
+                layer
+            })
+            .collect();
+        self
+    }
+
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
         self.tok_embeddings.weight.dims()[0]

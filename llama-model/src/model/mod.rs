@@ -5,6 +5,7 @@
 pub(crate) mod attention;
 pub mod config;
 pub(crate) mod feed_forward;
+pub(crate) mod fused_attention;
 pub(crate) mod kv_cache;
 pub(crate) mod layer;
 pub mod llama;
