@@ -111,19 +111,28 @@ impl ReadValues for GgufReader<'_> {
                 found: info.shape.clone(),
             });
         }
-        let data = dequantize::dequantize(info.kind, self.file.bytes(info));
-        if let (Some(store), &[rows, cols]) = (self.int8.as_mut(), expected) {
-            let matrix = match info.kind {
-                GgmlType::Q8_0 => {
-                    let (values, scales) = dequantize::q8_0_parts(self.file.bytes(info));
-                    Q8Matrix::from_parts(rows, cols, 32, values, scales)
-                }
-                _ => Q8Matrix::quantize(&data, rows, cols, group_size_for([cols]).min(32)),
+        let bytes = self.file.bytes(info);
+        let corrupt = |e| CheckpointError::Corrupt {
+            path: path.clone(),
+            detail: format!("`{name}` in int8: {e}"),
+        };
+        let (data, matrix) = match (self.int8.is_some(), expected, info.kind) {
+            (true, &[rows, cols], GgmlType::Q8_0) => {
+                // The file's own blocks; their products `q · d` are `dequantize`'s, bit for bit.
+                let (values, scales) = dequantize::q8_0_parts(bytes);
+                let matrix =
+                    Q8Matrix::from_parts(rows, cols, 32, values, scales).map_err(corrupt)?;
+                (matrix.dequantize(), Some(matrix))
             }
-            .map_err(|e| CheckpointError::Corrupt {
-                path: path.clone(),
-                detail: format!("`{name}` in int8: {e}"),
-            })?;
+            (true, &[rows, cols], kind) => {
+                let data = dequantize::dequantize(kind, bytes);
+                let group = group_size_for([cols]).min(32);
+                let matrix = Q8Matrix::quantize(&data, rows, cols, group).map_err(corrupt)?;
+                (data, Some(matrix))
+            }
+            (_, _, kind) => (dequantize::dequantize(kind, bytes), None),
+        };
+        if let (Some(store), Some(matrix)) = (self.int8.as_mut(), matrix) {
             store.insert(ours.to_string(), Arc::new(matrix));
         }
         self.file.release(info);
