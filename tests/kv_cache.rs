@@ -53,6 +53,21 @@ fn the_cache_matches_full_recomputation() {
 /// default on CPU backends) gives the same logits and tokens as one product per weight.
 #[test]
 fn split_decoding_matches_one_product_per_weight() {
+    split_matches_whole();
+}
+
+/// The same from a worker of a two-thread pool, as the CLI decodes: there the other worker
+/// polls for the products' blocks through each step instead of sleeping between them.
+#[test]
+fn split_decoding_on_the_pool_matches_one_product_per_weight() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a two-thread pool");
+    pool.install(split_matches_whole);
+}
+
+fn split_matches_whole() {
     let (model, _) = stories260k();
     let tok = tok512();
     let prompt = tok.encode("Once upon a time", true, false).unwrap();

@@ -1,6 +1,7 @@
 //! Text generation: the decoding engine with its KV cache, the one sample-and-stop loop
 //! over it, the public entry points, and sampling the next token.
 
+mod awake_workers;
 pub mod batch;
 pub mod chat;
 pub mod controls;

@@ -7,6 +7,7 @@ pub mod config;
 pub(crate) mod feed_forward;
 pub(crate) mod fused_attention;
 pub(crate) mod kv_cache;
+pub(crate) mod kv_write;
 pub(crate) mod layer;
 pub mod llama;
 pub mod param_source;

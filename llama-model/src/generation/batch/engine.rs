@@ -2,6 +2,7 @@
 
 use burn::tensor::backend::Backend;
 
+use crate::generation::awake_workers::with_workers_awake;
 use crate::generation::batch::slot::Slot;
 use crate::generation::engine::{check_prompt, int_tensor, read_rows, Engine};
 use crate::generation::generate::{GenerateConfig, GenerateError, StopReason};
@@ -115,7 +116,20 @@ impl<'m, B: Backend> BatchEngine<'m, B> {
     /// that was running, all rows together. Returns what each slot got, in slot order
     /// (joined slots first); slots that ended have left. A slot with a budget of 0 tokens
     /// ends without a token.
+    ///
+    /// When the products are split over rayon's pool (`split` > 1: the CPU backends), the
+    /// pool's other workers poll for work through the step instead of sleeping between its
+    /// products ([`with_workers_awake`]).
     pub fn step(&mut self) -> Result<Vec<Sampled>, GenerateError> {
+        if self.split > 1 {
+            with_workers_awake(|| self.step_now())
+        } else {
+            self.step_now()
+        }
+    }
+
+    /// [`Self::step`], on the current thread.
+    fn step_now(&mut self) -> Result<Vec<Sampled>, GenerateError> {
         let mut out = Vec::with_capacity(self.slots.len());
         let running: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].next.is_some())
