@@ -7,8 +7,10 @@
 //! one matrix product.
 //!
 //! Full-sequence passes without a cache (training, prompting, scoring) run the fused attention
-//! ([`crate::model::fused_attention`]) where it applies; decoding and pre-fill (with a cache)
-//! keep the explicit chain of [`Attention::mix`], so that they compute one numerical path.
+//! ([`crate::model::fused_attention`]) where it applies; pre-fill (with a cache) keeps the
+//! explicit chain of [`Attention::mix`]. A decoding step's one query row per sequence runs on
+//! the host on flex ([`crate::model::decode_attention`]), elsewhere through the same chain;
+//! `generate` and the server decode through the same step, so their texts agree.
 
 use burn::config::Config;
 use burn::module::Module;
@@ -17,6 +19,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::model::decode_attention;
 use crate::model::fused_attention::{fused_attention, Inputs, Keys};
 use crate::model::kv_cache::KvCache;
 use crate::model::param_source::{join, ParamSource};
@@ -142,7 +145,7 @@ impl<B: Backend> Attention<B> {
     /// (`[1, rows]`) and attending over its own cache `caches[i]` (to which its key and value
     /// are appended). The weight products run on all rows at once (as a pre-fill's do: one
     /// product per weight, not one per row); the attention runs per row, over that row's keys
-    /// only. Returns `[1, rows, dim]`.
+    /// only (on flex, on the host: [`decode_attention`]). Returns `[1, rows, dim]`.
     pub fn forward_rows(
         &self,
         x: Tensor<B, 3>,
@@ -157,7 +160,8 @@ impl<B: Backend> Attention<B> {
             .enumerate()
             .map(|(i, cache)| {
                 let (k, v) = cache.append(k.clone().narrow(2, i, 1), v.clone().narrow(2, i, 1));
-                self.mix(q.clone().narrow(2, i, 1), k, v, None)
+                let q = q.clone().narrow(2, i, 1);
+                decode_attention::one_query(&q, &k, &v).unwrap_or_else(|| self.mix(q, k, v, None))
             })
             .collect();
         self.output(Tensor::cat(mixed, 1), split)

@@ -4,6 +4,7 @@
 
 pub(crate) mod attention;
 pub mod config;
+pub(crate) mod decode_attention;
 pub(crate) mod feed_forward;
 pub(crate) mod fused_attention;
 pub(crate) mod kv_cache;
