@@ -35,19 +35,30 @@ pub fn one_query<B: Backend>(
 /// Work (`n_heads · len · head_dim`) below which the heads run on the calling thread.
 const PARALLEL_WORK: usize = 1 << 15;
 
-/// The attention of one query row per head, on host slices: `q` `[n_heads, head_dim]`; key
-/// head `g`, position `t` at `keys[g·key_stride + t·head_dim..]`, values likewise. Returns
-/// `[n_heads, head_dim]`.
-#[allow(clippy::too_many_arguments)]
+/// Cached keys or values on the host: head `g`, position `t` at
+/// `data[g·head_stride + t·head_dim..]` (a cache buffer holds room after its used positions).
+#[derive(Clone, Copy)]
+struct Cached<'a> {
+    data: &'a [f32],
+    head_stride: usize,
+}
+
+impl Cached<'_> {
+    /// The first `len` positions of head `g`: `[len, head_dim]`.
+    fn head(&self, g: usize, len: usize, head_dim: usize) -> &[f32] {
+        &self.data[g * self.head_stride..g * self.head_stride + len * head_dim]
+    }
+}
+
+/// The attention of one query row per head, on host slices: `q` `[n_heads, head_dim]` over
+/// the first `len` positions of `keys` and `values`. Returns `[n_heads, head_dim]`.
 fn attend(
     q: &[f32],
     head_dim: usize,
     n_kv_heads: usize,
     len: usize,
-    keys: &[f32],
-    key_stride: usize,
-    values: &[f32],
-    value_stride: usize,
+    keys: Cached<'_>,
+    values: Cached<'_>,
 ) -> Vec<f32> {
     use rayon::prelude::*;
     let n_heads = q.len() / head_dim;
@@ -57,8 +68,8 @@ fn attend(
     let head = |(h, out): (usize, &mut [f32])| {
         let g = h / n_rep;
         let query = &q[h * head_dim..(h + 1) * head_dim];
-        let keys = &keys[g * key_stride..g * key_stride + len * head_dim];
-        let values = &values[g * value_stride..g * value_stride + len * head_dim];
+        let keys = keys.head(g, len, head_dim);
+        let values = values.head(g, len, head_dim);
         let mut scores: Vec<f32> = keys
             .chunks_exact(head_dim)
             .map(|key| dot(query, key) * scale)
@@ -101,11 +112,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use std::any::Any;
-
-    use burn::backend::flex::FlexTensor;
     use burn::tensor::backend::Backend;
-    use burn::tensor::{DType, Tensor, TensorData, TensorPrimitive};
+    use burn::tensor::{DType, Tensor, TensorData};
+
+    use super::Cached;
+    use crate::weights::flex_rows::with_f32_flex;
 
     pub(super) fn one_query<B: Backend>(
         q: &Tensor<B, 4>,
@@ -123,18 +134,11 @@ mod flex {
         {
             return None;
         }
-        let out = with_heads(k, |keys, key_stride| {
-            with_heads(v, |values, value_stride| {
+        let out = with_heads(k, |keys| {
+            with_heads(v, |values| {
                 let query: Vec<f32> = q.to_data().into_vec().ok()?;
                 Some(super::attend(
-                    &query,
-                    head_dim,
-                    n_kv_heads,
-                    len,
-                    keys,
-                    key_stride,
-                    values,
-                    value_stride,
+                    &query, head_dim, n_kv_heads, len, keys, values,
                 ))
             })
         })???;
@@ -144,34 +148,26 @@ mod flex {
         ))
     }
 
-    /// `f` applied to the storage of `t` `[1, heads, len, head_dim]` from its first value and to
-    /// the distance between its heads, when `t` is an f32 flex tensor whose positions are
-    /// adjacent rows of `head_dim` values within each head (a cache buffer or a view of its
-    /// first positions); else `None`.
-    fn with_heads<B: Backend, R>(
-        t: &Tensor<B, 4>,
-        f: impl FnOnce(&[f32], usize) -> R,
-    ) -> Option<R> {
-        let TensorPrimitive::Float(primitive) = t.clone().into_primitive() else {
-            return None;
-        };
-        let tensor = (&primitive as &dyn Any).downcast_ref::<FlexTensor>()?;
-        if tensor.dtype() != DType::F32 {
-            return None;
-        }
+    /// `f` applied to `t` `[1, heads, len, head_dim]` read in place, when `t` is an f32 flex
+    /// tensor whose positions are adjacent rows of `head_dim` values within each head (a cache
+    /// buffer or a view of its first positions); else `None`.
+    fn with_heads<B: Backend, R>(t: &Tensor<B, 4>, f: impl FnOnce(Cached<'_>) -> R) -> Option<R> {
         let [_, heads, len, head_dim] = t.dims();
-        let strides = tensor.layout().strides();
-        let head_stride = usize::try_from(strides[1]).ok()?;
-        let adjacent = strides[3] == 1 && strides[2] == head_dim as isize;
-        if !adjacent || (heads > 1 && head_stride < len * head_dim) {
-            return None;
-        }
-        let start = tensor.layout().start_offset();
-        let end = start + (heads - 1) * head_stride + len * head_dim;
-        tensor
-            .storage::<f32>()
-            .get(start..end)
-            .map(|s| f(s, head_stride))
+        with_f32_flex(t, |tensor| {
+            let strides = tensor.layout().strides();
+            let head_stride = usize::try_from(strides[1]).ok()?;
+            let adjacent = strides[3] == 1 && strides[2] == head_dim as isize;
+            if !adjacent || (heads > 1 && head_stride < len * head_dim) {
+                return None;
+            }
+            let start = tensor.layout().start_offset();
+            let end = start + (heads - 1) * head_stride + len * head_dim;
+            tensor
+                .storage::<f32>()
+                .get(start..end)
+                .map(|data| f(Cached { data, head_stride }))
+        })
+        .flatten()
     }
 }
 
@@ -245,15 +241,17 @@ mod tests {
                 key_buffer[g * stride..g * stride + len * head_dim].copy_from_slice(&keys[g]);
                 value_buffer[g * stride..g * stride + len * head_dim].copy_from_slice(&vals[g]);
             }
+            let cached = |data| Cached {
+                data,
+                head_stride: stride,
+            };
             let got = attend(
                 &q,
                 head_dim,
                 kv,
                 len,
-                &key_buffer,
-                stride,
-                &value_buffer,
-                stride,
+                cached(&key_buffer),
+                cached(&value_buffer),
             );
             let want = reference(&q, head_dim, kv, &keys, &vals);
             for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {

@@ -66,7 +66,7 @@ mod flex {
         let Some(rows) = rows else {
             return Err((rebuild(primitive), value));
         };
-        let Ok(new) = value.clone().into_data().convert::<f32>().into_vec::<f32>() else {
+        let Ok(new) = value.to_data().convert::<f32>().into_vec::<f32>() else {
             return Err((rebuild(primitive), value));
         };
         // One run of `seq · dim` values per (batch, head): its positions are adjacent.
